@@ -1,0 +1,35 @@
+"""specplan: hardware-aware auto-configuration of speculative decoding.
+
+The public surface is small and lazy: planning never imports torch.
+
+    from planner import load_profile, load_model_spec, plan, predict, run_plan, profile_device
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SpecplanError": "planner.errors",
+    "HardwareProfile": "planner.hardware",
+    "load_profile": "planner.hardware",
+    "profile_device": "planner.hardware",
+    "ModelSpec": "planner.models",
+    "load_model_spec": "planner.models",
+    "Plan": "planner.plan",
+    "load_plan": "planner.plan",
+    "save_plan": "planner.plan",
+    "predict": "planner.perf",
+    "plan": "planner.search",
+    "run_plan": "planner.runtime",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'planner' has no attribute {name!r}")

@@ -1,0 +1,100 @@
+"""HardwareProfile: one device as data, read from and written to profile YAML.
+
+A profile holds published figures (peak bandwidth, peak FLOP/s, memory) and the
+efficiency factors the performance model applies to them; a measured profile also
+holds the raw measurements in `measured`. Every figure's origin is in `sources`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from planner._yaml import read_yaml, write_yaml_atomic
+from planner.errors import InputError, NotFoundError, near_matches
+
+SCHEMA_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "profiles" / "gpus"
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str  # key, e.g. "h100-sxm" or "cpu-local"
+    device_name: str  # what the vendor calls it, e.g. "NVIDIA H100 80GB HBM3"
+    kind: str  # "gpu" or "cpu"
+    memory_gib: float  # VRAM (or RAM on a CPU)
+    bandwidth_gbps: float  # peak memory bandwidth, GB/s (1e9 bytes/s)
+    peak_tflops: dict[str, float]  # dense peak per dtype: bf16, fp16, fp32 (int8 where known)
+    bandwidth_efficiency: float = 0.85  # achievable fraction of bandwidth_gbps for weight reads
+    compute_efficiency: float = 0.70  # achievable fraction of peak_tflops for GEMMs
+    kernel_launch_us: float = 5.0  # per kernel, eager mode
+    graph_kernel_us: float = 1.5  # per kernel, under CUDA-graph replay
+    quant_slowdown: dict[str, float] = field(default_factory=lambda: {"int8": 1.15, "int4": 1.35})
+    memory_free_gib: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    measured: dict | None = None
+
+    @property
+    def effective_bandwidth_gbps(self) -> float:
+        return self.bandwidth_gbps * self.bandwidth_efficiency
+
+    def effective_tflops(self, dtype: str) -> float:
+        return self.peak_tflops[dtype] * self.compute_efficiency
+
+    def to_dict(self) -> dict:
+        data = {"schema_version": SCHEMA_VERSION}
+        data.update(dataclasses.asdict(self))
+        return data
+
+    def save(self, path) -> None:
+        write_yaml_atomic(path, self.to_dict())
+
+
+_REQUIRED = ("name", "device_name", "kind", "memory_gib", "bandwidth_gbps", "peak_tflops")
+
+
+def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
+    if not isinstance(data, dict):
+        raise InputError(f"{origin}: a profile must be a YAML mapping")
+    data = dict(data)
+    version = data.pop("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{origin}: schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+    known = {f.name for f in dataclasses.fields(HardwareProfile)}
+    for key in data:
+        if key not in known:
+            raise InputError(f"{origin}: unknown field '{key}'{near_matches(key, known)}")
+    for key in _REQUIRED:
+        if key not in data:
+            raise InputError(f"{origin}: missing field '{key}'")
+    for key in ("memory_gib", "bandwidth_gbps", "bandwidth_efficiency", "compute_efficiency"):
+        value = data.get(key, 1.0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise InputError(f"{origin}: field '{key}' must be a positive number, got {value!r}")
+    if not isinstance(data["peak_tflops"], dict) or not data["peak_tflops"]:
+        raise InputError(f"{origin}: field 'peak_tflops' must map dtypes to TFLOP/s")
+    return HardwareProfile(**data)
+
+
+def shipped_profile_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    """A shipped profile by name (e.g. 'a10g') or a profile YAML by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return profile_from_dict(read_yaml(path), origin=str(path))
+    key = name_or_path.lower()
+    shipped = SHIPPED_DIR / f"{key}.yaml"
+    if not shipped.exists():
+        raise NotFoundError(
+            f"unknown GPU profile '{name_or_path}'{near_matches(key, shipped_profile_names())}"
+            " (run `specplan profiles` to list them, or pass a profile YAML path)"
+        )
+    return profile_from_dict(read_yaml(shipped), origin=str(shipped))
+
+
+def shipped_profiles() -> list[HardwareProfile]:
+    return [load_profile(name) for name in shipped_profile_names()]

@@ -1,0 +1,275 @@
+"""The Plan: what was decided and why, as a versioned YAML file validated on load.
+
+Validation is driven by the dataclass fields below: unknown keys, wrong types, values
+out of range and layer indices beyond the model each raise one PlanError naming the
+field by its dotted path (e.g. `decoding.skip_layers[3]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+
+from planner._yaml import read_yaml, write_yaml_atomic
+from planner.errors import PlanError, near_matches
+
+SCHEMA_VERSION = 1
+METHODS = ("autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
+QUANTIZATIONS = ("none", "int8", "int4")
+BASES = ("analytical", "calibrated", "measured")
+MAX_GAMMA = 16
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str  # card name or the checkpoint's directory name
+    source: str  # what to load: a local directory, a card name or a hub id
+    num_layers: int
+    vocab_size: int
+    hidden_size: int = 0  # 0 when unknown; checked against the checkpoint when known
+
+
+@dataclass(frozen=True)
+class HardwareRef:
+    profile: str  # shipped profile name or path of a measured profile
+    device_name: str
+
+
+@dataclass(frozen=True)
+class Constraints:
+    context: int = 2048  # prompt plus generated tokens the KV cache must hold
+    vram_gib: float | None = None  # None: the device's memory
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Decoding:
+    method: str
+    gamma: int = 0  # drafted tokens per iteration (S3D: token predictors); 0 = no speculation
+    skip_layers: tuple[int, ...] = ()  # layer_skip and s3d: layers the draft skips
+    exit_layer: int | None = None  # early_exit: the draft runs layers [0, exit_layer)
+    quant: str = "none"  # weight-only quantization of the target
+    draft_model: str | None = None  # draft_model: card name, path or hub id
+    draft_quant: str = "none"
+    ngram: int = 3  # prompt_lookup: longest n-gram matched in the context
+
+
+@dataclass(frozen=True)
+class Prediction:
+    basis: str  # analytical | calibrated | measured
+    tokens_per_s: float
+    speedup: float
+    tokens_per_iteration: float
+    acceptance: float
+    target_latency_ms: float  # one full-model forward of one token
+    draft_latency_ms: float  # all drafting in one iteration
+    iteration_ms: float
+    vram_gib: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    decoding: Decoding
+    prediction: Prediction
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One batch-size range of a load-aware plan; gamma = 0 means "don't speculate"."""
+
+    batch_min: int
+    batch_max: int
+    method: str
+    gamma: int
+    tokens_per_s_per_sequence: float
+    tokens_per_s_total: float
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    sampler: str = "TPESampler"
+    seed: int | None = None
+    trials: int = 0
+    objective: str = "speed"
+    methods: tuple[str, ...] = ()
+    storage: str | None = None
+    study: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelRef
+    hardware: HardwareRef
+    decoding: Decoding
+    prediction: Prediction
+    constraints: Constraints = field(default_factory=Constraints)
+    alternatives: tuple[Candidate, ...] = ()
+    schedule: tuple[ScheduleEntry, ...] = ()
+    search: SearchSettings | None = None
+    measured: dict | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def save(self, path) -> None:
+        write_yaml_atomic(path, self.to_dict())
+
+    def replace(self, **changes) -> "Plan":
+        return dataclasses.replace(self, **changes)
+
+
+# -- ranges and cross-field checks ----------------------------------------------------
+
+_CHOICES = {
+    "method": METHODS,
+    "quant": QUANTIZATIONS,
+    "draft_quant": QUANTIZATIONS,
+    "basis": BASES,
+    "objective": ("speed", "pareto"),
+}
+_POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib"}
+_NON_NEGATIVE = {
+    "tokens_per_s", "speedup", "tokens_per_iteration", "target_latency_ms", "draft_latency_ms",
+    "iteration_ms", "hidden_size", "trials", "tokens_per_s_per_sequence", "tokens_per_s_total",
+}
+
+
+def _check_range(name: str, path: str, value) -> None:
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise PlanError(f"{path}: '{value}' is not one of {', '.join(_CHOICES[name])}")
+    if name in _POSITIVE and value is not None and value <= 0:
+        raise PlanError(f"{path}: must be positive, got {value}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise PlanError(f"{path}: must not be negative, got {value}")
+    if name == "gamma" and not 0 <= value <= MAX_GAMMA:
+        raise PlanError(f"{path}: must be between 0 and {MAX_GAMMA}, got {value}")
+    if name == "acceptance" and not 0.0 <= value <= 1.0:
+        raise PlanError(f"{path}: must be between 0 and 1, got {value}")
+    if name == "methods" and value not in METHODS:  # called per element of the list
+        raise PlanError(f"{path}: '{value}' is not one of {', '.join(METHODS)}")
+
+
+def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
+    for i, layer in enumerate(decoding.skip_layers):
+        if not 0 <= layer < num_layers:
+            raise PlanError(f"{path}.skip_layers[{i}]: layer {layer} is beyond the model's {num_layers} layers (0-{num_layers - 1})")
+    if len(set(decoding.skip_layers)) != len(decoding.skip_layers):
+        raise PlanError(f"{path}.skip_layers: lists a layer twice")
+    if decoding.exit_layer is not None and not 1 <= decoding.exit_layer < num_layers:
+        raise PlanError(f"{path}.exit_layer: {decoding.exit_layer} is outside 1-{num_layers - 1} for a {num_layers}-layer model")
+    method = decoding.method
+    if method in ("layer_skip", "s3d") and not decoding.skip_layers:
+        raise PlanError(f"{path}.skip_layers: method {method} needs at least one skipped layer")
+    if method == "early_exit" and decoding.exit_layer is None:
+        raise PlanError(f"{path}.exit_layer: method early_exit needs an exit layer")
+    if method == "draft_model" and not decoding.draft_model:
+        raise PlanError(f"{path}.draft_model: method draft_model needs a draft model")
+    if method != "autoregressive" and decoding.gamma < 1:
+        raise PlanError(f"{path}.gamma: method {method} needs gamma >= 1")
+
+
+def _check_plan(plan: Plan) -> None:
+    layers = plan.model.num_layers
+    _check_decoding(plan.decoding, layers, "decoding")
+    for i, alt in enumerate(plan.alternatives):
+        _check_decoding(alt.decoding, layers, f"alternatives[{i}].decoding")
+    for i, entry in enumerate(plan.schedule):
+        if entry.batch_min > entry.batch_max:
+            raise PlanError(f"schedule[{i}]: batch_min {entry.batch_min} exceeds batch_max {entry.batch_max}")
+
+
+# -- generic (de)serialisation driven by the dataclass fields ---------------------------
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, path: str, name: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path, name)
+    if dataclasses.is_dataclass(tp):
+        return _from_mapping(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise PlanError(f"{path}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(v, args[0], f"{path}[{i}]", name) for i, v in enumerate(value))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise PlanError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    if not ok:
+        raise PlanError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    _check_range(name, path, value)
+    return value
+
+
+def _from_mapping(cls, data, path: str):
+    where = path or "plan"
+    if not isinstance(data, dict):
+        raise PlanError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields:
+            raise PlanError(f"{prefix}{key}: unknown field{near_matches(str(key), fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise PlanError(f"{prefix}{name}: missing")
+            continue
+        value = data[name]
+        if value is None and type(None) not in typing.get_args(hints[name]):
+            raise PlanError(f"{prefix}{name}: must not be empty")
+        kwargs[name] = _convert(value, hints[name], f"{prefix}{name}", name)
+    return cls(**kwargs)
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def plan_from_dict(data) -> Plan:
+    if not isinstance(data, dict):
+        raise PlanError("plan: expected a YAML mapping at the top level")
+    version = data.get("schema_version", None)
+    if version is None:
+        raise PlanError("schema_version: missing")
+    if version != SCHEMA_VERSION:
+        raise PlanError(f"schema_version: {version!r} is not supported (this specplan reads version {SCHEMA_VERSION})")
+    plan = _from_mapping(Plan, data, "")
+    _check_plan(plan)
+    return plan
+
+
+def load_plan(path) -> Plan:
+    data = read_yaml(path)
+    try:
+        return plan_from_dict(data)
+    except PlanError as exc:
+        raise PlanError(f"{path}: {exc}") from None
+
+
+def save_plan(plan: Plan, path) -> None:
+    _check_plan(plan)
+    plan.save(path)

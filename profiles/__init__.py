@@ -1,0 +1,1 @@
+"""Shipped data: GPU profiles (gpus/*.yaml) and model cards (models/*.yaml)."""

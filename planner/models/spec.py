@@ -31,6 +31,7 @@ class ModelSpec:
     qkv_bias: bool = False
     gated_mlp: bool = True  # SwiGLU/GeGLU: gate, up and down projections
     norms_per_layer: int = 2  # Gemma-2 has 4 (pre/post attention and feed-forward)
+    tokenizer_family: str = ""  # models sharing a tokenizer can draft for each other, e.g. "llama3"
 
     # -- parameters -------------------------------------------------------------------
     @property

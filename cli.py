@@ -40,6 +40,29 @@ def cli():
 # (commands: export)
 
 
+@cli.command("export")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan YAML to export.")
+@click.option("--to", "engine", required=True, help="Engine: vllm, sglang, trtllm, hf or llamacpp.")
+@click.option("--engine-version", default=None, help="Engine version to write for (default: the whole known range).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+def export_command(plan_path, engine, engine_version, out):
+    """Write a plan as the file a serving engine takes.
+
+    \b
+    Example:
+      specplan export --plan plan.yaml --to vllm --out serve_vllm.sh
+    """
+    from planner.plan import load_plan
+    from planner.plan.export import export_plan, write_export
+
+    result = export_plan(load_plan(plan_path), engine, engine_version=engine_version, plan_label=plan_path)
+    if out is None:
+        click.echo(result.text, nl=False)
+        return
+    write_export(result, out)
+    click.echo(f"wrote {out} ({result.version_range})")
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="specplan", standalone_mode=False)

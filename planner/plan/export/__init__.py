@@ -1,0 +1,63 @@
+"""Exporters: a plan written as the file each serving engine takes.
+
+    export_plan(plan, "vllm") -> Export   # text, suffix and the engine's known versions
+    write_export(export, path)             # atomic, never half-written
+
+One module per engine (vllm, sglang, trtllm, hf, llamacpp) turns the resolved set-up into
+text; what each engine can express and which versions it knows is data in
+profiles/engines.yaml (planner.plan.export.engines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError
+from planner.plan.export import hf, llamacpp, sglang, trtllm, vllm
+from planner.plan.export._header import header_lines
+from planner.plan.export._resolve import ExportError, resolve
+from planner.plan.export.engines import EngineInfo, check_version, engine_info, engine_names
+from planner.plan.schema import Plan
+
+__all__ = ["Export", "ExportError", "EngineInfo", "engine_info", "engine_names", "export_plan", "write_export"]
+
+_RENDERERS = {"vllm": vllm, "sglang": sglang, "trtllm": trtllm, "hf": hf, "llamacpp": llamacpp}
+
+
+@dataclass(frozen=True)
+class Export:
+    engine: str
+    text: str
+    suffix: str  # .sh, .yaml or .json
+    version_range: str
+
+
+def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, plan_label: str = "plan") -> Export:
+    info = engine_info(engine)
+    version = check_version(info, engine_version)
+    renderer = _RENDERERS[engine]
+    resolved = resolve(plan, info)
+    method = resolved.decoding.method
+    if not info.has_feature(method, version):
+        raise ExportError(f"{info.display} {version} cannot run {method} (added in {info.features[method]})")
+    resolved = dataclasses.replace(resolved, dropped=resolved.dropped + renderer.dropped(resolved, info, version))
+    header = header_lines(plan, info, version, resolved, plan_label)
+    text = renderer.render(plan, resolved, version, header)
+    return Export(engine=engine, text=text, suffix=renderer.SUFFIX, version_range=info.version_range)
+
+
+def write_export(export: Export, path: str | os.PathLike) -> None:
+    """Write to a temporary file beside `path`, then rename: never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(export.text)
+        if export.suffix == ".sh":
+            tmp.chmod(0o755)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write ({exc.strerror})") from None

@@ -1,0 +1,61 @@
+"""Batch-size schedules over a small roofline evaluator: speculation turns off at large batch,
+ranges merge, the budget is checked at the largest batch size."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.errors import BudgetError, InputError
+from planner.plan.schema import Prediction
+from planner.search.schedule import build_schedule, parse_batch_sizes
+
+ALPHA = 0.8  # acceptance of the draft model
+
+
+def roofline(method: str, gamma: int, batch: int) -> Prediction:
+    """Weights read once per forward (10 ms); compute grows with B*(gamma+1) tokens (0.05 ms each)."""
+    verify_ms = max(10.0, 0.05 * batch * (gamma + 1))
+    draft_ms = 1.0 * gamma if method == "draft_model" else 0.0
+    tau = (1 - ALPHA ** (gamma + 1)) / (1 - ALPHA)
+    iteration_ms = verify_ms + draft_ms
+    vram_gib = 16.0 + 0.125 * batch + (2.0 if method == "draft_model" else 0.0)
+    return Prediction(basis="analytical", tokens_per_s=1000 * tau / iteration_ms, speedup=1.0,
+                      tokens_per_iteration=tau, acceptance=ALPHA, target_latency_ms=10.0,
+                      draft_latency_ms=draft_ms, iteration_ms=iteration_ms, vram_gib=vram_gib)
+
+
+def test_parse_batch_sizes():
+    assert parse_batch_sizes("1-128") == (1, 2, 4, 8, 16, 32, 64, 128)
+    assert parse_batch_sizes("3-10") == (3, 4, 8, 10)
+    assert parse_batch_sizes("8,1,2") == (1, 2, 8)
+    for bad in ("0-4", "a,b", "9-2", "0"):
+        with pytest.raises(InputError):
+            parse_batch_sizes(bad)
+
+
+def test_speculation_turns_off_at_large_batch_and_ranges_merge():
+    schedule = build_schedule(roofline, parse_batch_sizes("1-256"), methods=["draft_model"], vram_gib=80.0)
+    gammas = [e.gamma for e in schedule]
+    assert gammas[0] > 0 and gammas[-1] == 0
+    assert gammas == sorted(gammas, reverse=True)  # draft lengths only shrink as load grows
+    assert len(set(gammas)) == len(gammas)  # neighbours with equal gamma are merged
+    assert schedule[0].batch_min == 1 and schedule[-1].batch_max == 256
+    assert all(a.batch_max + 1 == b.batch_min for a, b in zip(schedule, schedule[1:]))
+    assert schedule[-1].method == "autoregressive" and schedule[0].method == "draft_model"
+    # At 256 sequences one token per sequence already costs 12.8 ms > 10 ms of weights: no gain left.
+    last = schedule[-1]
+    assert last.tokens_per_s_total == pytest.approx(last.tokens_per_s_per_sequence * 256)
+
+
+def test_each_range_holds_the_fastest_gamma_of_its_batch_sizes():
+    schedule = build_schedule(roofline, (1, 16, 64), methods=["draft_model"], vram_gib=80.0)
+    for entry in schedule:
+        best = max(range(0, 9), key=lambda g: roofline("draft_model" if g else "autoregressive", g, entry.batch_min).tokens_per_s)
+        assert entry.gamma == best
+
+
+def test_budget_is_checked_at_the_largest_batch_size():
+    with pytest.raises(BudgetError, match="batch size 256 needs 50.0 GiB.*largest batch size that fits is 64"):
+        build_schedule(roofline, parse_batch_sizes("1-256"), methods=["draft_model"], vram_gib=30.0)
+    with pytest.raises(BudgetError, match="no batch size in the list fits"):
+        build_schedule(roofline, (1, 2), methods=["draft_model"], vram_gib=10.0)

@@ -31,7 +31,39 @@ def cli():
 # (commands: predict, plan)
 
 # ---------------------------------------------------------------- runtime (issue 4)
-# (commands: run)
+
+
+@cli.command("run")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan YAML to run.")
+@click.option("--prompt", default=None, help="One prompt.")
+@click.option("--prompts", "prompts_path", default=None, type=click.Path(dir_okay=False), help="File: one prompt per line, or JSONL with \"prompt\".")
+@click.option("--model", default=None, help="Checkpoint directory or hub id (default: the plan's model.source).")
+@click.option("--max-new-tokens", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0: greedy.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--vram-gib", default=None, type=float, help="Memory budget; a plan that does not fit is refused.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
+def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, as_json):
+    """Decode prompts with a plan, streaming the text, and report measured vs predicted speed.
+
+    \b
+    Example:
+      specplan run --plan plan.yaml --prompt "The capital of France is" --baseline
+    """
+    from planner.errors import InputError
+    from planner.plan import load_plan
+    from planner.runtime import read_prompts, run_plan
+
+    if (prompt is None) == (prompts_path is None):
+        raise InputError("give exactly one of --prompt TEXT or --prompts FILE")
+    prompts = [prompt] if prompt is not None else read_prompts(prompts_path)
+    stream = None if as_json else (lambda text: click.echo(text, nl=False))
+    report = run_plan(load_plan(plan_path), prompts, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
+                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, stream=stream)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+
 
 # ---------------------------------------------------------------- S3D + demo (issue 5)
 # (commands: adapt, autotune)

@@ -1,0 +1,98 @@
+"""Benchmark (b): each method's measured iteration time, beside the DESIGN.md iteration
+formula evaluated on forward times measured on the same device (draft + verify).
+
+Comparing against planner.perf's analytical prediction needs that predictor; until it
+lands, `predicted_ms` is the formula over measured forwards (same formula, measured inputs).
+
+    python bench/runtime_methods.py --out bench/results/runtime_methods.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+GAMMA = 4
+
+
+def forward_ms(target, tokens: int, layers, repeats: int = 20) -> float:
+    import torch
+
+    x = torch.full((1, tokens), 7, device=target.device)
+    pos = target.positions(64, tokens)
+    for _ in range(3):
+        target.step(x, pos, layers)
+    _sync(target.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        target.step(x, pos, layers)
+    _sync(target.device)
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--shape", default=None)
+    parser.add_argument("--tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    from _runtime_shapes import default_shape, llama_config
+    from planner.runtime import drafters
+    from planner.runtime.decode import generate
+    from planner.runtime.load import random_target, resolve_device
+
+    device = resolve_device(args.device)
+    config = llama_config(args.shape or default_shape(device))
+    draft_config = llama_config("tiny")
+    seq = args.tokens + 128
+    target = random_target(config, device=device, max_seq_len=seq)
+    draft = random_target(draft_config, device=device, max_seq_len=seq, seed=1)
+    L = target.num_layers
+    skip = tuple(range(L // 4, 3 * L // 4))
+    kept = tuple(i for i in range(L) if i not in skip)
+    exit_layer = L // 2
+    t_all_1, t_verify = forward_ms(target, 1, None), forward_ms(target, GAMMA + 1, None)
+    t_kept_1, t_kept_g = forward_ms(target, 1, kept), forward_ms(target, GAMMA, kept)
+    t_lower_1 = forward_ms(target, 1, tuple(range(exit_layer)))
+    t_upper_v = forward_ms(target, GAMMA + 1, tuple(range(exit_layer, L)))
+    t_draft_1 = forward_ms(draft, 1, None)
+    methods = {
+        "autoregressive": (drafters.Autoregressive(), t_all_1),
+        "layer_skip": (drafters.LayerSkip(target, GAMMA, skip), GAMMA * t_kept_1 + t_verify),
+        "early_exit": (drafters.EarlyExit(target, GAMMA, exit_layer), GAMMA * t_lower_1 + t_lower_1 + t_upper_v),
+        "s3d": (drafters.S3D(target, GAMMA, skip, 3), t_kept_g + t_verify),
+        "draft_model": (drafters.DraftModel(draft, GAMMA), GAMMA * t_draft_1 + t_verify),
+        "prompt_lookup": (drafters.PromptLookup(target, GAMMA, 3), t_verify),
+    }
+    prompt = list(range(10, 42))
+    rows = []
+    for name, (drafter, predicted_ms) in methods.items():
+        generate(target, drafter, prompt, max_new_tokens=16)
+        run = generate(target, drafter, prompt, max_new_tokens=args.tokens)
+        measured_ms = 1000 * run.decode_s / run.iterations
+        rows.append({"method": name, "gamma": drafter.gamma, "iteration_ms": measured_ms, "predicted_ms": predicted_ms,
+                     "error": measured_ms / predicted_ms - 1, "tokens_per_iteration": run.decode_tokens / run.iterations})
+    result = {"benchmark": "runtime iteration time per method", "device": str(device), "compiled": target.compiled,
+              "shape": args.shape or default_shape(device), "rows": rows}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['method']:15s} measured {row['iteration_ms']:8.3f} ms  formula {row['predicted_ms']:8.3f} ms  {100 * row['error']:+6.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Weight-only int8 / int4 quantization of the decoder's linear layers through torchao.
+
+torchao swaps each nn.Linear's weight for a quantized tensor subclass; the decoder does
+not know. A tied LM head stays unquantized: it is also the embedding table.
+"""
+
+from __future__ import annotations
+
+from planner.errors import MissingDependencyError
+
+INT4_GROUP_SIZE = 128  # the group size ModelSpec's int4 byte count assumes
+
+
+def require_backend(quant: str) -> None:
+    """Raise MissingDependencyError before any weight is loaded when torchao is missing."""
+    if quant == "none":
+        return
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(f"{quant} needs torchao: pip install 'specplan[quant]'") from None
+
+
+def quantize(decoder, quant: str) -> None:
+    """Quantize `decoder` in place: quant is 'none', 'int8' or 'int4'."""
+    if quant == "none":
+        return
+    require_backend(quant)
+    from torch import nn
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    config = Int8WeightOnlyConfig() if quant == "int8" else Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
+    tied = decoder.cfg.tie_embeddings
+
+    def is_quantized(module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and not (tied and fqn == "lm_head")
+
+    quantize_(decoder, config, filter_fn=is_quantized)

@@ -1,0 +1,286 @@
+"""run_plan: check a plan against its checkpoint and budget, load it, decode, measure.
+
+Every check that can refuse a run (model mismatch, unadapted s3d model, prompt too long,
+missing GPU or quantization backend, memory budget) happens before any weight is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import InputError, NotFoundError, PlanError
+
+WARMUP_TOKENS = 8  # enough iterations to compile/capture every fixed-shape step once
+
+
+@dataclass(frozen=True)
+class RunReport:
+    method: str
+    device: str
+    compiled: bool  # CUDA graphs via torch.compile (GPU); eager on CPU
+    texts: tuple[str, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    tokens_per_s: float  # generated tokens after the first / decode time
+    acceptance: float | None  # accepted / drafted tokens; None for autoregressive
+    tokens_per_iteration: float
+    iteration_ms: float
+    predicted: dict  # the plan's prediction, beside the measured figures
+    vram_estimate_gib: float
+    peak_memory_gib: float | None  # CUDA only
+    baseline_tokens_per_s: float | None = None
+    speedup: float | None = None
+    identical: bool | None = None  # outputs token-identical to the baseline (expected when greedy)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def summary(self) -> str:
+        """Measured figures beside the plan's predicted ones, one line each."""
+        p = self.predicted
+        graphs = "CUDA graphs" if self.compiled else "eager"
+        acceptance = "-" if self.acceptance is None else f"{self.acceptance:.3f}"
+        lines = [
+            f"method {self.method} on {self.device} ({graphs})   measured   predicted",
+            f"  tokens/s              {self.tokens_per_s:10.1f}  {p['tokens_per_s']:10.1f}",
+            f"  acceptance            {acceptance:>10}  {p['acceptance']:10.3f}",
+            f"  tokens/iteration      {self.tokens_per_iteration:10.2f}  {p['tokens_per_iteration']:10.2f}",
+            f"  iteration ms          {self.iteration_ms:10.3f}  {p['iteration_ms']:10.3f}",
+        ]
+        peak = "-" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.2f}"
+        lines.append(f"  memory GiB            {peak:>10}  {p['vram_gib']:10.2f}")
+        if self.baseline_tokens_per_s is not None:
+            same = "identical" if self.identical else "DIFFERENT"
+            lines.append(f"  autoregressive tokens/s {self.baseline_tokens_per_s:8.1f}   speedup {self.speedup:.2f}x   outputs {same}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Totals:
+    tokens_per_s: float
+    acceptance: float | None
+    tokens_per_iteration: float
+    iteration_ms: float
+
+
+def read_prompts(path) -> list[str]:
+    """One prompt per line, or JSONL with a "prompt" field per line."""
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith("{"):
+            try:
+                prompts.append(json.loads(line)["prompt"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise InputError(f"{path}: line {number}: expected a JSON object with a \"prompt\" field") from None
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise InputError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def check_plan_matches(plan, hf_config) -> None:
+    """PlanError when the plan was made for a different model than the checkpoint."""
+    layers, vocab = hf_config.num_hidden_layers, hf_config.vocab_size
+    if plan.model.num_layers != layers:
+        raise PlanError(f"model.num_layers: the plan says {plan.model.num_layers} but the checkpoint has {layers}")
+    if plan.model.vocab_size != vocab:
+        raise PlanError(f"model.vocab_size: the plan says {plan.model.vocab_size} but the checkpoint has {vocab}")
+    if plan.model.hidden_size and plan.model.hidden_size != hf_config.hidden_size:
+        raise PlanError(f"model.hidden_size: the plan says {plan.model.hidden_size} but the checkpoint has {hf_config.hidden_size}")
+    for i, layer in enumerate(plan.decoding.skip_layers):
+        if not 0 <= layer < layers:
+            raise PlanError(f"decoding.skip_layers[{i}]: layer {layer} is beyond the checkpoint's {layers} layers")
+    exit_layer = plan.decoding.exit_layer
+    if plan.decoding.method == "early_exit" and not (exit_layer and 1 <= exit_layer < layers):
+        raise PlanError(f"decoding.exit_layer: {exit_layer} is outside 1-{layers - 1} for this checkpoint")
+
+
+def read_s3d_config(source: str, vocab_size: int) -> dict:
+    path = Path(source) / "s3d.json"
+    if not path.is_file():
+        raise PlanError(f"decoding.method: s3d needs a model adapted for it ({source} has no s3d.json): run `specplan adapt` first")
+    try:
+        config = json.loads(path.read_text())
+        mask = int(config["mask_token_id"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InputError(f"{path}: expected a JSON object with an integer \"mask_token_id\"") from None
+    if not 0 <= mask < vocab_size:
+        raise InputError(f"{path}: mask_token_id {mask} is outside the vocabulary (0-{vocab_size - 1})")
+    return config
+
+
+def _encode(tokenizer, prompts, max_new_tokens: int, context: int) -> list[list[int]]:
+    if not prompts:
+        raise InputError("no prompt given")
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer(prompt).input_ids if prompt.strip() else []
+        if not ids:
+            raise InputError(f"prompt {i + 1} is empty")
+        if len(ids) + max_new_tokens > context:
+            raise InputError(
+                f"prompt {i + 1} has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it exceeds "
+                f"the plan's context of {context} tokens"
+            )
+        encoded.append(ids)
+    return encoded
+
+
+def _budget_gib(device, vram_gib: float | None, plan_vram_gib: float | None):
+    """(the tightest memory limit in GiB, what sets it), or (None, "") when none is known."""
+    import torch
+
+    limits = [(v, label) for v, label in ((vram_gib, "--vram-gib"), (plan_vram_gib, "the plan's constraints.vram_gib")) if v is not None]
+    if device.type == "cuda":
+        limits.append((torch.cuda.get_device_properties(device).total_memory / 1024**3, f"the device ({device})"))
+    return min(limits) if limits else (None, "")
+
+
+def make_drafter(plan, target, *, source: str, draft=None):
+    """The plan's drafter on `target` (`draft`: the loaded draft model, for draft_model)."""
+    from planner.runtime import drafters
+
+    d = plan.decoding
+    if d.method == "autoregressive":
+        return drafters.Autoregressive()
+    if d.method == "layer_skip":
+        return drafters.LayerSkip(target, d.gamma, d.skip_layers)
+    if d.method == "early_exit":
+        return drafters.EarlyExit(target, d.gamma, d.exit_layer)
+    if d.method == "s3d":
+        mask = read_s3d_config(source, target.vocab_size)["mask_token_id"]
+        return drafters.S3D(target, d.gamma, d.skip_layers, mask)
+    if d.method == "draft_model":
+        return drafters.DraftModel(draft, d.gamma)
+    return drafters.PromptLookup(target, d.gamma, d.ngram)
+
+
+def _totals(generations) -> _Totals:
+    tokens = sum(g.decode_tokens for g in generations)
+    seconds = sum(g.decode_s for g in generations)
+    iterations = sum(g.iterations for g in generations)
+    drafted = sum(g.drafted for g in generations)
+    return _Totals(
+        tokens_per_s=tokens / seconds if seconds else 0.0,
+        acceptance=sum(g.accepted for g in generations) / drafted if drafted else None,
+        tokens_per_iteration=tokens / iterations if iterations else 0.0,
+        iteration_ms=1000 * seconds / iterations if iterations else 0.0,
+    )
+
+
+def _streamer(tokenizer, stream):
+    """on_tokens callback that passes the newly decoded text of one sequence to stream(str)."""
+    seen: list[int] = []
+    printed = [""]
+
+    def on_tokens(new):
+        seen.extend(new)
+        text = tokenizer.decode(seen, skip_special_tokens=True)
+        stream(text[len(printed[0]) :])
+        printed[0] = text
+
+    return on_tokens
+
+
+def run_plan(
+    plan,
+    prompts: list[str],
+    *,
+    model: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    seed: int = 0,
+    baseline: bool = False,
+    device: str = "auto",
+    vram_gib: float | None = None,
+    stream=None,
+) -> RunReport:
+    """Decode `prompts` with `plan` on the checkpoint `model` (default plan.model.source).
+
+    stream(text) receives decoded text as tokens are accepted; a newline ends each prompt."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from planner.runtime.decode import generate
+    from planner.runtime.drafters import Autoregressive
+    from planner.runtime.load import default_dtype, load_target, read_hf_config, resolve_device
+    from planner.runtime.memory import check_budget, estimate_vram_gib
+    from planner.runtime.quantize import require_backend
+
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise InputError(f"--temperature must not be negative, got {temperature}")
+    dev = resolve_device(device)
+    source = model or plan.model.source
+    d = plan.decoding
+    hf_config = read_hf_config(source)
+    check_plan_matches(plan, hf_config)
+    if d.method == "s3d":
+        read_s3d_config(source, hf_config.vocab_size)
+    draft_config = read_hf_config(d.draft_model) if d.method == "draft_model" else None
+    if draft_config is not None and draft_config.vocab_size != hf_config.vocab_size:
+        raise PlanError(f"decoding.draft_model: vocabulary {draft_config.vocab_size} differs from the target's {hf_config.vocab_size}")
+    require_backend(d.quant)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    context = plan.constraints.context
+    encoded = _encode(tokenizer, prompts, max_new_tokens, context)
+    max_seq_len = context + d.gamma + 1  # a verify may write gamma + 1 slots past the last token
+    dtype_name = "bf16" if default_dtype(dev) == torch.bfloat16 else "fp32"
+    estimate = estimate_vram_gib(hf_config, quant=d.quant, max_seq_len=max_seq_len, dtype=dtype_name, draft_config=draft_config)
+    budget, where = _budget_gib(dev, vram_gib, plan.constraints.vram_gib)
+    check_budget(estimate_gib=estimate, predicted_gib=plan.prediction.vram_gib, budget_gib=budget, where=where)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    target = load_target(source, device=dev, max_seq_len=max_seq_len, quant=d.quant)
+    draft = load_target(d.draft_model, device=dev, max_seq_len=max_seq_len) if draft_config is not None else None
+    drafter = make_drafter(plan, target, source=source, draft=draft)
+    eos = tokenizer.eos_token_id
+    eos_ids = () if eos is None else (eos,)
+
+    def decode_all(chosen, on_stream):
+        generate(target, chosen, encoded[0], max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), temperature=temperature, seed=seed)
+        results = []
+        for ids in encoded:
+            callback = _streamer(tokenizer, on_stream) if on_stream else None
+            results.append(generate(target, chosen, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                    seed=seed, eos_ids=eos_ids, on_tokens=callback))
+            if on_stream:
+                on_stream("\n")
+        return results
+
+    runs = decode_all(drafter, stream)
+    totals = _totals(runs)
+    peak = torch.cuda.max_memory_allocated(dev) / 1024**3 if dev.type == "cuda" else None
+    report = RunReport(
+        method=d.method,
+        device=str(dev),
+        compiled=target.compiled,
+        texts=tuple(tokenizer.decode(g.tokens, skip_special_tokens=True) for g in runs),
+        tokens=tuple(g.tokens for g in runs),
+        tokens_per_s=totals.tokens_per_s,
+        acceptance=totals.acceptance,
+        tokens_per_iteration=totals.tokens_per_iteration,
+        iteration_ms=totals.iteration_ms,
+        predicted=dataclasses.asdict(plan.prediction),
+        vram_estimate_gib=estimate,
+        peak_memory_gib=peak,
+    )
+    if not baseline:
+        return report
+    plain = decode_all(Autoregressive(), None)
+    base = _totals(plain)
+    return dataclasses.replace(
+        report,
+        baseline_tokens_per_s=base.tokens_per_s,
+        speedup=report.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None,
+        identical=all(a.tokens == b.tokens for a, b in zip(runs, plain)),
+    )

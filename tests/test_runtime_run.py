@@ -1,0 +1,124 @@
+"""`specplan run` / run_plan end to end on CPU, and every refusal as one line, exit code 2,
+before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli import main
+from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
+from planner.runtime import run_plan
+
+
+def _plan(source: str, *, layers: int = 4, vocab: int = 128, context: int = 256, vram_gib: float = 0.01, **decoding) -> Plan:
+    decoding.setdefault("method", "layer_skip")
+    if decoding["method"] == "layer_skip":
+        decoding.setdefault("skip_layers", (1, 2))
+    decoding.setdefault("gamma", 3)
+    return Plan(
+        model=ModelRef(name="tiny", source=source, num_layers=layers, vocab_size=vocab),
+        hardware=HardwareRef(profile="cpu-local", device_name="cpu"),
+        decoding=Decoding(**decoding),
+        prediction=Prediction(basis="analytical", tokens_per_s=100.0, speedup=1.4, tokens_per_iteration=2.0,
+                              acceptance=0.5, target_latency_ms=1.0, draft_latency_ms=0.5, iteration_ms=2.0, vram_gib=vram_gib),
+        constraints=Constraints(context=context),
+    )
+
+
+def _cli(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_run_baseline_cli_reports_identical_outputs(rt_models, tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    _plan(rt_models["llama"]).save(path)
+    code, out, err = _cli(["run", "--plan", str(path), "--prompt", "the cat sat", "--max-new-tokens", "20", "--baseline"], capsys)
+    assert code == 0, err
+    assert "outputs identical" in out
+    assert "speedup" in out and "predicted" in out
+
+
+def test_run_json_over_a_prompts_file(rt_models, tmp_path, capsys):
+    path, prompts = tmp_path / "plan.yaml", tmp_path / "prompts.jsonl"
+    _plan(rt_models["gemma"], method="prompt_lookup", gamma=4).save(path)
+    prompts.write_text('{"prompt": "abcabcabc"}\n{"prompt": "hello hello"}\n')
+    code, out, err = _cli(["run", "--plan", str(path), "--prompts", str(prompts), "--max-new-tokens", "12", "--baseline", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["identical"] is True
+    assert len(report["tokens"]) == 2 and all(len(t) == 12 for t in report["tokens"])  # no EOS-less stop
+    assert report["predicted"]["tokens_per_s"] == 100.0 and report["tokens_per_s"] > 0
+
+
+def test_run_plan_streams_the_text_it_reports(rt_models):
+    pieces = []
+    report = run_plan(_plan(rt_models["qwen2"], method="early_exit", exit_layer=2), ["hello"], max_new_tokens=10,
+                      stream=pieces.append)
+    assert "".join(pieces) == report.texts[0] + "\n"
+    assert report.acceptance is not None and 0 <= report.acceptance <= 1
+
+
+def test_run_plan_draft_model_and_sampling(rt_models, rt_draft_model):
+    plan = _plan(rt_models["mistral"], method="draft_model", draft_model=rt_draft_model, vram_gib=0.02)
+    first = run_plan(plan, ["abc"], max_new_tokens=10, temperature=0.8, seed=3)
+    again = run_plan(plan, ["abc"], max_new_tokens=10, temperature=0.8, seed=3)
+    assert first.tokens == again.tokens
+
+
+def test_s3d_with_adapted_model(rt_models, tmp_path):
+    import shutil
+
+    adapted = tmp_path / "adapted"
+    shutil.copytree(rt_models["phi3"], adapted)
+    (adapted / "s3d.json").write_text(json.dumps({"mask_token_id": 100, "skip_layers": [1, 2], "gamma": 3}))
+    report = run_plan(_plan(str(adapted), method="s3d", skip_layers=(1, 2)), ["hello"], max_new_tokens=12, baseline=True)
+    assert report.identical is True
+
+
+@pytest.mark.parametrize(
+    "plan_kwargs, args, message",
+    [
+        ({"layers": 6}, [], "num_layers: the plan says 6 but the checkpoint has 4"),
+        ({"vocab": 32000}, [], "vocab_size: the plan says 32000"),
+        ({"skip_layers": (1, 9), "layers": 4}, [], "skip_layers[1]: layer 9"),
+        ({"method": "s3d", "skip_layers": (1,)}, [], "specplan adapt"),
+        ({"context": 16}, ["--max-new-tokens", "10"], "exceeds the plan's context of 16"),
+        ({}, ["--device", "cuda"], "no CUDA GPU"),
+        ({"quant": "int8"}, [], "specplan[quant]"),
+        ({}, ["--vram-gib", "0.00001"], "nothing was loaded"),
+        ({"vram_gib": 500.0}, ["--vram-gib", "1"], "plan prediction 500.00 GiB"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(rt_models, tmp_path, capsys, plan_kwargs, args, message):
+    if "quant" in plan_kwargs and _has_torchao():
+        pytest.skip("torchao installed: int8 is available")
+    path = tmp_path / "plan.yaml"
+    plan = _plan(rt_models["llama"], **plan_kwargs)
+    plan.save(path)
+    code, out, err = _cli(["run", "--plan", str(path), "--prompt", "hello world", *args], capsys)
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+    assert out == ""
+
+
+def _has_torchao() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchao") is not None
+
+
+def test_empty_prompt_and_missing_prompt(rt_models, tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    _plan(rt_models["llama"]).save(path)
+    code, _, err = _cli(["run", "--plan", str(path), "--prompt", "  "], capsys)
+    assert code == 2 and "prompt 1 is empty" in err
+    code, _, err = _cli(["run", "--plan", str(path)], capsys)
+    assert code == 2 and "--prompt" in err

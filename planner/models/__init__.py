@@ -1,5 +1,6 @@
 """Model shapes as data: ModelSpec from a Hugging Face config, and the shipped model cards."""
 
+from planner.models.load import load_card, load_model_spec, shipped_model_names, spec_from_hf_config
 from planner.models.spec import QUANTIZATIONS, ModelSpec
 
-__all__ = ["ModelSpec", "QUANTIZATIONS"]
+__all__ = ["ModelSpec", "QUANTIZATIONS", "load_card", "load_model_spec", "shipped_model_names", "spec_from_hf_config"]

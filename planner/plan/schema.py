@@ -112,7 +112,8 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return _to_plain(self)
+        data = _to_plain(self)
+        return {"schema_version": data.pop("schema_version"), **data}
 
     def save(self, path) -> None:
         write_yaml_atomic(path, self.to_dict())

@@ -30,7 +30,8 @@ class HardwareProfile:
     compute_efficiency: float = 0.70  # achievable fraction of peak_tflops for GEMMs
     kernel_launch_us: float = 5.0  # per kernel, eager mode
     graph_kernel_us: float = 1.5  # per kernel, under CUDA-graph replay
-    quant_slowdown: dict[str, float] = field(default_factory=lambda: {"int8": 1.15, "int4": 1.35})
+    token_slope: float = 0.01  # extra time of a decode GEMM per additional token (n tokens: 1 + slope*(n-1))
+    quant_slowdown: dict[str, float] = field(default_factory=lambda: {"int8": 1.3, "int4": 1.45})
     memory_free_gib: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
     measured: dict | None = None

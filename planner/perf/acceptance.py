@@ -1,0 +1,72 @@
+"""Acceptance: S3D's alpha(beta), position decay, and expected tokens per iteration.
+
+    alpha(beta) = U / (1 + exp(k (beta - beta0)))        (S3D, Zhong & Bharadwaj 2024)
+    alpha_i     = alpha_1 * delta^(i-1)                   (drafted position i = 1..gamma)
+    tau         = 1 + sum_{k=1..gamma} prod_{i<=k} alpha_i (bonus token included)
+
+Priors per method live in profiles/priors.yaml; measured values replace them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner._yaml import read_yaml
+from planner.errors import InputError
+
+PRIORS_PATH = Path(__file__).resolve().parents[2] / "profiles" / "priors.yaml"
+SELF_DRAFTING = ("layer_skip", "s3d", "early_exit")
+
+
+@dataclass(frozen=True)
+class Prior:
+    ceiling: float = 1.0  # U: acceptance as beta -> 0 (or the constant alpha of separate drafts)
+    steepness: float = 0.0  # k
+    midpoint: float = 0.5  # beta0
+    decay: float = 1.0  # delta, per drafted position
+    source: str = ""
+
+    def alpha(self, beta: float) -> float:
+        if self.steepness == 0.0:
+            return self.ceiling
+        return self.ceiling / (1.0 + math.exp(self.steepness * (beta - self.midpoint)))
+
+
+def load_priors(source: str | Path | dict | None = None) -> dict[str, Prior]:
+    """Priors per method from profiles/priors.yaml, another YAML path, or a dict."""
+    data = source if isinstance(source, dict) else read_yaml(source or PRIORS_PATH)
+    methods = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(methods, dict):
+        raise InputError(f"{source or PRIORS_PATH}: priors need a 'methods' mapping")
+    priors = {}
+    for method, fields in methods.items():
+        fields = dict(fields)
+        if "alpha" in fields:
+            fields["ceiling"] = fields.pop("alpha")
+        try:
+            priors[method] = Prior(**fields)
+        except TypeError as exc:
+            raise InputError(f"priors for {method}: {exc}") from None
+    return priors
+
+
+def position_acceptances(alpha_1: float, gamma: int, decay: float = 1.0) -> list[float]:
+    return [alpha_1 * decay**i for i in range(gamma)]
+
+
+def tokens_per_iteration(alphas: list[float]) -> float:
+    """Expected tokens one iteration emits: accepted drafts plus the target's own token."""
+    tau, survive = 1.0, 1.0
+    for alpha in alphas:
+        survive *= alpha
+        tau += survive
+    return tau
+
+
+def skipped_fraction(method: str, num_layers: int, *, skip_layers=(), exit_layer: int | None = None) -> float:
+    """beta: the fraction of the target's layers the draft does not run."""
+    if method == "early_exit":
+        return 1.0 - (exit_layer or num_layers) / num_layers
+    return len(skip_layers) / num_layers

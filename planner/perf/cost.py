@@ -1,0 +1,100 @@
+"""Forward latency of a decoder: a roofline per layer plus per-kernel launch overhead.
+
+    T(n, layers) = layers * [max(bytes / BW_eff, flops / C_eff) + k_layer * t_kernel]
+                 + max(head_bytes / BW_eff, head_flops / C_eff) + k_head * t_kernel
+
+bytes = weight bytes at the quantization (times the profile's measured slowdown of
+weight-only kernels) + the KV cache read at context S (+ written for the n new tokens),
+for every sequence of the batch; flops = 2 x linear params x n + attention 4 x n x S x
+heads x head_dim, per sequence. BW_eff and C_eff are the profile's peak x efficiency.
+Launch overhead is what keeps eager decoding of small models flat in n; t_kernel is the
+profile's eager or CUDA-graph per-kernel cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.hardware.profile import HardwareProfile
+from planner.models.spec import ModelSpec
+
+# Kernels one decoder layer launches in the runtime (planner/runtime/model.py): eager runs
+# each elementwise op of the norms, rotary embedding and cache update separately; a
+# compiled (CUDA-graph) step fuses them into about eight kernels.
+KERNELS_PER_LAYER = {"eager": 28, "graph": 8}
+KERNELS_PER_HEAD = {"eager": 8, "graph": 3}  # embedding, final norm, LM head, argmax/sampling
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the runtime executes a forward on a profile."""
+
+    dtype: str  # activation / unquantized weight dtype: "bf16" on GPUs, "fp32" on CPUs
+    graphs: bool  # CUDA graphs (compiled fixed-shape steps) or eager
+
+    @classmethod
+    def default_for(cls, profile: HardwareProfile) -> "Execution":
+        gpu = profile.kind == "gpu"
+        return cls(dtype="bf16" if gpu else "fp32", graphs=gpu)
+
+    def kernel_s(self, profile: HardwareProfile) -> float:
+        return (profile.graph_kernel_us if self.graphs else profile.kernel_launch_us) * 1e-6
+
+    @property
+    def mode(self) -> str:
+        return "graph" if self.graphs else "eager"
+
+
+def _tflops(profile: HardwareProfile, dtype: str) -> float:
+    peak = profile.peak_tflops.get(dtype) or profile.peak_tflops.get("bf16") or max(profile.peak_tflops.values())
+    return peak * profile.compute_efficiency
+
+
+def _weight_read_bytes(weight_bytes: float, quant: str, profile: HardwareProfile) -> float:
+    """Bytes as a bf16 kernel would have to stream to take as long as the quantized one."""
+    return weight_bytes * (profile.quant_slowdown.get(quant, 1.0) if quant != "none" else 1.0)
+
+
+def layer_time_s(
+    spec: ModelSpec, profile: HardwareProfile, *, new_tokens: int, context: int, batch_size: int = 1,
+    quant: str = "none", execution: Execution | None = None,
+) -> float:
+    """One decoder layer over `new_tokens` tokens per sequence attending to `context` tokens."""
+    ex = execution or Execution.default_for(profile)
+    weights = _weight_read_bytes(spec.layer_bytes(quant, ex.dtype), quant, profile)
+    kv = batch_size * (context + new_tokens) * spec.kv_bytes_per_token_per_layer(ex.dtype)
+    flops = batch_size * spec.layer_flops(new_tokens, context)
+    # Decode GEMMs are not perfectly flat in n below the compute roof: the profile's measured
+    # slope of the 4096x14336 matmul's latency per extra token.
+    weights *= 1.0 + profile.token_slope * (new_tokens - 1)
+    memory_s = (weights + kv) / (profile.effective_bandwidth_gbps * 1e9)
+    compute_s = flops / (_tflops(profile, ex.dtype) * 1e12)
+    return max(memory_s, compute_s) + KERNELS_PER_LAYER[ex.mode] * ex.kernel_s(profile)
+
+
+def head_time_s(
+    spec: ModelSpec, profile: HardwareProfile, *, new_tokens: int, batch_size: int = 1, quant: str = "none",
+    execution: Execution | None = None,
+) -> float:
+    """Final norm and LM head (counted on every forward), plus the step's fixed kernels."""
+    ex = execution or Execution.default_for(profile)
+    head_quant = "none" if spec.tie_embeddings else quant  # a tied head stays unquantized
+    weights = _weight_read_bytes(spec.lm_head_bytes(head_quant, ex.dtype), head_quant, profile)
+    flops = batch_size * spec.lm_head_flops(new_tokens)
+    memory_s = weights / (profile.effective_bandwidth_gbps * 1e9)
+    compute_s = flops / (_tflops(profile, ex.dtype) * 1e12)
+    return max(memory_s, compute_s) + KERNELS_PER_HEAD[ex.mode] * ex.kernel_s(profile)
+
+
+def forward_latency_s(
+    spec: ModelSpec, profile: HardwareProfile, *, layers: int | None = None, new_tokens: int = 1,
+    context: int = 2048, batch_size: int = 1, quant: str = "none", execution: Execution | None = None,
+    with_head: bool = True,
+) -> float:
+    """One forward of `layers` decoder layers (default: all) over `new_tokens` tokens."""
+    layers = spec.num_layers if layers is None else layers
+    kw = dict(batch_size=batch_size, quant=quant, execution=execution)
+    total = layers * layer_time_s(spec, profile, new_tokens=new_tokens, context=context, **kw)
+    if with_head:
+        total += head_time_s(spec, profile, new_tokens=new_tokens, **kw)
+    return total

@@ -1,0 +1,133 @@
+"""Iteration time per method, tokens per iteration, throughput, speedup: `predict`.
+
+    T_iter = T_draft + T_verify            tokens/s (per sequence) = tau / T_iter
+    speedup = tau * T(1, all) / T_iter     (over autoregressive at the same quantization)
+
+Drafting per method (T(n, layers) from planner.perf.cost):
+    layer_skip    gamma x T(1, kept)           sequential self-drafting
+    s3d           T(gamma, kept)               one forward of [token, mask x (gamma-1)]
+    early_exit    gamma x T(1, first E)        verify: T(gamma+1, last L-E) + lower layers
+                                               for the last draft token only (the runtime
+                                               reuses the draft's lower-layer states)
+    draft_model   gamma x T_draft(1)
+    prompt_lookup a host-side n-gram search, ~0
+Verify: T(gamma+1, all). Sanity: speedup <= tau.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+from planner.errors import InputError
+from planner.hardware.profile import HardwareProfile
+from planner.models.spec import ModelSpec
+from planner.perf.acceptance import Prior, load_priors, position_acceptances, skipped_fraction, tokens_per_iteration
+from planner.perf.cost import Execution, forward_latency_s
+from planner.perf.memory import vram_gib
+from planner.plan.schema import Decoding, Prediction
+
+PROMPT_LOOKUP_S = 50e-6  # n-gram search over the context on the host, per iteration
+
+
+@dataclass(frozen=True)
+class Detail:
+    prediction: Prediction
+    alphas: tuple[float, ...]
+    autoregressive_s: float  # T(1, all): one plain decoding step
+    draft_s: float
+    verify_s: float
+
+
+def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, execution, draft_spec):
+    T = partial(forward_latency_s, spec, profile, context=context, batch_size=batch_size, quant=d.quant, execution=execution)
+    kept = spec.num_layers - len(d.skip_layers)
+    verify = T(new_tokens=d.gamma + 1)
+    if d.method == "autoregressive":
+        return 0.0, T(new_tokens=1)
+    if d.method == "layer_skip":
+        return d.gamma * T(layers=kept, new_tokens=1), verify
+    if d.method == "s3d":
+        return T(layers=kept, new_tokens=d.gamma), verify
+    if d.method == "early_exit":
+        upper = spec.num_layers - d.exit_layer
+        lower_last = T(layers=d.exit_layer, new_tokens=1, with_head=False)
+        return d.gamma * T(layers=d.exit_layer, new_tokens=1), T(layers=upper, new_tokens=d.gamma + 1) + lower_last
+    if d.method == "draft_model":
+        if draft_spec is None:
+            raise InputError("method draft_model needs a draft model (--draft-model NAME)")
+        step = forward_latency_s(draft_spec, profile, new_tokens=1, context=context, batch_size=batch_size,
+                                 quant=d.draft_quant, execution=execution)
+        return d.gamma * step, verify
+    if d.method == "prompt_lookup":
+        return PROMPT_LOOKUP_S, verify
+    raise InputError(f"unknown method '{d.method}'")
+
+
+def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | None) -> list[float]:
+    """Per-position acceptance: the measured/overridden alpha (constant), else the prior."""
+    if d.method == "autoregressive" or d.gamma == 0:
+        return []
+    if acceptance is not None:
+        return [acceptance] * d.gamma
+    beta = skipped_fraction(d.method, spec.num_layers, skip_layers=d.skip_layers, exit_layer=d.exit_layer)
+    return position_acceptances(prior.alpha(beta), d.gamma, prior.decay)
+
+
+def predict_detail(
+    spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, context: int = 2048, batch_size: int = 1,
+    acceptance: float | None = None, draft_spec: ModelSpec | None = None, priors=None,
+    execution: Execution | None = None, basis: str | None = None,
+) -> Detail:
+    ex = execution or Execution.default_for(profile)
+    priors = priors if isinstance(priors, dict) and all(isinstance(p, Prior) for p in priors.values()) else load_priors(priors)
+    alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance)
+    tau = tokens_per_iteration(alphas)
+    draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,
+                                            execution=ex, draft_spec=draft_spec)
+    ar_s = forward_latency_s(spec, profile, new_tokens=1, context=context, batch_size=batch_size,
+                             quant=decoding.quant, execution=ex)
+    iteration_s = draft_s + verify_s
+    memory = vram_gib(spec, profile, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
+                      context=context, batch_size=batch_size, dtype=ex.dtype, graphs=ex.graphs,
+                      draft_spec=draft_spec, draft_quant=decoding.draft_quant)
+    prediction = Prediction(
+        basis=basis or ("calibrated" if acceptance is not None else "analytical"),
+        tokens_per_s=tau / iteration_s,
+        speedup=tau * ar_s / iteration_s,
+        tokens_per_iteration=tau,
+        acceptance=sum(alphas) / len(alphas) if alphas else 1.0,
+        target_latency_ms=ar_s * 1e3,
+        draft_latency_ms=draft_s * 1e3,
+        iteration_ms=iteration_s * 1e3,
+        vram_gib=memory,
+    )
+    return Detail(prediction, tuple(alphas), ar_s, draft_s, verify_s)
+
+
+def predict(spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, **kwargs) -> Prediction:
+    """Prediction for one set-up. tokens_per_s is per sequence; x batch_size for the total."""
+    return predict_detail(spec, profile, decoding, **kwargs).prediction
+
+
+def alpha_from_tokens_per_iteration(tau: float, gamma: int) -> float:
+    """The constant alpha whose tau = (1 - alpha^(gamma+1)) / (1 - alpha) matches a measurement."""
+    if gamma < 1:
+        return 1.0
+    tau = min(max(tau, 1.0), gamma + 1.0)
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if tokens_per_iteration([mid] * gamma) < tau:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def middle_block(num_layers: int, count: int) -> tuple[int, ...]:
+    """A contiguous block of `count` layers centred in the model (S3D's mid-layer skipping)."""
+    count = max(0, min(count, num_layers - 2))
+    start = math.ceil((num_layers - count) / 2)
+    return tuple(range(start, start + count))

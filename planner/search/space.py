@@ -1,0 +1,83 @@
+"""The search space, declared once: what Optuna samples and what exhaustive enumeration walks."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from planner.models.spec import ModelSpec
+from planner.perf.speedup import middle_block
+from planner.plan.schema import METHODS, QUANTIZATIONS, Decoding
+
+MAX_PREDICTORS = 12  # token predictors / draft length per iteration
+
+
+@dataclass(frozen=True)
+class Space:
+    num_layers: int
+    methods: tuple[str, ...] = METHODS
+    quants: tuple[str, ...] = QUANTIZATIONS
+    drafts: tuple[str, ...] = ()  # draft model names for method draft_model
+    max_gamma: int = MAX_PREDICTORS
+    skip_pattern: str = "middle"  # "middle": a centred block of any size; "any": arbitrary subsets
+
+    @classmethod
+    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle") -> "Space":
+        chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
+        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern)
+
+
+def suggest(trial, space: Space) -> Decoding:
+    """Define-by-run: one configuration from an Optuna trial."""
+    method = trial.suggest_categorical("method", list(space.methods))
+    quant = trial.suggest_categorical("quant", list(space.quants))
+    if method == "autoregressive":
+        return Decoding(method=method, quant=quant)
+    gamma = trial.suggest_int("gamma", 1, space.max_gamma)
+    L = space.num_layers
+    if method in ("layer_skip", "s3d"):
+        if space.skip_pattern == "any":
+            skipped = tuple(i for i in range(1, L - 1) if trial.suggest_categorical(f"skip_{i}", [False, True]))
+            skipped = skipped or (L // 2,)
+        else:
+            skipped = middle_block(L, trial.suggest_int("skip_count", 1, L - 2))
+        return Decoding(method=method, gamma=gamma, quant=quant, skip_layers=skipped)
+    if method == "early_exit":
+        return Decoding(method=method, gamma=gamma, quant=quant, exit_layer=trial.suggest_int("exit_layer", 1, L - 1))
+    if method == "draft_model":
+        return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)))
+    return Decoding(method=method, gamma=gamma, quant=quant)  # prompt_lookup
+
+
+def enumerate_space(space: Space):
+    """Every configuration of a middle-block space (for tests and small models)."""
+    L, gammas = space.num_layers, range(1, space.max_gamma + 1)
+    for method, quant in itertools.product(space.methods, space.quants):
+        if method == "autoregressive":
+            yield Decoding(method=method, quant=quant)
+        elif method in ("layer_skip", "s3d"):
+            for count, gamma in itertools.product(range(1, L - 1), gammas):
+                yield Decoding(method=method, gamma=gamma, quant=quant, skip_layers=middle_block(L, count))
+        elif method == "early_exit":
+            for exit_layer, gamma in itertools.product(range(1, L), gammas):
+                yield Decoding(method=method, gamma=gamma, quant=quant, exit_layer=exit_layer)
+        elif method == "draft_model":
+            for draft, gamma in itertools.product(space.drafts, gammas):
+                yield Decoding(method=method, gamma=gamma, quant=quant, draft_model=draft)
+        else:
+            for gamma in gammas:
+                yield Decoding(method=method, gamma=gamma, quant=quant)
+
+
+def seeds(space: Space) -> list[dict]:
+    """Known-good starting points (enqueued): plain decoding and S3D-style mid-layer skipping."""
+    L, points = space.num_layers, []
+    for quant in space.quants:
+        for method in space.methods:
+            if method == "autoregressive":
+                points.append({"method": method, "quant": quant})
+            elif method in ("layer_skip", "s3d") and space.skip_pattern == "middle":
+                points.append({"method": method, "quant": quant, "gamma": 4, "skip_count": max(1, L // 2 - 2)})
+            elif method == "early_exit":
+                points.append({"method": method, "quant": quant, "gamma": 4, "exit_layer": max(1, 3 * L // 4)})
+    return points

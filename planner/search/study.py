@@ -1,0 +1,156 @@
+"""The Optuna study: one trial = one configuration, scored by the performance model.
+
+Optuna does the sampling (seeded TPE), the constraint handling (constraints_func), the
+Pareto front (multi-objective) and the persistence (any storage URL, resumed with
+load_if_exists): nothing here re-implements them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from planner.errors import BudgetError, InputError
+from planner.hardware.profile import HardwareProfile
+from planner.models.spec import ModelSpec
+from planner.perf.acceptance import Prior, load_priors
+from planner.perf.cost import Execution
+from planner.perf.speedup import predict
+from planner.plan.schema import (
+    Candidate, Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
+)
+from planner.search.space import Space, seeds, suggest
+
+ALTERNATIVES = 5
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    plan: Plan
+    evaluated: tuple[Candidate, ...]  # every trial's set-up and prediction, in trial order
+    feasible: tuple[bool, ...]
+    budget_gib: float
+
+
+def draft_candidates(spec: ModelSpec, names=None) -> dict[str, ModelSpec]:
+    """Draft models for method draft_model: the given names, else shipped cards with the same
+    tokenizer and at most a quarter of the target's parameters."""
+    from planner.models import load_model_spec, shipped_model_names
+
+    if names:
+        return {name: load_model_spec(name) for name in names}
+    if not spec.tokenizer_family:
+        return {}
+    found = {}
+    for name in shipped_model_names():
+        card = load_model_spec(name)
+        if card.tokenizer_family == spec.tokenizer_family and card.param_count <= spec.param_count / 4:
+            found[name] = card
+    return found
+
+
+def _acceptance_for(acceptance, method: str):
+    if acceptance is None or isinstance(acceptance, float):
+        return acceptance
+    return acceptance.get(method)
+
+
+def search(
+    spec: ModelSpec, profile: HardwareProfile, *, vram_gib: float | None = None, context: int = 2048,
+    batch_size: int = 1, trials: int = 300, seed: int = 0, objective: str = "speed", methods=None, quants=None,
+    drafts=None, skip_pattern: str = "middle", storage: str | None = None, study_name: str | None = None,
+    acceptance=None, priors=None, model_source: str | None = None, progress: bool = False,
+    execution: Execution | None = None,
+) -> SearchResult:
+    import optuna
+
+    if objective not in ("speed", "pareto"):
+        raise InputError(f"unknown objective '{objective}': expected speed or pareto")
+    if trials < 1:
+        raise InputError(f"--trials must be at least 1, got {trials}")
+    if storage and not study_name:
+        raise InputError("--storage needs --study NAME (the study many workers share)")
+    budget = profile.memory_gib if vram_gib is None else vram_gib
+    prior_table = priors if isinstance(priors, dict) and all(isinstance(p, Prior) for p in priors.values()) else load_priors(priors)
+    draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
+    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern)
+    if not space.methods:
+        raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer)")
+    execution = execution or Execution.default_for(profile)
+
+    def evaluate(decoding: Decoding) -> Prediction:
+        return predict(spec, profile, decoding, context=context, batch_size=batch_size,
+                       acceptance=_acceptance_for(acceptance, decoding.method), priors=prior_table,
+                       draft_spec=draft_specs.get(decoding.draft_model), execution=execution)
+
+    def objective_fn(trial):
+        decoding = suggest(trial, space)
+        prediction = evaluate(decoding)
+        trial.set_constraint("vram_gib", prediction.vram_gib - budget)  # feasible when <= 0
+        evaluated.append(Candidate(decoding, prediction))
+        total = prediction.tokens_per_s * batch_size
+        return total if objective == "speed" else (total, prediction.vram_gib)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(20, trials), multivariate=True, group=True)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, load_if_exists=bool(storage), sampler=sampler,
+        directions=["maximize"] if objective == "speed" else ["maximize", "minimize"],
+    )
+    if len(study.trials) == 0:
+        for point in seeds(space):
+            study.enqueue_trial(point, skip_if_exists=True)
+    evaluated: list[Candidate] = []
+    study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+    feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
+    chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
+    if not chosen:
+        raise BudgetError(_nothing_fits(spec, profile, budget, context, batch_size, space, execution))
+    winner, alternatives = chosen[0], _alternatives(chosen)
+    plan = Plan(
+        model=ModelRef(name=spec.name, source=model_source or spec.name, num_layers=spec.num_layers,
+                       vocab_size=spec.vocab_size, hidden_size=spec.hidden_size),
+        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name),
+        decoding=winner.decoding,
+        prediction=winner.prediction,
+        constraints=Constraints(context=context, vram_gib=vram_gib, batch_size=batch_size),
+        alternatives=alternatives,
+        search=SearchSettings(sampler="TPESampler", seed=seed, trials=len(study.trials), objective=objective,
+                              methods=space.methods, storage=storage, study=study_name),
+    )
+    return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def plan(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:
+    """The fastest lossless set-up that fits the budget, as a Plan (see `search` for options)."""
+    return search(spec, profile, **kwargs).plan
+
+
+def _rank(candidates: list[Candidate]) -> list[Candidate]:
+    unique = {repr(c.decoding): c for c in candidates}
+    return sorted(unique.values(), key=lambda c: (-c.prediction.tokens_per_s, c.prediction.vram_gib))
+
+
+def _alternatives(ranked: list[Candidate]) -> tuple[Candidate, ...]:
+    """The best set-up of each other method first, then the runners-up, five in all."""
+    winner = ranked[0]
+    best_per_method: dict[str, Candidate] = {}
+    for candidate in ranked[1:]:
+        if candidate.decoding.method != winner.decoding.method:
+            best_per_method.setdefault(candidate.decoding.method, candidate)
+    picked = list(best_per_method.values())
+    picked += [c for c in ranked[1:] if c not in picked][: max(0, ALTERNATIVES - len(picked))]
+    return tuple(sorted(picked, key=lambda c: -c.prediction.tokens_per_s)[:ALTERNATIVES])
+
+
+def _nothing_fits(spec, profile, budget, context, batch_size, space, execution) -> str:
+    smallest = min(
+        (predict(spec, profile, Decoding("autoregressive", quant=q), context=context, batch_size=batch_size,
+                 execution=execution).vram_gib, q)
+        for q in space.quants
+    )
+    return (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {smallest[1]}) needs "
+            f"{smallest[0]:.1f} GiB at context {context} and batch {batch_size}; "
+            f"use --vram-gib {smallest[0] + 0.05:.1f} or more, or a shorter --context")

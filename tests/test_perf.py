@@ -1,0 +1,116 @@
+"""The performance model against hand-computed values and its own invariants."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from planner.hardware import HardwareProfile, load_profile
+from planner.models import load_model_spec
+from planner.perf import (
+    Execution, alpha_from_tokens_per_iteration, forward_latency_s, load_priors, middle_block, predict, predict_detail,
+    tokens_per_iteration, vram_bytes,
+)
+from planner.perf.acceptance import Prior
+from planner.plan import Decoding
+
+# A round-number device: 1000 GB/s effective, 100 TFLOP/s effective, 1 us per kernel.
+TOY = HardwareProfile(name="toy", device_name="toy", kind="gpu", memory_gib=80, bandwidth_gbps=1000,
+                      peak_tflops={"bf16": 100.0}, bandwidth_efficiency=1.0, compute_efficiency=1.0,
+                      kernel_launch_us=1.0, graph_kernel_us=1.0, token_slope=0.0, quant_slowdown={"int8": 1.0, "int4": 1.0})
+GRAPH = Execution(dtype="bf16", graphs=True)
+
+
+@pytest.fixture(scope="module")
+def llama8b():
+    return load_model_spec("llama-3.1-8b")
+
+
+def test_perf_imports_without_torch():
+    code = "import sys, planner.perf, planner.search, planner.plan; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_one_token_forward_is_weight_bytes_over_bandwidth_plus_kernels(llama8b):
+    t = forward_latency_s(llama8b, TOY, new_tokens=1, context=0, execution=GRAPH)
+    layer_bytes = llama8b.layer_bytes("none") + llama8b.kv_bytes_per_token_per_layer()  # the new token's KV write
+    expected = 32 * (layer_bytes / 1e12 + 8e-6) + llama8b.lm_head_bytes() / 1e12 + 3e-6
+    assert t == pytest.approx(expected, rel=1e-9)
+
+
+def test_large_batch_turns_compute_bound(llama8b):
+    one = forward_latency_s(llama8b, TOY, new_tokens=1, context=0, batch_size=1, execution=GRAPH)
+    many = forward_latency_s(llama8b, TOY, new_tokens=1, context=0, batch_size=4096, execution=GRAPH)
+    flops = 4096 * (32 * 2 * llama8b.layer_linear_params + 2 * llama8b.lm_head_params)
+    assert many > 10 * one and many == pytest.approx(flops / 100e12, rel=0.05)
+
+
+def test_tau_closed_form():
+    alpha, gamma = 0.8, 4
+    assert tokens_per_iteration([alpha] * gamma) == pytest.approx((1 - alpha ** (gamma + 1)) / (1 - alpha))
+    assert alpha_from_tokens_per_iteration(tokens_per_iteration([0.63] * 5), 5) == pytest.approx(0.63, abs=1e-6)
+
+
+def test_s3d_relation_and_priors():
+    priors = load_priors()
+    s3d = priors["s3d"]
+    assert s3d.ceiling < 1 and s3d.decay < 1  # mask-token drafting never reaches full acceptance
+    assert s3d.alpha(0.0) < s3d.ceiling and s3d.alpha(0.2) > s3d.alpha(0.5) > s3d.alpha(0.8)
+    assert s3d.alpha(s3d.midpoint) == pytest.approx(s3d.ceiling / 2)
+
+
+def test_speculation_matches_leviathan_formula(llama8b):
+    """With a constant alpha, speedup = tau * T_ar / (gamma * T_draft + T_verify) (Leviathan et al. 2023)."""
+    d = Decoding("layer_skip", gamma=4, skip_layers=middle_block(32, 12))
+    detail = predict_detail(llama8b, TOY, d, context=512, acceptance=0.7, execution=GRAPH)
+    tau = (1 - 0.7**5) / 0.3
+    t_draft = forward_latency_s(llama8b, TOY, layers=20, new_tokens=1, context=512, execution=GRAPH)
+    t_verify = forward_latency_s(llama8b, TOY, new_tokens=5, context=512, execution=GRAPH)
+    assert detail.prediction.speedup == pytest.approx(tau * detail.autoregressive_s / (4 * t_draft + t_verify))
+    assert detail.prediction.speedup <= detail.prediction.tokens_per_iteration
+    assert detail.prediction.basis == "calibrated"
+
+
+def test_s3d_drafts_in_one_forward_and_beats_sequential(llama8b):
+    skip = middle_block(32, 12)
+    s3d = predict_detail(llama8b, TOY, Decoding("s3d", gamma=4, skip_layers=skip), acceptance=0.7, execution=GRAPH)
+    seq = predict_detail(llama8b, TOY, Decoding("layer_skip", gamma=4, skip_layers=skip), acceptance=0.7, execution=GRAPH)
+    assert s3d.draft_s == pytest.approx(forward_latency_s(llama8b, TOY, layers=20, new_tokens=4, execution=GRAPH))
+    assert s3d.draft_s < seq.draft_s / 3.5
+
+
+def test_no_gain_when_acceptance_below_draft_cost(llama8b):
+    d = Decoding("layer_skip", gamma=3, skip_layers=middle_block(32, 4))
+    assert predict(llama8b, TOY, d, acceptance=0.05).speedup < 1
+
+
+def test_early_exit_verifies_only_the_upper_layers(llama8b):
+    d = Decoding("early_exit", gamma=3, exit_layer=8)
+    detail = predict_detail(llama8b, TOY, d, acceptance=0.6, context=100, execution=GRAPH)
+    upper = forward_latency_s(llama8b, TOY, layers=24, new_tokens=4, context=100, execution=GRAPH)
+    lower_last = forward_latency_s(llama8b, TOY, layers=8, new_tokens=1, context=100, execution=GRAPH, with_head=False)
+    assert detail.verify_s == pytest.approx(upper + lower_last)
+
+
+def test_quantization_shrinks_time_and_memory(llama8b):
+    a10g = load_profile("a10g")
+    bf16, int4 = (predict(llama8b, a10g, Decoding("autoregressive", quant=q)) for q in ("none", "int4"))
+    assert int4.tokens_per_s > 2 * bf16.tokens_per_s and int4.vram_gib < bf16.vram_gib / 2.5
+
+
+def test_vram_counts_draft_model_weights_and_its_cache(llama8b):
+    draft = load_model_spec("llama-3.2-1b")
+    kwargs = dict(gamma=4, quant="none", context=4096, batch_size=2)
+    own = vram_bytes(llama8b, TOY, method="autoregressive", **kwargs)
+    with_draft = vram_bytes(llama8b, TOY, method="draft_model", draft_spec=draft, **kwargs)
+    slots = 4096 + 5
+    assert own["kv_cache"] == 2 * slots * 32 * 2 * 8 * 128 * 2
+    assert with_draft["draft"] == draft.weight_bytes("none") + 2 * slots * draft.kv_bytes_per_token()
+
+
+def test_prior_override_by_mapping(llama8b):
+    priors = {"s3d": Prior(ceiling=0.5, steepness=0.0)}
+    d = Decoding("s3d", gamma=2, skip_layers=(15, 16))
+    assert predict(llama8b, TOY, d, priors=priors).acceptance == pytest.approx(0.5)
+    assert math.isclose(predict(llama8b, TOY, d, priors=priors).tokens_per_iteration, 1.75)

@@ -1,0 +1,115 @@
+"""The Optuna search: quality against exhaustive enumeration, determinism, budget, storage, CLI."""
+
+import json
+import time
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cli import cli
+from planner.errors import BudgetError, InputError
+from planner.hardware import load_profile, shipped_profile_names
+from planner.models import load_model_spec
+from planner.perf import predict
+from planner.plan import load_plan
+from planner.search import Space, draft_candidates, enumerate_space, search
+
+
+def _exhaustive_best(spec, profile, budget, methods=None):
+    drafts = draft_candidates(spec) if methods is None or "draft_model" in methods else {}
+    space = Space.for_model(spec, methods=methods, drafts=tuple(drafts))
+    best = 0.0
+    for decoding in enumerate_space(space):
+        p = predict(spec, profile, decoding, draft_spec=drafts.get(decoding.draft_model))
+        if p.vram_gib <= budget:
+            best = max(best, p.tokens_per_s)
+    return best
+
+
+@pytest.mark.parametrize("model, gpu, budget", [("llama-3.1-8b", "a10g", 12.0), ("tinyllama-1.1b", "rtx4090", 24.0), ("qwen2.5-7b", "l4", 8.0)])
+def test_search_within_two_percent_of_exhaustive(model, gpu, budget):
+    spec, profile = load_model_spec(model), load_profile(gpu)
+    found = search(spec, profile, vram_gib=budget, trials=300, seed=1).plan.prediction.tokens_per_s
+    assert found >= 0.98 * _exhaustive_best(spec, profile, budget)
+
+
+def test_same_seed_same_plan():
+    spec, profile = load_model_spec("mistral-7b"), load_profile("l4")
+    first = search(spec, profile, trials=80, seed=7).plan
+    assert search(spec, profile, trials=80, seed=7).plan == first
+
+
+def test_70b_300_trials_is_fast():
+    start = time.perf_counter()
+    search(load_model_spec("llama-3.1-70b"), load_profile("h100-sxm"), trials=300, seed=0)
+    assert time.perf_counter() - start < 10  # the issue's bound on a 2-core CPU (timed in BENCHMARKS.md too)
+
+
+def test_a10g_12gib_plan_is_quantized_speculative_and_fits():
+    plan = search(load_model_spec("llama-3.1-8b"), load_profile("a10g"), vram_gib=12, trials=300, seed=0).plan
+    assert plan.decoding.quant in ("int8", "int4") and plan.decoding.method != "autoregressive"
+    assert plan.prediction.vram_gib <= 12 and plan.prediction.speedup > 1
+    assert len(plan.alternatives) == 5 and plan.search.seed == 0 and plan.prediction.basis == "analytical"
+
+
+@pytest.mark.parametrize("gpu", shipped_profile_names())
+def test_self_speculative_plans_follow_the_literature(gpu):
+    """Restricted to self-drafting, mid-layer skipping with a few token predictors wins."""
+    spec = load_model_spec("llama-2-13b")
+    plan = search(spec, load_profile(gpu), trials=150, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"]).plan
+    assert plan.decoding.method == "s3d" and 3 <= plan.decoding.gamma <= 7
+    skipped = plan.decoding.skip_layers
+    assert skipped[0] > 0 and skipped[-1] < spec.num_layers - 1  # a middle block
+
+
+def test_memory_forces_quantization():
+    plan = search(load_model_spec("llama-2-13b"), load_profile("t4"), trials=120, seed=0).plan
+    assert plan.decoding.quant in ("int8", "int4") and plan.prediction.vram_gib <= 15.0
+
+
+def test_nothing_fits_names_the_smallest_budget():
+    with pytest.raises(BudgetError, match=r"nothing fits 2.0 GiB: the smallest set-up \(autoregressive, int4\) needs 5.\d GiB"):
+        search(load_model_spec("llama-3.1-8b"), load_profile("a10g"), vram_gib=2, trials=30)
+
+
+def test_storage_resumes_a_shared_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    spec, profile = load_model_spec("tinyllama-1.1b"), load_profile("l4")
+    search(spec, profile, trials=20, storage=url, study_name="s")
+    second = search(spec, profile, trials=20, storage=url, study_name="s").plan
+    assert second.search.trials == 40
+    with pytest.raises(InputError, match="--storage needs --study"):
+        search(spec, profile, trials=5, storage=url)
+
+
+def test_plan_command_writes_plan_and_plot(tmp_path):
+    out, png = tmp_path / "plan.yaml", tmp_path / "plan.png"
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--vram-gib", "12",
+                                      "--trials", "60", "--out", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "chosen" in result.output and png.stat().st_size > 10_000
+    assert load_plan(out).constraints.vram_gib == 12
+
+
+def test_plan_command_bad_input_writes_nothing(tmp_path):
+    out = tmp_path / "plan.yaml"
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--vram-gib", "1", "--trials", "10", "--out", str(out)])
+    assert result.exit_code == 2 and "nothing fits" in result.output and not out.exists()
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--methods", "s3d,medusa", "--out", str(out)])
+    assert result.exit_code == 2 and "unknown method 'medusa'" in result.output
+
+
+def test_predict_json_and_table():
+    args = ["predict", "--model", "llama-3.1-8b", "--gpu", "a10g", "--method", "s3d", "--gamma", "4", "--skip-ratio", "0.4", "--quant", "int4"]
+    data = json.loads(CliRunner().invoke(cli, args + ["--json"]).output)
+    assert {"tokens_per_s", "speedup", "tokens_per_iteration", "vram_gib"} <= set(data)
+    assert data["decoding"]["skip_layers"] == list(range(10, 23)) and len(data["acceptance_per_position"]) == 4
+    assert "tokens per iteration" in CliRunner().invoke(cli, args).output
+    override = json.loads(CliRunner().invoke(cli, args + ["--json", "--acceptance", "0.9"]).output)
+    assert override["acceptance"] == pytest.approx(0.9) and override["basis"] == "calibrated"
+
+
+def test_predict_rejects_layers_outside_the_model():
+    result = CliRunner().invoke(cli, ["predict", "--model", "llama-3.1-8b", "--gpu", "a10g", "--method", "layer_skip", "--skip-layers", "20-40"])
+    assert result.exit_code == 2 and "layer 32 is outside 0-31" in result.output

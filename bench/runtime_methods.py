@@ -1,8 +1,7 @@
-"""Benchmark (b): each method's measured iteration time, beside the DESIGN.md iteration
-formula evaluated on forward times measured on the same device (draft + verify).
-
-Comparing against planner.perf's analytical prediction needs that predictor; until it
-lands, `predicted_ms` is the formula over measured forwards (same formula, measured inputs).
+"""Benchmark (b): each method's measured iteration time against planner.perf's analytical
+prediction from the device's profile (`--profile FILE`, default: measured now with
+`profile_device(quick=True)`), and beside the same iteration formula evaluated on forward
+times measured in this run (draft + verify), which separates formula error from cost-model error.
 
     python bench/runtime_methods.py --out bench/results/runtime_methods.json
 """
@@ -49,6 +48,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--shape", default=None)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--profile", help="profile YAML of this device (default: measure it now)")
     args = parser.parse_args()
 
     from _runtime_shapes import default_shape, llama_config
@@ -80,18 +80,42 @@ def main() -> None:
         "prompt_lookup": (drafters.PromptLookup(target, GAMMA, 3), t_verify),
     }
     prompt = list(range(10, 42))
+    analytical = analytical_ms(config, draft_config, args.profile, device, skip, exit_layer, context=len(prompt) + args.tokens // 2)
     rows = []
     for name, (drafter, predicted_ms) in methods.items():
         generate(target, drafter, prompt, max_new_tokens=16)
         run = generate(target, drafter, prompt, max_new_tokens=args.tokens)
         measured_ms = 1000 * run.decode_s / run.iterations
         rows.append({"method": name, "gamma": drafter.gamma, "iteration_ms": measured_ms, "predicted_ms": predicted_ms,
-                     "error": measured_ms / predicted_ms - 1, "tokens_per_iteration": run.decode_tokens / run.iterations})
+                     "error": measured_ms / predicted_ms - 1, "analytical_ms": analytical[name],
+                     "analytical_error": measured_ms / analytical[name] - 1,
+                     "tokens_per_iteration": run.decode_tokens / run.iterations})
     result = {"benchmark": "runtime iteration time per method", "device": str(device), "compiled": target.compiled,
               "shape": args.shape or default_shape(device), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for row in rows:
-        print(f"{row['method']:15s} measured {row['iteration_ms']:8.3f} ms  formula {row['predicted_ms']:8.3f} ms  {100 * row['error']:+6.1f}%")
+        print(f"{row['method']:15s} measured {row['iteration_ms']:8.3f} ms  formula {row['predicted_ms']:8.3f} ms "
+              f"{100 * row['error']:+6.1f}%  planner.perf {row['analytical_ms']:8.3f} ms {100 * row['analytical_error']:+6.1f}%")
+
+
+def analytical_ms(config, draft_config, profile_path, device, skip, exit_layer, *, context: int) -> dict:
+    """planner.perf's iteration time per method, from the device's profile."""
+    from planner.hardware import load_profile, profile_device
+    from planner.perf import predict
+    from planner.plan import Decoding
+    from planner.runtime.memory import spec_from_config
+
+    profile = load_profile(profile_path) if profile_path else profile_device(str(device), quick=True)
+    spec, draft_spec = spec_from_config(config), spec_from_config(draft_config)
+    decodings = {
+        "autoregressive": Decoding("autoregressive"),
+        "layer_skip": Decoding("layer_skip", gamma=GAMMA, skip_layers=skip),
+        "early_exit": Decoding("early_exit", gamma=GAMMA, exit_layer=exit_layer),
+        "s3d": Decoding("s3d", gamma=GAMMA, skip_layers=skip),
+        "draft_model": Decoding("draft_model", gamma=GAMMA, draft_model="tiny"),
+        "prompt_lookup": Decoding("prompt_lookup", gamma=GAMMA),
+    }
+    return {name: predict(spec, profile, d, context=context, draft_spec=draft_spec).iteration_ms for name, d in decodings.items()}
 
 
 if __name__ == "__main__":

@@ -4,28 +4,15 @@ checkpoint's config alone, and the refusal of plans that cannot fit the budget."
 from __future__ import annotations
 
 from planner.errors import BudgetError
-from planner.models.spec import ModelSpec
+from planner.models import ModelSpec, spec_from_hf_config
 
 GIB = 1024**3
 
 
 def spec_from_config(hf_config) -> ModelSpec:
-    from planner.runtime.model import decoder_config
-
-    cfg = decoder_config(hf_config)
-    return ModelSpec(
-        name=getattr(hf_config, "_name_or_path", "") or cfg.architecture,
-        architecture=cfg.architecture,
-        num_layers=cfg.num_layers,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_heads=cfg.num_heads,
-        num_kv_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim,
-        vocab_size=cfg.vocab_size,
-        tie_embeddings=cfg.tie_embeddings,
-        qkv_bias=cfg.qkv_bias,
-    )
+    """The planner's ModelSpec of a loaded checkpoint's transformers config."""
+    name = getattr(hf_config, "_name_or_path", "") or hf_config.model_type
+    return spec_from_hf_config(hf_config.to_dict(), name)
 
 
 def estimate_vram_gib(hf_config, *, quant: str, max_seq_len: int, dtype: str, draft_config=None) -> float:

@@ -1,6 +1,9 @@
-"""Model shapes the runtime benchmarks time: Llama-3-8B on a GPU, a tiny Llama on CPU."""
+"""What the runtime benchmarks share: the model shapes they time (Llama-3-8B on a GPU, a
+tiny Llama on CPU), their common arguments, and the device sync before clock reads."""
 
 from __future__ import annotations
+
+import argparse
 
 
 def llama_config(shape: str):
@@ -18,3 +21,19 @@ def llama_config(shape: str):
 
 def default_shape(device) -> str:
     return "llama3-8b" if device.type == "cuda" else "tiny"
+
+
+def base_parser(doc: str, *, tokens: int) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--shape", default=None, help="llama3-8b or tiny (default: by device)")
+    parser.add_argument("--tokens", type=int, default=tokens)
+    return parser
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

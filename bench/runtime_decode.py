@@ -9,7 +9,6 @@ summing a large buffer, or given with --bandwidth-gbps (a profile's measured fig
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _runtime_shapes import base_parser, sync  # noqa: E402
 
 
 def read_bandwidth_gbps(device, gib: float) -> float:
@@ -27,27 +28,17 @@ def read_bandwidth_gbps(device, gib: float) -> float:
         x.sum()
     best = float("inf")
     for _ in range(10):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         x.sum()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return x.numel() * 2 / best / 1e9
 
 
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--shape", default=None, help="llama3-8b or tiny (default: by device)")
-    parser.add_argument("--tokens", type=int, default=256)
+    parser = base_parser(__doc__, tokens=256)
     parser.add_argument("--bandwidth-gbps", type=float, default=None)
     args = parser.parse_args()
 

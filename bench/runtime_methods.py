@@ -8,7 +8,6 @@ times measured in this run (draft + verify), which separates formula error from 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _runtime_shapes import base_parser, sync  # noqa: E402
 
 GAMMA = 4
 
@@ -27,27 +28,17 @@ def forward_ms(target, tokens: int, layers, repeats: int = 20) -> float:
     pos = target.positions(64, tokens)
     for _ in range(3):
         target.step(x, pos, layers)
-    _sync(target.device)
+    sync(target.device)
     start = time.perf_counter()
     for _ in range(repeats):
         target.step(x, pos, layers)
-    _sync(target.device)
+    sync(target.device)
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--shape", default=None)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser = base_parser(__doc__, tokens=128)
     parser.add_argument("--profile", help="profile YAML of this device (default: measure it now)")
     args = parser.parse_args()
 

@@ -7,7 +7,6 @@ and device; every output is compared with the runtime's plain greedy output.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -16,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _runtime_shapes import base_parser, sync  # noqa: E402
 
 GAMMA = 4
 
@@ -34,26 +35,16 @@ def _hf_run(model, prompt, new_tokens: int, **kwargs):
 
     ids = torch.tensor([prompt], device=model.device)
     model.generate(ids, do_sample=False, max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up
-    _sync(model.device)
+    sync(model.device)
     start = time.perf_counter()
     out = model.generate(ids, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-    _sync(model.device)
+    sync(model.device)
     return out[0, len(prompt):].tolist(), new_tokens / (time.perf_counter() - start)
 
 
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--shape", default=None)
-    parser.add_argument("--tokens", type=int, default=96)
+    parser = base_parser(__doc__, tokens=96)
     args = parser.parse_args()
 
     import torch

@@ -45,34 +45,42 @@ def _table(rows: list[list], headers: list[str]) -> str:
 
 @cli.command()
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--quick", is_flag=True, help="Smaller problems: under 15 s on a GPU.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the profile YAML here (default: print it).")
+@click.option("--quick", is_flag=True, help="Smaller problems: under 15 s on a GPU, a few seconds on a CPU.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the profile YAML here; its stem names the "
+              "profile (default: print it, named after the device).")
 def profile(device, quick, out):
-    """Measure this machine's device into a profile YAML.
+    """Measure this machine's device into a profile YAML usable wherever a shipped name is.
 
     \b
     Example:
       specplan profile --device cpu --quick --out cpu.yaml
+      specplan profile --device cuda:0 --out profiles/gpus/measured/h100-sxm-measured.yaml
       specplan plan --model llama-3.2-1b --gpu cpu.yaml
     """
+    from pathlib import Path
+
     import yaml
     from tqdm import tqdm
 
+    from planner._yaml import ensure_writable
     from planner.hardware import profile_device
-    from planner.hardware.measure import resolve_device
+    from planner.hardware.measure import STEPS, resolve_device
 
-    resolve_device(device)  # a missing GPU is reported before any bar is drawn
-    with tqdm(total=5, desc="profiling", unit="step", file=sys.stderr, leave=False) as bar:
+    resolve_device(device)  # a missing GPU or a bad path is reported before any bar is drawn
+    if out:
+        ensure_writable(out)
+    with tqdm(total=len(STEPS), desc="profiling", unit="step", file=sys.stderr, leave=False) as bar:
         def step(name):
+            bar.update(STEPS.index(name) - bar.n)
             bar.set_postfix_str(name)
-            bar.update(0 if bar.n == 0 and name == "memory bandwidth" else 1)
 
-        measured = profile_device(device, quick=quick, progress=step)
+        measured = profile_device(device, quick=quick, name=Path(out).stem if out else None, progress=step)
         bar.update(bar.total - bar.n)
     if out:
         measured.save(out)
-        click.echo(f"wrote {out}: {measured.device_name}, {measured.effective_bandwidth_gbps:.0f} GB/s read, "
-                   f"{measured.peak_tflops['bf16']:.3g} bf16 TFLOP/s, {measured.memory_gib:.1f} GiB", err=True)
+        click.echo(f"wrote {out} in {measured.measured['wall_time_s']:.0f} s: {measured.device_name}, "
+                   f"{measured.measured['copy_bandwidth_gbps']:.4g} GB/s copy, "
+                   f"{measured.measured['matmul_tflops']['bf16']:.4g} bf16 TFLOP/s, {measured.memory_gib:.1f} GiB", err=True)
     else:
         click.echo(yaml.safe_dump(measured.to_dict(), sort_keys=False, width=100), nl=False)
 
@@ -80,21 +88,22 @@ def profile(device, quick, out):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def profiles(as_json):
-    """List the shipped GPU profiles (names usable as --gpu).
+    """List the shipped GPU profiles and committed measured ones (names usable as --gpu).
 
     \b
     Example:
       specplan profiles
+      specplan profiles --json
     """
-    from planner.hardware import shipped_profiles
+    from planner.hardware import measured_profiles, shipped_profiles
 
-    found = shipped_profiles()
+    found = [("published", p) for p in shipped_profiles()] + [("measured", p) for p in measured_profiles()]
     if as_json:
-        click.echo(json.dumps([p.to_dict() for p in found], indent=2))
+        click.echo(json.dumps([dict(p.to_dict(), origin=origin) for origin, p in found], indent=2))
         return
     rows = [[p.name, p.device_name, f"{p.memory_gib:.1f}", f"{p.bandwidth_gbps:.0f}", f"{p.peak_tflops['bf16']:.0f}",
-             f"{p.bandwidth_efficiency:.2f}"] for p in found]
-    click.echo(_table(rows, ["name", "device", "memory GiB", "bandwidth GB/s", "bf16 TFLOP/s", "bw efficiency"]))
+             f"{p.bandwidth_efficiency:.2f}", origin] for origin, p in found]
+    click.echo(_table(rows, ["name", "device", "memory GiB", "bandwidth GB/s", "bf16 TFLOP/s", "bw efficiency", "figures"]))
 
 
 # ---------------------------------------------------------------- models (issue 2)
@@ -233,7 +242,13 @@ def _describe(d) -> str:
 
 @cli.command("plan")
 @click.option("--model", "model_name", required=True, help="Card name, model directory, config.json or hub id.")
-@click.option("--gpu", required=True, help="Shipped profile name or a measured profile YAML.")
+@click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
+@click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
+@click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
+@click.option("--engine", help="Search only what this engine can run: vllm, sglang, trtllm, hf or llamacpp.")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
+@click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
+@click.option("--usd-per-hour", help="Fleet: GPU prices for cost per million tokens, e.g. a10g=1.0,h100-sxm=4.5")
 @click.option("--vram-gib", type=click.FloatRange(min=0, min_open=True), help="Memory budget (default: the GPU's).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
@@ -246,31 +261,86 @@ def _describe(d) -> str:
 @click.option("--study", "study_name", help="Study name in --storage.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw every evaluated set-up (PNG).")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def plan_command(model_name, gpu, vram_gib, context, trials, seed, objective, methods, skip_pattern, storage,
-                 study_name, plot, out):
+def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
+                 seed, objective, methods, skip_pattern, storage, study_name, plot, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
     Example:
       specplan plan --model llama-3.1-8b --gpu a10g --vram-gib 12 --out plan.yaml
+      specplan plan --model llama-3.1-8b --gpu h100-sxm --batch-sizes 1-128 --engine vllm --plot sched.png
+      specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
+          --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
     """
     from planner.hardware import load_profile
     from planner.models import load_model_spec
     from planner.plan import save_plan
     from planner.search import search
+    from planner.search.engines import engine_space
+    from planner.search.schedule import parse_batch_sizes, schedule_search
 
-    method_list = _method_list(methods)
+    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot)
+    sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
+    if gpus:
+        return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
+                           seed, methods)
+    method_list, quants = engine_space([engine] if engine else [], _method_list(methods))
     spec, profile = load_model_spec(model_name), load_profile(gpu)
-    result = search(spec, profile, vram_gib=vram_gib, context=context, trials=trials, seed=seed, objective=objective,
-                    methods=method_list, skip_pattern=skip_pattern, storage=storage, study_name=study_name,
-                    model_source=model_name)
+    if sizes:
+        result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, context=context, trials=trials,
+                                 seed=seed, methods=method_list, quants=quants, skip_pattern=skip_pattern,
+                                 model_source=model_name)
+    else:
+        result = search(spec, profile, vram_gib=vram_gib, context=context, trials=trials, seed=seed, objective=objective,
+                        methods=method_list, quants=quants, skip_pattern=skip_pattern, storage=storage,
+                        study_name=study_name, model_source=model_name)
     if plot:
-        from planner.search.plot import plot_search
+        from planner.search.plot import plot_schedule, plot_search
 
-        plot_search(result, plot)
+        (plot_schedule if sizes else plot_search)(result, plot)
     save_plan(result.plan, out)
     _print_plan(result.plan)
+    if result.plan.schedule:
+        _print_schedule(result.plan)
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot):
+    from planner.errors import InputError
+
+    if bool(gpu) == bool(gpus):
+        raise InputError("give --gpu NAME for one plan, or --gpus LIST --out-dir DIR for a fleet")
+    fleet_only = {"--out-dir": out_dir, "--export": exports, "--usd-per-hour": usd_per_hour}
+    for flag, value in fleet_only.items():
+        if value and not gpus:
+            raise InputError(f"{flag} plans a fleet: use it with --gpus")
+    if gpus and not out_dir:
+        raise InputError("--gpus writes one plan per GPU: give --out-dir DIR")
+    if gpus and plot:
+        raise InputError("--plot draws one GPU's plan; a fleet draws DIR/summary.png")
+    if batch_sizes and (objective != "speed" or storage):
+        raise InputError("--batch-sizes plans for speed in one process: leave out --objective pareto and --storage")
+
+
+def _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials, seed,
+                methods):
+    from planner.models import load_model_spec
+    from planner.search.fleet import SUMMARY_HEADERS, parse_gpus, parse_prices, plan_fleet, summary_rows
+
+    summary = plan_fleet(load_model_spec(model_name), parse_gpus(gpus), out_dir=out_dir,
+                         exports=[e.strip() for e in (exports or "").split(",") if e.strip()], engine=engine,
+                         batch_sizes=sizes or (1,), usd_per_hour=parse_prices(usd_per_hour), vram_gib=vram_gib,
+                         context=context, trials=trials, seed=seed, methods=_method_list(methods),
+                         model_source=model_name)
+    click.echo(_table(summary_rows(summary.rows), SUMMARY_HEADERS))
+    click.echo(f"wrote {len(summary.files)} files in {out_dir} (summary.md, summary.png, one directory per GPU)")
+
+
+def _print_schedule(plan) -> None:
+    rows = [[f"{e.batch_min}-{e.batch_max}", e.method, e.gamma, f"{e.tokens_per_s_per_sequence:.1f}",
+             f"{e.tokens_per_s_total:.0f}"] for e in plan.schedule]
+    click.echo("schedule (gamma 0: don't speculate):")
+    click.echo(_table(rows, ["batch sizes", "method", "gamma", "tokens/s per sequence", "tokens/s total"]))
 
 
 def _method_list(methods):
@@ -335,6 +405,31 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 # ---------------------------------------------------------------- S3D + demo (issue 5)
 # (commands: adapt, autotune)
 
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory or hub id.")
+@click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
+@click.option("--skip-layers", "skip", required=True, help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
+@click.option("--gamma", type=int, required=True, help="Tokens drafted per forward (mask tokens = gamma - 1).")
+@click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
+def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
+    """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
+    trained to predict the next gamma tokens in one forward, the full model kept as it was.
+
+    Example: specplan adapt --model ./my-llama --data src/ --skip-layers 4-7 --gamma 4 --out ./my-llama-s3d
+    """
+    from planner.train.adapt import adapt as run_adapt
+
+    r = run_adapt(model_path, data, skip=skip, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
+                  resume=resume, device=device)
+    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {r.draft_loss:.3f}")
+    click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
+
 # ---------------------------------------------------------------- deployment (issue 7)
 # (commands: export)
 
@@ -362,8 +457,28 @@ def export_command(plan_path, engine, engine_version, out):
     click.echo(f"wrote {out} ({result.version_range})")
 
 
+# click >= 8.2 raises this for a bare group; 8.1 prints the help itself and exits 0.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv=None) -> None:
-    cli.main(args=argv, prog_name="specplan")
+    # standalone_mode=False so click's usage errors reach us: one line instead of click's four.
+    try:
+        code = cli.main(args=argv, prog_name="specplan", standalone_mode=False)
+    except _NO_ARGS_IS_HELP as exc:  # bare `specplan`: the help, as click prints it
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

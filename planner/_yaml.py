@@ -27,6 +27,18 @@ def read_yaml(path: str | os.PathLike) -> object:
         raise InputError(f"{path}:{where}: {problem}") from None
 
 
+def ensure_writable(path: str | os.PathLike) -> None:
+    """Fail before a long computation, not after it, when `path` could not be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"{path}: cannot write (it is a directory)")
+    if not parent.is_dir():
+        raise InputError(f"{path}: cannot write (no directory {parent})")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: cannot write (permission denied)")
+
+
 def write_yaml_atomic(path: str | os.PathLike, data: object) -> None:
     """Write YAML to a temporary file beside `path`, then rename: never half-written."""
     path = Path(path)

@@ -1,5 +1,6 @@
 """The profiler on this machine's CPU, the shipped GPU profiles, and their error paths."""
 
+import json
 import subprocess
 import sys
 
@@ -9,11 +10,14 @@ from click.testing import CliRunner
 
 from cli import cli
 from planner.errors import DeviceError, InputError, NotFoundError
-from planner.hardware import load_profile, profile_device, shipped_profile_names
-from planner.hardware.measure import Sizes, resolve_device, theoretical_bandwidth_gbps
+from planner.hardware import load_profile, measured_profile_names, profile_device, shipped_profile_names
+from planner.hardware import profile as profile_module
+from planner.hardware.measure import STEPS, Sizes, chosen_quant_slowdown, resolve_device, token_slope
+from planner.hardware.nvml import nvml_facts, theoretical_bandwidth_gbps
 
 REQUIRED = {"t4", "a10g", "l4", "l40s", "rtx3090", "rtx4090", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200"}
-TINY = Sizes(bandwidth_mib=32, matmul_n=128, repeats=2)
+TINY = Sizes(bandwidth_mib=16, matmul_n=128, repeats=2, decode_shape=(1024, 512))
+NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 
 
 def test_required_profiles_shipped_with_sources():
@@ -22,7 +26,7 @@ def test_required_profiles_shipped_with_sources():
         profile = load_profile(name)
         for key in ("bandwidth_gbps", "peak_tflops", "memory_gib"):
             assert profile.sources[key].startswith("published: "), (name, key)
-        for key in ("bandwidth_efficiency", "compute_efficiency"):
+        for key in ("bandwidth_efficiency", "compute_efficiency", "kernel_launch_us", "quant_slowdown"):
             assert profile.sources[key].startswith(("default: ", "measured here: ")), (name, key)
         assert 0 < profile.bandwidth_efficiency <= 1 and {"bf16", "fp16", "fp32"} <= set(profile.peak_tflops)
 
@@ -33,35 +37,98 @@ def test_h100_published_figures():
 
 
 def test_theoretical_bandwidth_formula():
-    # H100 SXM: 5120-bit HBM3 at 2619 MHz -> 3352 GB/s
-    assert theoretical_bandwidth_gbps(5120, 2619) == pytest.approx(3352.3, abs=0.1)
-    assert theoretical_bandwidth_gbps(384, 9751) == pytest.approx(936.1, abs=0.1)  # RTX 3090
+    # NVML's bus width and max memory clock reproduce the datasheet figures
+    assert theoretical_bandwidth_gbps(5120, 2619) == pytest.approx(3352.3, abs=0.1)  # H100 SXM, 3.35 TB/s
+    assert theoretical_bandwidth_gbps(384, 9751) == pytest.approx(936.1, abs=0.1)  # RTX 3090, 936 GB/s
+    assert theoretical_bandwidth_gbps(256, 5001) == pytest.approx(320.0, abs=0.1)  # T4, 320 GB/s
+
+
+@NO_GPU
+def test_nvml_without_driver_says_why():
+    facts, why = nvml_facts(0)
+    assert facts == {} and why
+
+
+def test_nvml_facts_from_a_driver(monkeypatch):
+    """The NVML path against a stand-in driver reporting an H100 SXM (no GPU here)."""
+    import types
+
+    class NVMLError(Exception):
+        pass
+
+    def by_uuid(uuid):
+        raise NVMLError("not found")  # e.g. a MIG slice: falls back to the index
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, NVML_CLOCK_MEM=2, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByUUID=by_uuid, nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=81559 * 2**20, free=80000 * 2**20),
+        nvmlDeviceGetMemoryBusWidth=lambda h: 5120, nvmlDeviceGetMaxClockInfo=lambda h, clock: 2619,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    facts, why = nvml_facts(0, "0123-abcd")
+    assert why is None and facts["theoretical_bandwidth_gbps"] == pytest.approx(3352.3, abs=0.1)
+    assert facts["memory_total_gib"] == pytest.approx(79.65, abs=0.01) and facts["memory_bus_width_bits"] == 5120
+    del fake.nvmlDeviceGetMemoryBusWidth  # an nvidia-ml-py without the call: memory still reported
+    facts, why = nvml_facts(0)
+    assert "theoretical_bandwidth_gbps" not in facts and facts["memory_free_gib"] > 0 and "bus width" in why
+
+
+def test_quant_slowdown_prefers_the_runtime_backend():
+    per_backend = {"torch": {"int8": 1.1, "int4": 2.0}, "torchao": {"int8": 1.4, "int4": "unavailable: RuntimeError"}}
+    assert chosen_quant_slowdown(per_backend) == ({"int8": 1.4, "int4": 2.0}, "int8 from torchao, int4 from torch")
+    chosen, origin = chosen_quant_slowdown({"torch": {"int8": "unavailable: x"}, "torchao": "not installed"})
+    assert chosen == {"int8": 1.3, "int4": 1.45} and origin == "int8 from default, int4 from default"
+
+
+def test_token_slope_reads_eight_tokens():
+    assert token_slope({1: 100.0, 8: 114.0}) == pytest.approx(0.02)
+    assert token_slope({1: 100.0, 8: 99.0}) == 0.0  # noise never makes more tokens cheaper
 
 
 def test_cpu_profile_measures_and_round_trips(tmp_path):
     steps = []
-    profile = profile_device("cpu", sizes=TINY, progress=steps.append)
-    assert profile.kind == "cpu" and profile.memory_gib > 1
-    assert steps == ["memory bandwidth", "matmul FLOP/s", "decode-shaped matmul", "launch overhead", "quantized matmuls"]
-    measured = profile.measured
-    assert measured["read_bandwidth_gbps"] > 0.1 and measured["copy_bandwidth_gbps"] > 0.1
-    assert set(measured["decode_matmul_latency_us"]) == {1, 2, 4, 8, 16, 32}
-    assert measured["matmul_tflops"]["fp32"] > 0 and measured["launch_overhead_us"]["eager"] > 0
-    assert profile.bandwidth_gbps == measured["read_bandwidth_gbps"] and profile.bandwidth_efficiency == 1.0
+    profile = profile_device("cpu", sizes=TINY, name="mine", progress=steps.append)
+    assert profile.name == "mine" and profile.kind == "cpu" and profile.memory_gib > 1
+    assert steps == list(STEPS)
+    m = profile.measured
+    assert m["read_bandwidth_gbps"] > 0.1 and m["copy_bandwidth_gbps"] > 0.1
+    assert set(m["decode_matmul_latency_us"]) == {1, 2, 4, 8, 16, 32} and m["decode_matmul_dtype"] == "float32"
+    assert set(m["matmul_tflops"]) == {"bf16", "fp16", "fp32"} and m["launch_overhead_us"]["eager"] > 0
+    assert "graph" not in m["launch_overhead_us"] and profile.graph_kernel_us == profile.kernel_launch_us
+    # derived fields the performance model reads come from the raw figures
+    assert profile.bandwidth_gbps == max(m["read_bandwidth_gbps"], m["decode_matmul_bandwidth_gbps"])
+    assert profile.effective_bandwidth_gbps == pytest.approx(m["decode_matmul_bandwidth_gbps"], rel=2e-3)
+    assert profile.peak_tflops == m["matmul_tflops"] and profile.compute_efficiency == 1.0
+    torch_quant = m["quant_matmul_slowdown"]["torch"]
+    for bits in ("int8", "int4"):  # both built-in kernels exist on CPU in the pinned torch
+        assert isinstance(torch_quant[bits], float) and profile.quant_slowdown[bits] == torch_quant[bits]
+    assert all(profile.sources[k].startswith("measured: ") for k in ("bandwidth_gbps", "quant_slowdown", "token_slope"))
     path = tmp_path / "mine.yaml"
     profile.save(path)
-    assert load_profile(str(path)) == profile  # a measured profile works wherever a name does
+    assert load_profile(str(path)) == profile
 
 
-def test_profile_command_on_cpu_quick(tmp_path):
-    out = tmp_path / "cpu.yaml"
+def test_default_name_is_a_slug_of_the_device():
+    profile = profile_device("cpu", sizes=TINY)
+    assert profile.name and set(profile.name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def test_profile_command_on_cpu_quick_is_usable_as_gpu(tmp_path):
+    out = tmp_path / "this-box.yaml"
     result = CliRunner().invoke(cli, ["profile", "--device", "cpu", "--quick", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "quantized matmuls" in result.output and f"wrote {out}" in result.output  # progress and summary on stderr
     data = yaml.safe_load(out.read_text())
-    assert data["kind"] == "cpu" and data["measured"]["read_bandwidth_gbps"] > 0
+    assert data["name"] == "this-box" and data["kind"] == "cpu" and data["measured"]["read_bandwidth_gbps"] > 0
+    assert data["measured"]["wall_time_s"] < 60
+    predicted = CliRunner().invoke(cli, ["predict", "--model", "tinyllama-1.1b", "--gpu", str(out),
+                                         "--method", "autoregressive", "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    assert json.loads(predicted.output)["gpu"] == "this-box"
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@NO_GPU
 @pytest.mark.parametrize("device", ["cuda", "cuda:0"])
 def test_cuda_without_gpu_is_one_line_exit_2(device):
     proc = subprocess.run([sys.executable, "cli.py", "profile", "--device", device], capture_output=True, text=True)
@@ -70,26 +137,45 @@ def test_cuda_without_gpu_is_one_line_exit_2(device):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
-def test_bogus_device():
-    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
+def test_cuda_index_beyond_count(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DeviceError, match=r"--device cuda:7: only 1 CUDA GPU\(s\) visible \(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:7")
 
 
-def test_unwritable_out_writes_nothing(tmp_path):
-    result = CliRunner().invoke(cli, ["profile", "--device", "cpu", "--quick", "--out", str(tmp_path / "no" / "dir.yaml")])
-    assert result.exit_code == 2 and "cannot write" in result.output
-    assert not (tmp_path / "no").exists()
+def test_bogus_device_exit_2():
+    result = CliRunner().invoke(cli, ["profile", "--device", "bogus"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown device 'bogus': expected auto, cpu, cuda or cuda:N"
+
+
+@pytest.mark.parametrize("where, message", [
+    ("no/dir.yaml", "cannot write (no directory"),
+    ("a-file/x.yaml", "cannot write (no directory"),  # the parent is a file
+    (".", "is a directory"),
+])
+def test_unwritable_out_fails_before_measuring(tmp_path, where, message):
+    (tmp_path / "a-file").write_text("")
+    result = CliRunner().invoke(cli, ["profile", "--device", "cpu", "--quick", "--out", str(tmp_path / where)])
+    assert result.exit_code == 2 and message in result.output
+    assert "profiling" not in result.output  # failed before measuring anything
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
 
 
 def test_unknown_profile_suggests_near_match():
     with pytest.raises(NotFoundError, match="did you mean: h100-sxm"):
         load_profile("h100-sx")
+    result = CliRunner().invoke(cli, ["predict", "--model", "tinyllama-1.1b", "--gpu", "a100", "--method", "autoregressive"])
+    assert result.exit_code == 2 and "unknown GPU profile 'a100'" in result.output
 
 
 def test_malformed_profile_yaml_gives_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nkind: gpu\n  memory_gib: [1\n")
-    with pytest.raises(InputError, match=r"bad.yaml: line \d"):
+    with pytest.raises(InputError, match=r"bad.yaml: line 3"):
         load_profile(str(bad))
 
 
@@ -102,6 +188,23 @@ def test_profile_with_unknown_field_names_it(tmp_path):
         load_profile(str(path))
 
 
+def test_committed_measured_profile_loads_by_name_and_is_listed(tmp_path, monkeypatch):
+    monkeypatch.setattr(profile_module, "MEASURED_DIR", tmp_path)
+    measured = load_profile("h100-sxm").to_dict() | {"name": "h100-sxm-measured"}
+    (tmp_path / "h100-sxm-measured.yaml").write_text(yaml.safe_dump(measured))
+    assert measured_profile_names() == ["h100-sxm-measured"]
+    assert load_profile("h100-sxm-measured").name == "h100-sxm-measured"
+    assert "h100-sxm-measured" not in shipped_profile_names()  # the fleet stays the published set
+    listing = CliRunner().invoke(cli, ["profiles"])
+    row = next(line for line in listing.output.splitlines() if line.startswith("h100-sxm-measured"))
+    assert row.endswith("measured")
+
+
 def test_profiles_command_lists_them():
     result = CliRunner().invoke(cli, ["profiles"])
-    assert result.exit_code == 0 and all(name in result.output for name in REQUIRED)
+    assert result.exit_code == 0
+    names = {line.split()[0] for line in result.output.splitlines()[2:]}
+    assert REQUIRED <= names
+    listed = json.loads(CliRunner().invoke(cli, ["profiles", "--json"]).output)
+    h100 = next(p for p in listed if p["name"] == "h100-sxm")
+    assert h100["origin"] == "published" and h100["bandwidth_gbps"] == 3350

@@ -1,11 +1,13 @@
 """The performance model against hand-computed values and its own invariants."""
 
 import math
+import os
 import subprocess
 import sys
 
 import pytest
 
+from planner.errors import InputError
 from planner.hardware import HardwareProfile, load_profile
 from planner.models import load_model_spec
 from planner.perf import (
@@ -114,3 +116,39 @@ def test_prior_override_by_mapping(llama8b):
     d = Decoding("s3d", gamma=2, skip_layers=(15, 16))
     assert predict(llama8b, TOY, d, priors=priors).acceptance == pytest.approx(0.5)
     assert math.isclose(predict(llama8b, TOY, d, priors=priors).tokens_per_iteration, 1.75)
+    skip = Decoding("layer_skip", gamma=2, skip_layers=(15, 16))  # a method the mapping leaves alone
+    assert predict(llama8b, TOY, skip, priors=priors).acceptance == pytest.approx(predict(llama8b, TOY, skip).acceptance)
+
+
+def test_priors_file_replaces_named_methods_and_is_reread_when_changed(llama8b, tmp_path):
+    path = tmp_path / "priors.yaml"
+    path.write_text("methods:\n  prompt_lookup: {alpha: 0.6}\n")
+    d = Decoding("prompt_lookup", gamma=3)
+    assert predict(llama8b, TOY, d, priors=str(path)).acceptance == pytest.approx(0.6)
+    path.write_text("methods:\n  prompt_lookup: {alpha: 0.1}\n")
+    os.utime(path, ns=(1, 10**18))  # a new modification time, however fast the rewrite
+    assert predict(llama8b, TOY, d, priors=str(path)).acceptance == pytest.approx(0.1)
+    path.write_text("methods:\n  prompt_lookup: 0.4\n")
+    os.utime(path, ns=(1, 2 * 10**18))
+    with pytest.raises(InputError, match="priors for prompt_lookup must be a mapping"):
+        predict(llama8b, TOY, d, priors=str(path))
+
+
+def test_speculation_stops_paying_as_the_batch_grows(llama8b):
+    """Weights are read once per forward, but B x (gamma + 1) verified tokens turn compute-bound."""
+    a10g, d = load_profile("a10g"), Decoding("s3d", gamma=4, skip_layers=middle_block(32, 10))
+    by_batch = {b: predict(llama8b, a10g, d, batch_size=b, context=1024) for b in (1, 8, 128)}
+    assert by_batch[1].speedup > 1.3 and by_batch[128].speedup < 1.0
+    assert by_batch[8].tokens_per_s * 8 > 5 * by_batch[1].tokens_per_s  # batching still multiplies throughput
+    kv_1 = vram_bytes(llama8b, a10g, method="s3d", gamma=4, quant="none", context=1024)["kv_cache"]
+    kv_8 = vram_bytes(llama8b, a10g, method="s3d", gamma=4, quant="none", context=1024, batch_size=8)["kv_cache"]
+    assert kv_8 == 8 * kv_1
+
+
+def test_draft_model_prior_falls_with_the_size_gap(llama8b):
+    d = Decoding("draft_model", gamma=4, draft_model="x")
+    small, tiny = load_model_spec("llama-3.2-1b"), load_model_spec("qwen2.5-0.5b")
+    near = predict(llama8b, TOY, d, draft_spec=small).acceptance
+    far = predict(load_model_spec("llama-3.1-70b"), TOY, d, draft_spec=small).acceptance
+    assert 0.7 < far < near < 0.9
+    assert predict(llama8b, TOY, d, draft_spec=tiny).acceptance < near

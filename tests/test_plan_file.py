@@ -48,6 +48,8 @@ def test_schema_version_missing_or_wrong(plan_dict):
     assert _error(plan_dict) == "schema_version: missing"
     plan_dict["schema_version"] = 7
     assert "schema_version: 7 is not supported" in _error(plan_dict)
+    plan_dict["schema_version"] = True
+    assert "schema_version: True is not supported" in _error(plan_dict)
 
 
 @pytest.mark.parametrize(
@@ -82,8 +84,11 @@ def test_load_names_the_file_and_yaml_line(tmp_path, plan_dict):
     bad = tmp_path / "plan.yaml"
     text = yaml.safe_dump(plan_dict, sort_keys=False).replace("gamma: 4", "gamma: [4")
     bad.write_text(text)
-    with pytest.raises(InputError, match=r"plan.yaml: line \d+"):
+    broken_line = text.splitlines().index("  gamma: [4") + 1
+    with pytest.raises(InputError) as info:
         load_plan(bad)
+    # the parser reports where it noticed the unclosed list: the broken line or the next one
+    assert any(f"plan.yaml: line {n}:" in str(info.value) for n in (broken_line, broken_line + 1)), str(info.value)
     plan_dict["decoding"]["gamma"] = -1
     bad.write_text(yaml.safe_dump(plan_dict))
     with pytest.raises(PlanError, match=r"plan.yaml: decoding.gamma: must be between"):

@@ -3,6 +3,8 @@ ranges merge, the budget is checked at the largest batch size."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from planner.errors import BudgetError, InputError
@@ -55,7 +57,17 @@ def test_each_range_holds_the_fastest_gamma_of_its_batch_sizes():
 
 
 def test_budget_is_checked_at_the_largest_batch_size():
-    with pytest.raises(BudgetError, match="batch size 256 needs 50.0 GiB.*largest batch size that fits is 64"):
+    with pytest.raises(BudgetError, match="batch size 256 needs 48.0 GiB even without speculation.*largest batch size that fits is 64"):
         build_schedule(roofline, parse_batch_sizes("1-256"), methods=["draft_model"], vram_gib=30.0)
     with pytest.raises(BudgetError, match="no batch size in the list fits"):
         build_schedule(roofline, (1, 2), methods=["draft_model"], vram_gib=10.0)
+
+
+def test_only_draft_lengths_that_fit_at_the_largest_batch_are_scheduled():
+    def heavy_drafts(method, gamma, batch):  # each drafted token's slots and activations cost 1 GiB here
+        p = roofline(method, gamma, batch)
+        return dataclasses.replace(p, vram_gib=p.vram_gib + gamma)
+
+    schedule = build_schedule(heavy_drafts, (1, 2, 4), methods=["draft_model"], vram_gib=16.0 + 0.5 + 2.0 + 2.0)
+    assert max(e.gamma for e in schedule) == 2  # unconstrained, batch 1 would draft more than 2
+    assert max(range(1, 9), key=lambda g: roofline("draft_model", g, 1).tokens_per_s) > 2

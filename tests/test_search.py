@@ -41,9 +41,11 @@ def test_same_seed_same_plan():
 
 
 def test_70b_300_trials_is_fast():
-    start = time.perf_counter()
+    # CPU time, not wall time: the bound is what the search costs on a 2-core CPU, and a shared
+    # machine's other load must not fail the test (wall-clock runs are in bench/results/perf.md).
+    start = time.process_time()
     search(load_model_spec("llama-3.1-70b"), load_profile("h100-sxm"), trials=300, seed=0)
-    assert time.perf_counter() - start < 10  # the issue's bound on a 2-core CPU (timed in BENCHMARKS.md too)
+    assert time.process_time() - start < 10
 
 
 def test_a10g_12gib_plan_is_quantized_speculative_and_fits():
@@ -53,14 +55,27 @@ def test_a10g_12gib_plan_is_quantized_speculative_and_fits():
     assert len(plan.alternatives) == 5 and plan.search.seed == 0 and plan.prediction.basis == "analytical"
 
 
-@pytest.mark.parametrize("gpu", shipped_profile_names())
-def test_self_speculative_plans_follow_the_literature(gpu):
-    """Restricted to self-drafting, mid-layer skipping with a few token predictors wins."""
-    spec = load_model_spec("llama-2-13b")
-    plan = search(spec, load_profile(gpu), trials=150, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"]).plan
+def _card_gpu_pairs():
+    """Every shipped card, paired with the shipped GPUs in turn, so both lists are covered."""
+    from planner.models import shipped_model_names
+
+    gpus = shipped_profile_names()
+    return [(card, gpus[i % len(gpus)]) for i, card in enumerate(shipped_model_names())]
+
+
+@pytest.mark.parametrize("card, gpu", _card_gpu_pairs())
+def test_self_speculative_plans_follow_the_literature(card, gpu):
+    """Restricted to self-drafting, mid-layer skipping with about four token predictors wins (S3D)."""
+    spec, profile = load_model_spec(card), load_profile(gpu)
+    try:
+        plan = search(spec, profile, trials=100, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"]).plan
+    except BudgetError:
+        assert spec.weight_bytes("int4") / 2**30 > 0.9 * profile.memory_gib  # only a card that cannot fit at all
+        return
     assert plan.decoding.method == "s3d" and 3 <= plan.decoding.gamma <= 7
     skipped = plan.decoding.skip_layers
     assert skipped[0] > 0 and skipped[-1] < spec.num_layers - 1  # a middle block
+    assert 0.15 <= len(skipped) / spec.num_layers <= 0.6
 
 
 def test_memory_forces_quantization():
@@ -76,9 +91,10 @@ def test_nothing_fits_names_the_smallest_budget():
 def test_storage_resumes_a_shared_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     spec, profile = load_model_spec("tinyllama-1.1b"), load_profile("l4")
-    search(spec, profile, trials=20, storage=url, study_name="s")
-    second = search(spec, profile, trials=20, storage=url, study_name="s").plan
-    assert second.search.trials == 40
+    first = search(spec, profile, trials=6, storage=url, study_name="s")
+    second = search(spec, profile, trials=6, storage=url, study_name="s")
+    assert second.plan.search.trials == 12 and second.evaluated[:6] == first.evaluated  # ranks the whole study
+    assert second.plan.prediction.tokens_per_s >= first.plan.prediction.tokens_per_s
     with pytest.raises(InputError, match="--storage needs --study"):
         search(spec, profile, trials=5, storage=url)
 

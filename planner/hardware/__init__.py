@@ -3,6 +3,8 @@
 from planner.hardware.profile import (
     HardwareProfile,
     load_profile,
+    measured_profile_names,
+    measured_profiles,
     profile_from_dict,
     shipped_profile_names,
     shipped_profiles,
@@ -11,6 +13,8 @@ from planner.hardware.profile import (
 __all__ = [
     "HardwareProfile",
     "load_profile",
+    "measured_profile_names",
+    "measured_profiles",
     "profile_from_dict",
     "shipped_profile_names",
     "shipped_profiles",

@@ -1,41 +1,50 @@
-"""Measuring a device into a HardwareProfile: NVML facts plus torch micro-benchmarks.
+"""Measuring a device into a HardwareProfile: torch micro-benchmarks plus NVML facts.
 
-Every timed region is warmed up first and synchronised before the clock is read; the
-figure kept is the median of repeats. Bandwidth buffers are larger than any cache.
+Timing is honest in the gpt-fast way: warm-up first, CUDA events (or a synchronised
+wall clock on a CPU) around the timed calls, the median of repeats kept. Short GPU calls
+are repeated back to back between one pair of events so launch latency does not count
+as device time. Everything read is rotated over copies that together exceed the
+last-level cache several times, so no figure comes from cache.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import platform
 import re
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from planner.errors import DeviceError
+from planner.hardware.nvml import nvml_facts
 from planner.hardware.profile import HardwareProfile, load_profile, shipped_profile_names
 
+STEPS = ("memory bandwidth", "matmul FLOP/s", "decode-shaped matmul", "launch overhead", "quantized matmuls")
 DECODE_WEIGHT_SHAPE = (14336, 4096)  # (out, in): a Llama-3-8B MLP projection
 DECODE_TOKENS = (1, 2, 4, 8, 16, 32)
+INT4_GROUP_SIZE = 128  # as planner.runtime.quantize and ModelSpec's int4 byte count
+CACHE_MULTIPLE = 3  # rotated buffers span at least this many last-level caches
+MIN_SAMPLE_S = 1e-3  # GPU calls shorter than this are repeated inside one timed sample
+BUDGET_S = 1.0  # one figure's timed repeats take about this long at most (at least one call): slow paths stay short
+DEFAULT_QUANT_SLOWDOWN = {"int8": 1.3, "int4": 1.45}  # HardwareProfile's defaults, cited in profiles/gpus
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """Problem sizes; `quick` halves the work, tests may shrink further."""
+    """Problem sizes: `quick` halves the work; tests may shrink further."""
 
     bandwidth_mib: int
     matmul_n: int
     repeats: int
+    decode_shape: tuple[int, int] = DECODE_WEIGHT_SHAPE
 
 
 FULL_GPU, QUICK_GPU = Sizes(2048, 8192, 20), Sizes(1024, 4096, 8)
-FULL_CPU, QUICK_CPU = Sizes(512, 1024, 5), Sizes(256, 512, 3)
-
-
-def theoretical_bandwidth_gbps(bus_width_bits: int, max_memory_clock_mhz: float) -> float:
-    """Peak DRAM bandwidth from NVML: bus width (bytes) x memory clock x 2 (double data rate)."""
-    return bus_width_bits / 8 * max_memory_clock_mhz * 1e6 * 2 / 1e9
+FULL_CPU, QUICK_CPU = Sizes(512, 1024, 5), Sizes(256, 768, 3)
 
 
 def resolve_device(device: str):
@@ -51,189 +60,338 @@ def resolve_device(device: str):
         raise DeviceError(f"unknown device '{device}': expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise DeviceError(f"--device {device}: no CUDA GPU is visible on this machine (try --device cpu)")
-    index = int(match.group(1) or 0)
-    if index >= torch.cuda.device_count():
-        raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"--device {device}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
     return torch.device(f"cuda:{index}")
 
 
+# ------------------------------------------------------------------------------- timing
+
+
 def _timer(device):
+    """median_s(fn, repeats): median seconds of one call of fn, after warm-up."""
     import torch
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    if device.type != "cuda":
 
-    def median_s(fn, repeats: int, warmup: int = 2) -> float:
+        def median_s(fn, repeats: int) -> float:
+            start = time.perf_counter()
+            fn()  # warm-up, and the estimate that caps the repeats of slow paths (fp16 on most CPUs)
+            repeats = max(1, min(repeats, int(BUDGET_S / (time.perf_counter() - start))))
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+        return median_s
+
+    def events_s(fn, calls: int) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+
+    def median_s(fn, repeats: int, warmup: int = 3) -> float:
         for _ in range(warmup):
             fn()
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        one_s = events_s(fn, 1)
+        calls = min(100, max(1, math.ceil(MIN_SAMPLE_S / one_s)))
+        repeats = max(1, min(repeats, int(BUDGET_S / (calls * one_s))))  # e.g. bf16 on a T4 (no bf16 tensor cores)
+        return statistics.median(events_s(fn, calls) for _ in range(repeats))
 
     return median_s
 
 
-def _bandwidth(device, sizes: Sizes, median_s) -> dict:
+def _last_level_cache_bytes(device) -> int:
+    """L2 on a GPU; the largest CPU cache sysfs lists (32 MiB when it lists none)."""
     import torch
 
-    n = sizes.bandwidth_mib * 2**20 // 4
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip()
+        scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KM")) * scale)
+    return max(sizes, default=32 * 2**20)
+
+
+def _rotation(make, bytes_each: int, cache_bytes: int):
+    """Enough copies from make() to exceed the cache CACHE_MULTIPLE times; next() cycles them."""
+    copies = min(16, max(1, math.ceil(CACHE_MULTIPLE * cache_bytes / bytes_each)))
+    return itertools.cycle([make() for _ in range(copies)]).__next__
+
+
+# ------------------------------------------------------------------------- measurements
+
+
+def _bandwidth(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
+    import torch
+
+    n = max(sizes.bandwidth_mib * 2**20, CACHE_MULTIPLE * cache_bytes) // 4
     src, dst = torch.rand(n, device=device), torch.empty(n, device=device)
     copy_s = median_s(lambda: dst.copy_(src), sizes.repeats)
     read_s = median_s(lambda: src.sum(), sizes.repeats)  # reads n floats, writes one
     return {
-        "read_bandwidth_gbps": round(n * 4 / read_s / 1e9, 1),
-        "copy_bandwidth_gbps": round(2 * n * 4 / copy_s / 1e9, 1),  # bytes read + written
+        "bandwidth_buffer_mib": round(n * 4 / 2**20),
+        "read_bandwidth_gbps": _sig(n * 4 / read_s / 1e9),
+        "copy_bandwidth_gbps": _sig(2 * n * 4 / copy_s / 1e9),  # bytes read + bytes written
     }
 
 
 def _matmul_tflops(device, sizes: Sizes, median_s) -> dict:
+    """Dense square matmuls; fp32 is true fp32 (PyTorch leaves TF32 off for matmuls by default)."""
     import torch
 
-    out = {}
-    n = sizes.matmul_n
+    n, out = sizes.matmul_n, {}
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        seconds = median_s(lambda: a @ b, sizes.repeats)
-        out[name] = round(2 * n**3 / seconds / 1e12, 3)
+        out[name] = _sig(2 * n**3 / median_s(lambda: a @ b, sizes.repeats) / 1e12)
     return out
 
 
-def _decode_matmul(device, sizes: Sizes, median_s) -> tuple[dict, float]:
-    """Latency of y = x W^T with a 14336x4096 bf16 weight for 1..32 tokens."""
+def _decode_dtype(device):
+    """The dtype planner.perf's Execution assumes for unquantized weights: bf16 on GPUs, fp32 on CPUs."""
     import torch
 
-    dtype = torch.bfloat16
-    weight = torch.randn(*DECODE_WEIGHT_SHAPE, device=device, dtype=dtype)
-    latency = {}
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
+    """Latency of y = x W^T with a (14336, 4096) weight for 1..32 tokens, in the execution dtype."""
+    import torch
+
+    dtype = _decode_dtype(device)
+    out_features, in_features = sizes.decode_shape
+    weight_bytes = out_features * in_features * dtype.itemsize
+    weight = _rotation(lambda: torch.randn(out_features, in_features, device=device, dtype=dtype), weight_bytes, cache_bytes)
+    latency_us = {}
     for tokens in DECODE_TOKENS:
-        x = torch.randn(tokens, DECODE_WEIGHT_SHAPE[1], device=device, dtype=dtype)
-        latency[tokens] = round(median_s(lambda: x @ weight.T, sizes.repeats) * 1e6, 1)
-    return latency, latency[1] / 1e6
+        x = torch.randn(tokens, in_features, device=device, dtype=dtype)  # (tokens, in)
+        latency_us[tokens] = _sig(median_s(lambda: x @ weight().T, sizes.repeats) * 1e6)  # (tokens, out)
+    return {
+        "decode_matmul_shape": [out_features, in_features],
+        "decode_matmul_dtype": str(dtype).removeprefix("torch."),
+        "decode_matmul_latency_us": latency_us,
+        "decode_matmul_bandwidth_gbps": _sig(weight_bytes / (latency_us[1] * 1e-6) / 1e9),
+    }
 
 
 def _launch_overhead(device, median_s) -> dict:
-    """Per-op cost of the small ops one decode step is made of (a tiny linear, norm pieces,
-    softmax, a cache write): eager, and (on CUDA) the same kernels replayed from a CUDA graph.
-    The mix matters on CPUs, where a small matmul costs several times a small add."""
+    """Per-op cost of the small ops a decode step is made of, eager and (CUDA) graph-replayed.
+
+    Each entry of `ops` is one aten op (one kernel on a GPU). The mix matters on CPUs, where
+    a small matmul costs several times a small add; planner.perf multiplies this per-op
+    figure by the ops its runtime dispatches per layer."""
     import torch
 
-    x = torch.randn(1, 64, device=device)
-    w = torch.randn(64, 64, device=device)
-    cache = torch.zeros(128, 64, device=device)
-    index = torch.tensor([3], device=device)
-    ops_per_round, rounds = 8, 25
+    x, w = torch.randn(1, 64, device=device), torch.randn(64, 64, device=device)
+    cache, index = torch.zeros(128, 64, device=device), torch.tensor([3], device=device)
+    ops = (
+        lambda: torch.nn.functional.linear(x, w),
+        lambda: x.pow(2),
+        lambda: x.mean(-1, keepdim=True),
+        lambda: torch.rsqrt(x),
+        lambda: x * w[0],
+        lambda: x + w[1],
+        lambda: torch.softmax(x, dim=-1),
+        lambda: cache.index_copy_(0, index, x),
+    )
+    rounds = 25
 
-    def layer_like():
+    def step_like():
         for _ in range(rounds):
-            y = torch.nn.functional.linear(x, w)
-            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)
-            y = torch.softmax(y + x, dim=-1)
-            cache.index_copy_(0, index, y)
+            for op in ops:
+                op()
 
-    out = {"eager": round(median_s(layer_like, 7) / (ops_per_round * rounds) * 1e6, 2)}
+    per_op = len(ops) * rounds
+    out = {"eager": _sig(median_s(step_like, 7) / per_op * 1e6)}
     if device.type == "cuda":
-        stream = torch.cuda.Stream(device)
-        with torch.cuda.stream(stream):
-            layer_like()  # warm-up on a side stream before capture
-        torch.cuda.current_stream(device).wait_stream(stream)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            step_like()  # cuBLAS and allocator warm-up must happen before capture, off the default stream
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            layer_like()
-        out["graph"] = round(median_s(graph.replay, 10) / (ops_per_round * rounds) * 1e6, 2)
+            step_like()
+        out["graph"] = _sig(median_s(graph.replay, 10) / per_op * 1e6)
     return out
 
 
-def _quant_backends(device, bf16_latency_s: float, median_s, repeats: int) -> dict:
-    """Slowdown of weight-only int8/int4 decode matmuls per installed backend.
+def _quant_bytes(out_features: int, in_features: int) -> dict:
+    """Bytes a weight-only kernel streams: packed weight plus bf16 scales (and zeros for int4)."""
+    return {
+        "int8": out_features * in_features + 2 * out_features,
+        "int4": out_features * in_features // 2 + (in_features // INT4_GROUP_SIZE) * out_features * 2 * 2,
+    }
 
-    slowdown = t_quant / (t_bf16 * bytes_quant / bytes_bf16): 1.0 means the quantized
-    kernel streams its (smaller) weight as fast as the bf16 kernel streams bf16."""
+
+# What a missing kernel raises: torch's ops per device (RuntimeError, NotImplementedError), torchao's
+# checks (AssertionError, ValueError) and its optional kernel packages (ImportError, e.g. fbgemm for int4).
+_KERNEL_ERRORS = (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError, AssertionError, ImportError)
+
+
+def _unavailable(exc: BaseException) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+    return f"unavailable: {type(exc).__name__}: {first_line}".rstrip(": ")
+
+
+def _torch_quant_kernels(device, shape: tuple[int, int]):
+    """{bits: prepare} for torch's built-in weight-only kernels. prepare() packs one weight and
+    returns make(); each make() is a call(x) on its own copy (packing once: it is slow on CPUs)."""
     import torch
 
-    out_features, in_features = DECODE_WEIGHT_SHAPE
-    x = torch.randn(1, in_features, device=device, dtype=torch.bfloat16)
-    results: dict[str, dict] = {}
+    out_features, in_features = shape
+    groups = in_features // INT4_GROUP_SIZE
 
-    def record(backend: str, bits: str, fn, bytes_ratio: float):
-        try:
-            seconds = median_s(fn, repeats)
-        except (RuntimeError, NotImplementedError, TypeError, AttributeError) as exc:
-            results.setdefault(backend, {})[bits] = f"unavailable: {type(exc).__name__}"
-            return
-        results.setdefault(backend, {})[bits] = round(seconds / (bf16_latency_s * bytes_ratio), 3)
+    def int8():
+        w = torch.randint(-128, 127, (out_features, in_features), dtype=torch.int8, device=device)
+        scales = torch.rand(out_features, dtype=torch.bfloat16, device=device)
+        return lambda: (lambda x, w=w.clone(): torch._weight_int8pack_mm(x, w, scales))
 
-    w8 = torch.randint(-128, 127, (out_features, in_features), dtype=torch.int8, device=device)
-    scales = torch.rand(out_features, device=device, dtype=torch.bfloat16)
-    if hasattr(torch, "_weight_int8pack_mm"):
-        record("torch", "int8", lambda: torch._weight_int8pack_mm(x, w8, scales), 0.5)
+    def int4():
+        # tinygemm layout: scales and zeros (groups, out, 2) in bf16; the packing op differs by device
+        scales_zeros = torch.rand(groups, out_features, 2, dtype=torch.bfloat16, device=device)
+        if device.type == "cuda":
+            nibbles = torch.randint(0, 256, (out_features, in_features // 2), dtype=torch.uint8, device=device)
+            packed, mm = torch._convert_weight_to_int4pack(nibbles, 8), torch._weight_int4pack_mm
+        else:
+            values = torch.randint(0, 16, (out_features, in_features), dtype=torch.int32)
+            packed, mm = torch._convert_weight_to_int4pack_for_cpu(values, 8), torch._weight_int4pack_mm_for_cpu
+        return lambda: (lambda x, p=packed.clone(): mm(x, p, INT4_GROUP_SIZE, scales_zeros))
+
+    return {"int8": int8, "int4": int4}
+
+
+def _torchao_kernels(device, shape: tuple[int, int]):
+    """{bits: prepare()} quantizing an nn.Linear with torchao's configs as planner.runtime.quantize
+    does (each copy a freshly quantized linear), or why torchao cannot be used."""
     try:
-        import torchao  # noqa: F401
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError:
-        results["torchao"] = "not installed (pip install 'specplan[quant]')"
-        return results
-    for bits, config, ratio in (("int8", Int8WeightOnlyConfig(), 0.5), ("int4", Int4WeightOnlyConfig(group_size=128), 0.266)):
-        linear = torch.nn.Linear(in_features, out_features, bias=False, device=device, dtype=torch.bfloat16)
-        try:
-            quantize_(linear, config)
-        except (RuntimeError, NotImplementedError, ImportError, ValueError) as exc:
-            results.setdefault("torchao", {})[bits] = f"unavailable: {type(exc).__name__}"
+        return "not installed (pip install 'specplan[quant]')"
+    except (RuntimeError, AttributeError) as exc:  # a torchao built for another torch
+        return _unavailable(exc)
+    import torch
+
+    out_features, in_features = shape
+
+    def quantized_linear(config):
+        # quantize_ walks a module's children, as it does the runtime's decoder
+        model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=False, device=device,
+                                                    dtype=torch.bfloat16))
+        quantize_(model, config)
+        return model
+
+    return {
+        "int8": lambda: (lambda: quantized_linear(Int8WeightOnlyConfig())),
+        "int4": lambda: (lambda: quantized_linear(Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE))),
+    }
+
+
+def _quant_slowdowns(device, sizes: Sizes, median_s, cache_bytes: int, decode: dict) -> dict:
+    """Slowdown of weight-only int8/int4 decode matmuls (one token) per installed backend.
+
+    slowdown = t_quant / (t_dense * bytes_quant / bytes_dense), where t_dense is the one-token
+    decode matmul in the execution dtype (bf16 GPU, fp32 CPU) and bytes count the packed
+    weight with its scales. 1.0 means the quantized kernel streams its smaller weight as
+    fast as the dense kernel streams the dense one; planner.perf multiplies the ideal
+    read time of quantized weights by this factor. Activations are bf16 (what the kernels take).
+    """
+    import torch
+
+    out_features, in_features = sizes.decode_shape
+    dense_bytes = out_features * in_features * _decode_dtype(device).itemsize
+    dense_s = decode["decode_matmul_latency_us"][1] * 1e-6
+    quant_bytes = _quant_bytes(out_features, in_features)
+    x = torch.randn(1, in_features, device=device, dtype=torch.bfloat16)  # (1, in)
+    results: dict[str, dict | str] = {}
+    for backend, kernels in (("torch", _torch_quant_kernels(device, sizes.decode_shape)),
+                             ("torchao", _torchao_kernels(device, sizes.decode_shape))):
+        if isinstance(kernels, str):
+            results[backend] = kernels
             continue
-        record("torchao", bits, lambda: linear(x), ratio)
+        results[backend] = {}
+        for bits, prepare in kernels.items():
+            try:
+                kernel = _rotation(prepare(), quant_bytes[bits], cache_bytes)
+                seconds = median_s(lambda: kernel()(x), sizes.repeats)
+            except _KERNEL_ERRORS as exc:
+                results[backend][bits] = _unavailable(exc)
+                continue
+            results[backend][bits] = _sig(seconds / (dense_s * quant_bytes[bits] / dense_bytes))
     return results
 
 
-def _nvml_facts(index: int) -> dict:
-    try:
-        import pynvml
-    except ImportError:
-        return {}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return {}
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        facts = {"memory_total_gib": round(memory.total / 2**30, 2), "memory_free_gib": round(memory.free / 2**30, 2)}
-        try:
-            bus = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
-            clock = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
-            facts["theoretical_bandwidth_gbps"] = round(theoretical_bandwidth_gbps(bus, clock), 1)
-            facts["memory_bus_width_bits"], facts["max_memory_clock_mhz"] = bus, clock
-        except pynvml.NVMLError:
-            pass
-        return facts
-    finally:
-        pynvml.nvmlShutdown()
+def chosen_quant_slowdown(per_backend: dict) -> tuple[dict, str]:
+    """(slowdown per bit width, where each came from) for the performance model.
+
+    torchao's figure wins: it is what planner.runtime quantizes with. torch's built-in
+    kernels stand in where torchao did not run; HardwareProfile's defaults fill the rest."""
+    chosen, origin = dict(DEFAULT_QUANT_SLOWDOWN), {bits: "default" for bits in DEFAULT_QUANT_SLOWDOWN}
+    for backend in ("torch", "torchao"):  # later wins
+        results = per_backend.get(backend)
+        if not isinstance(results, dict):
+            continue
+        for bits, value in results.items():
+            if isinstance(value, (int, float)):
+                chosen[bits], origin[bits] = value, backend
+    return chosen, ", ".join(f"{bits} from {who}" for bits, who in origin.items())
 
 
-def _cpu_memory_gib() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+# ------------------------------------------------------------------------- the profile
 
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def token_slope(latency_us: dict) -> float:
+    """How a decode matmul slows per extra token: planner.perf scales the memory side as
+    1 + slope * (n - 1) and takes the max with the compute side. Read at 8 tokens, the
+    widest verification step speculative decoding usually takes; where the matmul is
+    already compute-bound there (CPUs), both sides of the max then describe the same time."""
+    return round(max(0.0, (latency_us[8] / latency_us[1] - 1) / 7), 4)
+
+
+def _sig(value: float, digits: int = 4) -> float:
+    """Round to significant digits: CPU TFLOP/s and H100 GB/s both keep their precision."""
+    return float(f"{value:.{digits}g}")
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_memory_gib() -> tuple[float, float | None]:
+    """(total RAM, available RAM or None) in GiB."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return total, int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return total, None
+
+
 def _published_match(device_name: str) -> HardwareProfile | None:
-    """The shipped profile whose device name this GPU reports, for its published figures."""
+    """The shipped profile whose device_name is exactly what the driver reports."""
     for name in shipped_profile_names():
         shipped = load_profile(name)
         if shipped.device_name.lower() == device_name.lower():
@@ -241,85 +399,128 @@ def _published_match(device_name: str) -> HardwareProfile | None:
     return None
 
 
-def profile_device(device: str = "auto", *, quick: bool = False, sizes: Sizes | None = None, progress=None) -> HardwareProfile:
-    """Measure `device` and return its HardwareProfile. progress(step_name) is called per step."""
+def _measure(dev, sizes: Sizes, step) -> dict:
+    median_s, cache_bytes = _timer(dev), _last_level_cache_bytes(dev)
+    measured = {"last_level_cache_mib": round(cache_bytes / 2**20, 1)}
+    step(STEPS[0])
+    measured.update(_bandwidth(dev, sizes, median_s, cache_bytes))
+    step(STEPS[1])
+    measured["matmul_tflops"] = _matmul_tflops(dev, sizes, median_s)
+    step(STEPS[2])
+    measured.update(_decode_matmul(dev, sizes, median_s, cache_bytes))
+    step(STEPS[3])
+    measured["launch_overhead_us"] = _launch_overhead(dev, median_s)
+    step(STEPS[4])
+    measured["quant_matmul_slowdown"] = _quant_slowdowns(dev, sizes, median_s, cache_bytes, measured)
+    return measured
+
+
+def _gpu_facts(dev, measured: dict, command: str) -> dict:
+    """Name, memory and peaks of a GPU: published where a shipped profile matches, else NVML/measured."""
+    import torch
+
+    device_name = torch.cuda.get_device_name(dev)
+    uuid = getattr(torch.cuda.get_device_properties(dev), "uuid", None)
+    nvml, why_missing = nvml_facts(dev.index or 0, str(uuid) if uuid else None)
+    measured.update(nvml)
+    if why_missing:
+        measured["nvml_missing"] = why_missing
+    free_bytes, total_bytes = torch.cuda.mem_get_info(dev)
+    shipped = _published_match(device_name)
+    facts = {
+        "device_name": device_name,
+        "memory_gib": nvml.get("memory_total_gib", round(total_bytes / 2**30, 2)),
+        "memory_free_gib": nvml.get("memory_free_gib", round(free_bytes / 2**30, 2)),
+        "sources": {"memory_gib": "measured: NVML total memory" if nvml else "measured: torch.cuda.mem_get_info"},
+    }
+    if shipped:
+        measured.update(published_profile=shipped.name, published_bandwidth_gbps=shipped.bandwidth_gbps)
+        facts.update(bandwidth_gbps=shipped.bandwidth_gbps, peak_tflops=dict(shipped.peak_tflops))
+        facts["sources"].update(bandwidth_gbps=f"published: {shipped.sources.get('bandwidth_gbps', shipped.name)}",
+                                peak_tflops=f"published: {shipped.sources.get('peak_tflops', shipped.name)}")
+    else:
+        facts["peak_tflops"] = dict(measured["matmul_tflops"])
+        facts["sources"]["peak_tflops"] = f"measured: {command} (no shipped profile for '{device_name}'; efficiency 1.0)"
+        if "theoretical_bandwidth_gbps" in nvml:
+            facts["bandwidth_gbps"] = nvml["theoretical_bandwidth_gbps"]
+            facts["sources"]["bandwidth_gbps"] = "measured: NVML memory bus width x max memory clock x 2"
+        else:
+            facts["bandwidth_gbps"] = max(measured["read_bandwidth_gbps"], measured["decode_matmul_bandwidth_gbps"])
+            facts["sources"]["bandwidth_gbps"] = f"measured: {command} (fastest read measured; {why_missing})"
+    return facts
+
+
+def _cpu_facts(measured: dict, command: str) -> dict:
+    """A CPU has no published peak here: the fastest measured read and matmul stand in for them."""
+    total_gib, free_gib = _cpu_memory_gib()
+    return {
+        "device_name": _cpu_name(),
+        "memory_gib": round(total_gib, 2),
+        "memory_free_gib": None if free_gib is None else round(free_gib, 2),
+        "bandwidth_gbps": max(measured["read_bandwidth_gbps"], measured["decode_matmul_bandwidth_gbps"]),
+        "peak_tflops": dict(measured["matmul_tflops"]),
+        "sources": {
+            "memory_gib": "measured: os.sysconf physical pages (free: /proc/meminfo MemAvailable)",
+            "bandwidth_gbps": f"measured: {command} (fastest read measured, no published figure for CPUs)",
+            "peak_tflops": f"measured: {command} (no published figure for CPUs; compute efficiency 1.0)",
+        },
+    }
+
+
+def profile_device(device: str = "auto", *, quick: bool = False, sizes: Sizes | None = None, name: str | None = None,
+                   progress=None) -> HardwareProfile:
+    """Measure `device` ('auto', 'cpu', 'cuda', 'cuda:N') into a HardwareProfile.
+
+    progress(step) is called with each entry of STEPS as it starts; `name` is the profile's
+    key (default: a slug of the device name); `sizes` overrides the problem sizes."""
     import torch
 
     dev = resolve_device(device)
     gpu = dev.type == "cuda"
     sizes = sizes or ((QUICK_GPU if quick else FULL_GPU) if gpu else (QUICK_CPU if quick else FULL_CPU))
-    median_s = _timer(dev)
-    step = progress or (lambda name: None)
     command = f"specplan profile --device {device}{' --quick' if quick else ''}"
-
-    step("memory bandwidth")
-    measured = _bandwidth(dev, sizes, median_s)
-    step("matmul FLOP/s")
-    measured["matmul_tflops"] = _matmul_tflops(dev, sizes, median_s)
-    step("decode-shaped matmul")
-    decode, bf16_one_token_s = _decode_matmul(dev, sizes, median_s)
-    measured["decode_matmul_latency_us"] = decode
-    step("launch overhead")
-    measured["launch_overhead_us"] = _launch_overhead(dev, median_s)
-    step("quantized matmuls")
-    measured["quant_matmul_slowdown"] = _quant_backends(dev, bf16_one_token_s, median_s, sizes.repeats)
-
+    started = time.perf_counter()
     if gpu:
-        device_name = torch.cuda.get_device_name(dev)
-        nvml = _nvml_facts(dev.index or 0)
-        measured.update(nvml)
-        shipped = _published_match(device_name)
-        memory_gib = nvml.get("memory_total_gib") or torch.cuda.get_device_properties(dev).total_memory / 2**30
-        peak_bw = (shipped.bandwidth_gbps if shipped else None) or nvml.get("theoretical_bandwidth_gbps")
-        peak_tflops = dict(shipped.peak_tflops) if shipped else dict(measured["matmul_tflops"])
-        bw_source = f"published: {shipped.sources.get('bandwidth_gbps', shipped.name)}" if shipped else "measured: NVML bus width x max memory clock x 2"
-        if not peak_bw:
-            peak_bw, bw_source = measured["read_bandwidth_gbps"], f"measured: {command} (read bandwidth; no published or NVML figure)"
+        with torch.cuda.device(dev):
+            measured = _measure(dev, sizes, progress or (lambda _: None))
+            facts = _gpu_facts(dev, measured, command)
     else:
-        device_name, memory_gib = _cpu_name(), _cpu_memory_gib()
-        shipped = None
-        peak_bw = measured["read_bandwidth_gbps"]
-        peak_tflops = dict(measured["matmul_tflops"])
-        bw_source = f"measured: {command} (read bandwidth; no published figure for CPUs)"
-    quant = _slowdown_fields(measured["quant_matmul_slowdown"])
+        measured = _measure(dev, sizes, progress or (lambda _: None))
+        facts = _cpu_facts(measured, command)
+    measured.update(command=command, torch_version=str(torch.__version__), wall_time_s=round(time.perf_counter() - started, 1))
+    return _assemble(facts, measured, name=name, gpu=gpu, command=command)
+
+
+def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, command: str) -> HardwareProfile:
+    """Derived fields the performance model reads, each from the raw figure named in sources."""
+    decode_us = measured["decode_matmul_latency_us"]
     launch = measured["launch_overhead_us"]
+    quant, quant_origin = chosen_quant_slowdown(measured["quant_matmul_slowdown"])
+    peak_bf16 = facts["peak_tflops"].get("bf16") or max(facts["peak_tflops"].values())
+    sources = facts["sources"] | {
+        "bandwidth_efficiency": f"measured: {command} (decode matmul bandwidth / bandwidth_gbps: weight reads in "
+                                "decoding are matrix-vector products, which is what the model predicts)",
+        "compute_efficiency": f"measured: {command} (bf16 matmul TFLOP/s / peak bf16)",
+        "kernel_launch_us": f"measured: {command} (eager per-op cost of a decode-step op mix)",
+        "graph_kernel_us": f"measured: {command}" + (" (CUDA-graph replay of the same ops)" if gpu else
+                                                      " (no CUDA graphs on a CPU: the eager figure)"),
+        "token_slope": f"measured: {command} (decode matmul at 8 tokens over 1 token, per extra token)",
+        "quant_slowdown": f"measured: {command} ({quant_origin}; see measured.quant_matmul_slowdown)",
+    }
     return HardwareProfile(
-        name=_slug(device_name) if gpu else f"cpu-{_slug(platform.machine())}",
-        device_name=device_name,
+        name=name or _slug(facts["device_name"]),
+        device_name=facts["device_name"],
         kind="gpu" if gpu else "cpu",
-        memory_gib=round(memory_gib, 2),
-        memory_free_gib=measured.get("memory_free_gib"),
-        bandwidth_gbps=round(peak_bw, 1),
-        peak_tflops=peak_tflops,
-        bandwidth_efficiency=round(min(measured["read_bandwidth_gbps"] / peak_bw, 1.0), 3),
-        compute_efficiency=round(min(measured["matmul_tflops"]["bf16"] / peak_tflops["bf16"], 1.0), 3),
+        memory_gib=facts["memory_gib"],
+        memory_free_gib=facts["memory_free_gib"],
+        bandwidth_gbps=facts["bandwidth_gbps"],
+        peak_tflops=facts["peak_tflops"],
+        bandwidth_efficiency=round(measured["decode_matmul_bandwidth_gbps"] / facts["bandwidth_gbps"], 3),
+        compute_efficiency=round(measured["matmul_tflops"]["bf16"] / peak_bf16, 3),
         kernel_launch_us=launch["eager"],
         graph_kernel_us=launch.get("graph", launch["eager"]),
+        token_slope=token_slope(decode_us),
         quant_slowdown=quant,
-        token_slope=round(max(0.0, (decode[8] / decode[1] - 1) / 7), 4),
-        sources={
-            "token_slope": f"measured: {command} (decode matmul latency at 8 tokens over 1 token, per extra token)",
-            "bandwidth_gbps": bw_source,
-            "peak_tflops": f"published: {shipped.sources.get('peak_tflops')}" if shipped else f"measured: {command}",
-            "bandwidth_efficiency": f"measured: {command} (read bandwidth / bandwidth_gbps)",
-            "compute_efficiency": f"measured: {command} (bf16 matmul / peak)",
-            "kernel_launch_us": f"measured: {command}",
-            "graph_kernel_us": f"measured: {command}" + ("" if gpu else " (no CUDA graphs on CPU: eager figure)"),
-            "quant_slowdown": f"measured: {command} (best installed backend; defaults where none ran)",
-        },
+        sources=sources,
         measured=measured,
     )
-
-
-def _slowdown_fields(per_backend: dict) -> dict:
-    """Best measured slowdown per bit width across backends; defaults where none ran."""
-    best = {"int8": 1.3, "int4": 1.45}
-    found: dict[str, float] = {}
-    for results in per_backend.values():
-        if not isinstance(results, dict):
-            continue
-        for bits, value in results.items():
-            if isinstance(value, float):
-                found[bits] = min(value, found.get(bits, value))
-    best.update(found)
-    return best

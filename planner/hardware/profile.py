@@ -16,6 +16,7 @@ from planner.errors import InputError, NotFoundError, near_matches
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "profiles" / "gpus"
+MEASURED_DIR = SHIPPED_DIR / "measured"  # profiles `specplan profile` measured on real devices, committed
 
 
 @dataclass(frozen=True)
@@ -79,23 +80,34 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
 
 
 def shipped_profile_names() -> list[str]:
+    """Hand-written profiles of published specs (the fleet the planner compares)."""
     return sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
 
 
+def measured_profile_names() -> list[str]:
+    """Committed measured profiles, loadable by name like shipped ones."""
+    return sorted(p.stem for p in MEASURED_DIR.glob("*.yaml"))
+
+
 def load_profile(name_or_path: str) -> HardwareProfile:
-    """A shipped profile by name (e.g. 'a10g') or a profile YAML by path."""
+    """A shipped or committed measured profile by name (e.g. 'a10g'), or a profile YAML by path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return profile_from_dict(read_yaml(path), origin=str(path))
     key = name_or_path.lower()
-    shipped = SHIPPED_DIR / f"{key}.yaml"
-    if not shipped.exists():
-        raise NotFoundError(
-            f"unknown GPU profile '{name_or_path}'{near_matches(key, shipped_profile_names())}"
-            " (run `specplan profiles` to list them, or pass a profile YAML path)"
-        )
-    return profile_from_dict(read_yaml(shipped), origin=str(shipped))
+    for folder in (SHIPPED_DIR, MEASURED_DIR):
+        if (folder / f"{key}.yaml").exists():
+            return profile_from_dict(read_yaml(folder / f"{key}.yaml"), origin=str(folder / f"{key}.yaml"))
+    known = shipped_profile_names() + measured_profile_names()
+    raise NotFoundError(
+        f"unknown GPU profile '{name_or_path}'{near_matches(key, known)}"
+        " (run `specplan profiles` to list them, or pass a profile YAML path)"
+    )
 
 
 def shipped_profiles() -> list[HardwareProfile]:
     return [load_profile(name) for name in shipped_profile_names()]
+
+
+def measured_profiles() -> list[HardwareProfile]:
+    return [load_profile(name) for name in measured_profile_names()]

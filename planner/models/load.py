@@ -6,22 +6,40 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from planner._yaml import read_yaml
-from planner.errors import InputError, NotFoundError, near_matches
+from planner.errors import InputError, NotFoundError
+from planner.models.cards import load_card, read_card
 from planner.models.spec import ModelSpec
 
-CARDS_DIR = Path(__file__).resolve().parents[2] / "profiles" / "models"
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "phi3", "gemma", "gemma2")
+# config.json's torch_dtype (transformers 5 writes `dtype`) in the short names used everywhere else
+_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
 
-def _field(config: dict, key: str, name: str):
-    if key not in config or config[key] is None:
-        raise InputError(f"{name}: config has no '{key}'")
-    return config[key]
+def _field(config: dict, key: str, name: str, required: bool = True) -> int | None:
+    """A positive integer field of the config; None when optional and absent."""
+    value = config.get(key)
+    if value is None:
+        if required:
+            raise InputError(f"{name}: config has no '{key}'")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InputError(f"{name}: config field '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _checkpoint_dtype(config: dict, name: str) -> str:
+    raw = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    if str(raw) not in _DTYPE_NAMES:
+        raise InputError(f"{name}: config field 'torch_dtype' {raw!r} is not one of bfloat16, float16, float32")
+    return _DTYPE_NAMES[str(raw)]
 
 
 def spec_from_hf_config(config: dict, name: str) -> ModelSpec:
-    """ModelSpec from the fields of a Hugging Face config.json."""
+    """ModelSpec from the fields of a Hugging Face config.json.
+
+    Phi-3 fuses q/k/v and gate/up into single matrices: the same weights, so the same
+    counts. Gemma ties its embeddings by default and takes head_dim from the config.
+    """
     model_type = config.get("model_type", "")
     if model_type not in SUPPORTED_TYPES:
         raise InputError(
@@ -36,45 +54,35 @@ def spec_from_hf_config(config: dict, name: str) -> ModelSpec:
         hidden_size=hidden,
         intermediate_size=_field(config, "intermediate_size", name),
         num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or hidden // heads,
+        num_kv_heads=_field(config, "num_key_value_heads", name, required=False) or heads,
+        head_dim=_field(config, "head_dim", name, required=False) or hidden // heads,
         vocab_size=_field(config, "vocab_size", name),
-        # Gemma ties by default; the others untie unless the config says so.
         tie_embeddings=bool(config.get("tie_word_embeddings", model_type.startswith("gemma"))),
-        max_position_embeddings=config.get("max_position_embeddings", 4096),
+        max_position_embeddings=_field(config, "max_position_embeddings", name, required=False) or 4096,
         qkv_bias=model_type == "qwen2",
         norms_per_layer=4 if model_type == "gemma2" else 2,
         tokenizer_family=config.get("tokenizer_family", ""),
+        checkpoint_dtype=_checkpoint_dtype(config, name),
     )
 
 
-def shipped_model_names() -> list[str]:
-    return sorted(p.stem for p in CARDS_DIR.glob("*.yaml"))
-
-
-def load_card(name: str) -> dict:
-    path = CARDS_DIR / f"{name.lower()}.yaml"
-    if not path.exists():
-        raise NotFoundError(
-            f"unknown model '{name}'{near_matches(name, shipped_model_names())}"
-            " (run `specplan models` to list cards, or pass a model directory or config.json)"
-        )
-    return read_yaml(path)
-
-
-def _spec_from_card(name: str) -> ModelSpec:
-    card = load_card(name)
+def _spec_from_card(card: dict, default_name: str) -> ModelSpec:
     config = dict(card["config"], tokenizer_family=card.get("tokenizer_family", ""))
-    return spec_from_hf_config(config, card["name"])
+    if "dtype" in card:
+        config["torch_dtype"] = card["dtype"]
+    return spec_from_hf_config(config, card.get("name", default_name))
 
 
 def _read_config_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a JSON object of config fields")
+    return config
 
 
 def _spec_from_hub(hub_id: str) -> ModelSpec:
@@ -88,8 +96,15 @@ def _spec_from_hub(hub_id: str) -> ModelSpec:
     return spec_from_hf_config(config, hub_id.rsplit("/", 1)[-1].lower())
 
 
+def _spec_from_file(path: Path) -> ModelSpec:
+    if path.suffix in (".yaml", ".yml"):
+        return _spec_from_card(read_card(path), path.stem)
+    return spec_from_hf_config(_read_config_json(path), path.resolve().parent.name.lower())
+
+
 def load_model_spec(name_or_path: str) -> ModelSpec:
-    """A ModelSpec from a card name, a model directory, a config.json path or a hub id."""
+    """A ModelSpec from a card name, a model directory, a config.json (or card YAML) path
+    or a hub id. Card names are exact keys in any case; a miss lists the near ones."""
     path = Path(name_or_path)
     if path.is_dir():
         config_path = path / "config.json"
@@ -97,17 +112,10 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
             raise NotFoundError(f"{path}: no config.json in this directory")
         return spec_from_hf_config(_read_config_json(config_path), path.resolve().name.lower())
     if path.is_file():
-        if path.suffix in (".yaml", ".yml"):
-            card = read_yaml(path)
-            if not isinstance(card, dict) or "config" not in card:
-                raise InputError(f"{path}: a model card needs a 'config' mapping")
-            return spec_from_hf_config(dict(card["config"]), card.get("name", path.stem))
-        return spec_from_hf_config(_read_config_json(path), path.resolve().parent.name.lower())
-    if (CARDS_DIR / f"{name_or_path.lower()}.yaml").exists():
-        return _spec_from_card(name_or_path)
-    if "/" in name_or_path and not name_or_path.startswith((".", "/")):
-        return _spec_from_hub(name_or_path)
-    if path.suffix in (".json", ".yaml", ".yml") or name_or_path.startswith((".", "/")):
+        return _spec_from_file(path)
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or path.suffix in (".json", ".yaml", ".yml")
+    if looks_like_path:
         raise NotFoundError(f"{name_or_path}: no such file or directory")
-    load_card(name_or_path)  # raises NotFoundError with near matches
-    raise AssertionError("unreachable")
+    if "/" in name_or_path:
+        return _spec_from_hub(name_or_path)
+    return _spec_from_card(load_card(name_or_path), name_or_path.lower())

@@ -8,6 +8,7 @@ a byte per weight plus a bf16 scale and a bf16 zero point per group of 128 weigh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 QUANTIZATIONS = ("none", "int8", "int4")
@@ -32,19 +33,30 @@ class ModelSpec:
     gated_mlp: bool = True  # SwiGLU/GeGLU: gate, up and down projections
     norms_per_layer: int = 2  # Gemma-2 has 4 (pre/post attention and feed-forward)
     tokenizer_family: str = ""  # models sharing a tokenizer can draft for each other, e.g. "llama3"
+    checkpoint_dtype: str = "bf16"  # the released weights' dtype (config.json torch_dtype)
 
     # -- parameters -------------------------------------------------------------------
     @property
+    def layer_linear_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(in_features, out_features) of each weight matrix of one decoder layer: q, k, v, o,
+        then the MLP's (gate,) up and down. Phi-3's fused qkv/gate_up hold the same weights."""
+        h, inter = self.hidden_size, self.intermediate_size
+        q_out, kv_out = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attention = ((h, q_out), (h, kv_out), (h, kv_out), (q_out, h))
+        mlp = ((h, inter), (h, inter), (inter, h)) if self.gated_mlp else ((h, inter), (inter, h))
+        return attention + mlp
+
+    @property
+    def qkv_bias_params(self) -> int:
+        return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
+
+    @property
     def attention_params(self) -> int:
-        q = self.hidden_size * self.num_heads * self.head_dim
-        kv = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
-        o = self.num_heads * self.head_dim * self.hidden_size
-        bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.qkv_bias else 0
-        return q + kv + o + bias
+        return sum(i * o for i, o in self.layer_linear_shapes[:4]) + self.qkv_bias_params
 
     @property
     def mlp_params(self) -> int:
-        return (3 if self.gated_mlp else 2) * self.hidden_size * self.intermediate_size
+        return sum(i * o for i, o in self.layer_linear_shapes[4:])
 
     @property
     def layer_linear_params(self) -> int:
@@ -73,19 +85,19 @@ class ModelSpec:
         """Bytes a weight-only kernel reads for `params` linear weights with `in_features` inputs."""
         if quant == "none":
             return params * DTYPE_BYTES[dtype]
-        out_features = params / in_features
+        out_features = params // in_features
         if quant == "int8":
             return params + out_features * 2
         if quant == "int4":
-            return params / 2 + (params / INT4_GROUP_SIZE) * 4
+            groups = out_features * math.ceil(in_features / INT4_GROUP_SIZE)
+            return params / 2 + groups * 4
         raise ValueError(f"unknown quantization {quant!r}; expected one of {QUANTIZATIONS}")
 
     def layer_bytes(self, quant: str = "none", dtype: str = "bf16") -> float:
-        """Weight bytes read by one decoder layer's forward."""
-        attn_in = self.hidden_size  # o_proj's input is heads*head_dim; close enough for the scales
-        linear = self.linear_bytes(self.attention_params, attn_in, quant, dtype)
-        linear += self.linear_bytes(self.mlp_params, self.hidden_size, quant, dtype)
-        return linear + self.norms_per_layer * self.hidden_size * DTYPE_BYTES[dtype]
+        """Weight bytes read by one decoder layer's forward (biases and norms stay in `dtype`)."""
+        linear = sum(self.linear_bytes(i * o, i, quant, dtype) for i, o in self.layer_linear_shapes)
+        unquantized = self.qkv_bias_params + self.norms_per_layer * self.hidden_size
+        return linear + unquantized * DTYPE_BYTES[dtype]
 
     def lm_head_bytes(self, quant: str = "none", dtype: str = "bf16") -> float:
         return self.linear_bytes(self.lm_head_params, self.hidden_size, quant, dtype)

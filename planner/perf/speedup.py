@@ -23,7 +23,9 @@ from functools import partial
 from planner.errors import InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.acceptance import Prior, load_priors, position_acceptances, skipped_fraction, tokens_per_iteration
+from planner.perf.acceptance import (
+    Prior, position_acceptances, resolve_priors, size_gap, skipped_fraction, tokens_per_iteration,
+)
 from planner.perf.cost import Execution, forward_latency_s
 from planner.perf.memory import vram_gib
 from planner.plan.schema import Decoding, Prediction
@@ -65,13 +67,17 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
     raise InputError(f"unknown method '{d.method}'")
 
 
-def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | None) -> list[float]:
+def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | None,
+               draft_spec: ModelSpec | None = None) -> list[float]:
     """Per-position acceptance: the measured/overridden alpha (constant), else the prior."""
     if d.method == "autoregressive" or d.gamma == 0:
         return []
     if acceptance is not None:
         return [acceptance] * d.gamma
-    beta = skipped_fraction(d.method, spec.num_layers, skip_layers=d.skip_layers, exit_layer=d.exit_layer)
+    if d.method == "draft_model" and draft_spec is not None:
+        beta = size_gap(spec.param_count, draft_spec.param_count)
+    else:
+        beta = skipped_fraction(d.method, spec.num_layers, skip_layers=d.skip_layers, exit_layer=d.exit_layer)
     return position_acceptances(prior.alpha(beta), d.gamma, prior.decay)
 
 
@@ -81,8 +87,8 @@ def predict_detail(
     execution: Execution | None = None, basis: str | None = None,
 ) -> Detail:
     ex = execution or Execution.default_for(profile)
-    priors = priors if isinstance(priors, dict) and all(isinstance(p, Prior) for p in priors.values()) else load_priors(priors)
-    alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance)
+    priors = resolve_priors(priors)
+    alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance, draft_spec)
     tau = tokens_per_iteration(alphas)
     draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,
                                             execution=ex, draft_spec=draft_spec)

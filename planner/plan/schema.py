@@ -256,7 +256,7 @@ def plan_from_dict(data) -> Plan:
     version = data.get("schema_version", None)
     if version is None:
         raise PlanError("schema_version: missing")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version != SCHEMA_VERSION:  # YAML `true` would equal 1
         raise PlanError(f"schema_version: {version!r} is not supported (this specplan reads version {SCHEMA_VERSION})")
     plan = _from_mapping(Plan, data, "")
     _check_plan(plan)

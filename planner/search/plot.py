@@ -1,4 +1,5 @@
-"""--plot: every evaluated set-up, tokens/s against VRAM, the Pareto front and the chosen plan."""
+"""--plot: every evaluated set-up, tokens/s against VRAM, the Pareto front and the chosen plan;
+with --batch-sizes, total tokens/s against batch size for every gamma and the schedule's envelope."""
 
 from __future__ import annotations
 
@@ -18,15 +19,35 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_search(result, path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _checked(path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise InputError(f"--plot {path}: expected a .png, .svg or .pdf file name")
+    return path
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise InputError(f"--plot {path}: cannot write ({exc.strerror})") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_search(result, path) -> None:
+    plt = _pyplot()
+    path = _checked(path)
     candidates = result.evaluated
     fig, ax = plt.subplots(figsize=(8, 5))
     methods = sorted({c.decoding.method for c in candidates})
@@ -46,9 +67,59 @@ def plot_search(result, path) -> None:
     ax.set_title(f"{result.plan.model.name} on {result.plan.hardware.profile}: {len(candidates)} set-ups")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise InputError(f"--plot {path}: cannot write ({exc.strerror})") from None
-    finally:
-        plt.close(fig)
+    _save(fig, path)
+
+
+def plot_schedule(result, path) -> None:
+    """A ScheduleResult: one line per gamma (0 = autoregressive), the chosen envelope on top."""
+    plt = _pyplot()
+    path = _checked(path)
+    sizes = result.batch_sizes
+    method = next((e.method for e in result.plan.schedule if e.gamma), result.plan.decoding.method)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("viridis")
+    top = max(result.curves)
+    for gamma, predictions in sorted(result.curves.items()):
+        label = "gamma 0 (autoregressive)" if gamma == 0 else f"gamma {gamma}"
+        ax.plot(sizes, [p.tokens_per_s * b for p, b in zip(predictions, sizes)], linewidth=1, alpha=0.7,
+                color="grey" if gamma == 0 else colours(gamma / max(top, 1)), label=label,
+                linestyle="--" if gamma == 0 else "-")
+    ax.plot(sizes, [p.tokens_per_s * b for p, b in zip(result.chosen, sizes)], color="red", linewidth=2.5,
+            marker="o", label="chosen schedule")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (concurrent sequences)")
+    ax.set_ylabel("tokens/s, all sequences (predicted)")
+    ax.set_title(f"{result.plan.model.name} on {result.plan.hardware.profile}: {method}, {result.plan.decoding.quant}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def fleet_chart_png(model: str, rows) -> bytes:
+    """Bars per GPU: tokens/s per sequence at the smallest batch, total at the largest, and USD
+    per million tokens where priced. PNG bytes, so a fleet writes nothing until all is ready."""
+    import io
+
+    plt = _pyplot()
+    planned = [row for row in rows if row.plan is not None]
+    priced = [row for row in planned if row.usd_per_million_tokens is not None]
+    panels = [("tokens/s per sequence\n(smallest batch)", planned, lambda r: r.tokens_per_s),
+              ("tokens/s total\n(largest batch)", planned, lambda r: r.tokens_per_s_total)]
+    if priced:
+        panels.append(("USD per million tokens\n(largest batch)", priced, lambda r: r.usd_per_million_tokens))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+    for ax, (title, chosen, value) in zip(axes, panels):
+        names = [r.gpu for r in chosen]
+        values = [value(r) for r in chosen]
+        ax.bar(names, values, color="tab:blue")
+        for x, v in enumerate(values):
+            ax.annotate(f"{v:.0f}" if v >= 100 else f"{v:.3g}", (x, v), ha="center", va="bottom", fontsize=6)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+    fig.suptitle(f"{model}: predicted, per GPU", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

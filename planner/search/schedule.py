@@ -8,15 +8,29 @@ beats plain decoding (verification of B x (gamma + 1) tokens turns compute-bound
 `build_schedule` is pure over an `evaluate(method, gamma, batch_size) -> Prediction`
 callable, so the caller decides how a set-up is predicted (the analytical model, or
 measurements). Prediction.tokens_per_s is read as tokens/s per sequence.
+
+`schedule_search` is the planner's use of it: the Optuna search at the smallest batch size
+picks each method's set-up (quantization, skipped layers, draft model), then gamma is swept
+per batch size with the performance model. The memory budget holds at the largest batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from planner.errors import BudgetError, InputError
-from planner.plan.schema import MAX_GAMMA, Prediction, ScheduleEntry
+from planner.hardware.profile import HardwareProfile
+from planner.models.spec import ModelSpec
+from planner.perf.acceptance import load_priors
+from planner.perf.cost import Execution
+from planner.perf.speedup import predict
+from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Constraints, Decoding, Plan, Prediction, ScheduleEntry
+from planner.search.space import MAX_PREDICTORS
+from planner.search.study import search
 
 Evaluate = Callable[[str, int, int], Prediction]
 
@@ -41,12 +55,17 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _best_gammas(evaluate: Evaluate, method: str, batch_sizes, max_gamma: int) -> list[tuple[int, Prediction]]:
-    """Per batch size: (gamma, prediction) of the fastest draft length, gamma 0 when none beats plain decoding."""
+def _best_gammas(evaluate: Evaluate, method: str, batch_sizes, max_gamma: int, vram_gib: float) -> list[tuple[int, Prediction]]:
+    """Per batch size: (gamma, prediction) of the fastest draft length, gamma 0 when none beats plain decoding.
+
+    An engine allocates for its largest draft length at its largest batch, so only draft
+    lengths that fit the budget there are candidates."""
+    largest = batch_sizes[-1]
+    gammas = [g for g in range(1, max_gamma + 1) if evaluate(method, g, largest).vram_gib <= vram_gib]
     best = []
     for batch in batch_sizes:
         choice = (0, evaluate("autoregressive", 0, batch))
-        for gamma in range(1, max_gamma + 1):
+        for gamma in gammas:
             prediction = evaluate(method, gamma, batch)
             if prediction.tokens_per_s > choice[1].tokens_per_s:
                 choice = (gamma, prediction)
@@ -76,16 +95,16 @@ def _ranges(batch_sizes, choices, method: str) -> tuple[ScheduleEntry, ...]:
     return tuple(entries)
 
 
-def _check_budget(evaluate: Evaluate, method: str, gamma: int, batch_sizes, vram_gib: float) -> None:
-    """The draft stays loaded at every batch size, so memory is checked with the largest gamma."""
-    needed = {batch: evaluate(method, gamma, batch).vram_gib for batch in batch_sizes}
+def _check_budget(evaluate: Evaluate, batch_sizes, vram_gib: float) -> None:
+    """A batch-size range whose largest batch does not fit even plain decoding is refused."""
+    needed = {batch: evaluate("autoregressive", 0, batch).vram_gib for batch in batch_sizes}
     largest = batch_sizes[-1]
     if needed[largest] <= vram_gib:
         return
     fitting = [batch for batch in batch_sizes if needed[batch] <= vram_gib]
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
-        f"batch size {largest} needs {needed[largest]:.1f} GiB with {method} gamma={gamma}, "
+        f"batch size {largest} needs {needed[largest]:.1f} GiB even without speculation, "
         f"over the {vram_gib:.1f} GiB budget; {hint}"
     )
 
@@ -100,12 +119,120 @@ def build_schedule(
 ) -> tuple[ScheduleEntry, ...]:
     """The schedule of the speculative method with the highest mean speedup over batch sizes."""
     sizes = tuple(sorted(set(batch_sizes)))
+    _check_budget(evaluate, sizes, vram_gib)  # speculative draft lengths are kept to those that fit (_best_gammas)
     baseline = [(0, evaluate("autoregressive", 0, b)) for b in sizes]
-    candidates = [(m, _best_gammas(evaluate, m, sizes, max_gamma)) for m in methods if m != "autoregressive"]
+    candidates = [(m, _best_gammas(evaluate, m, sizes, max_gamma, vram_gib)) for m in methods if m != "autoregressive"]
     candidates = [(m, c) for m, c in candidates if any(g for g, _ in c)]
     if not candidates:
-        _check_budget(evaluate, "autoregressive", 0, sizes, vram_gib)
         return _ranges(sizes, baseline, "autoregressive")
     method, choices = max(candidates, key=lambda mc: _mean_speedup(mc[1], baseline))
-    _check_budget(evaluate, method, max(g for g, _ in choices), sizes, vram_gib)
     return _ranges(sizes, choices, method)
+
+
+# -- the planner's schedule: search at the smallest batch size, sweep gamma per batch size --
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    plan: Plan  # plan.schedule holds the ranges; plan.decoding the set-up at the smallest batch size
+    batch_sizes: tuple[int, ...]
+    curves: dict[int, tuple[Prediction, ...]]  # gamma -> prediction per batch size (0: autoregressive)
+    chosen: tuple[Prediction, ...]  # the schedule's set-up at each batch size: the envelope of the curves
+    budget_gib: float
+
+
+def _autoregressive_gib(spec, profile, quant, batch, *, context, execution) -> float:
+    return predict(spec, profile, Decoding("autoregressive", quant=quant), context=context, batch_size=batch,
+                   execution=execution).vram_gib
+
+
+def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, batch_sizes: Iterable[int], *, vram_gib: float,
+                        quants=None, context: int = 2048, execution: Execution | None = None) -> tuple[int, ...]:
+    """The batch sizes at which the smallest set-up (autoregressive, smallest allowed quantization) fits."""
+    execution = execution or Execution.default_for(profile)
+    return tuple(b for b in sorted(set(batch_sizes))
+                 if min(_autoregressive_gib(spec, profile, q, b, context=context, execution=execution)
+                        for q in quants or QUANTIZATIONS) <= vram_gib)
+
+
+def _require_batch_range(spec, profile, sizes, *, budget, quants, context, execution) -> None:
+    fitting = fitting_batch_sizes(spec, profile, sizes, vram_gib=budget, quants=quants, context=context, execution=execution)
+    if fitting and fitting[-1] == sizes[-1]:
+        return
+    needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], context=context, execution=execution), q)
+                        for q in quants or QUANTIZATIONS)
+    hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
+    raise BudgetError(
+        f"batch size {sizes[-1]} does not fit {budget:.1f} GiB on {profile.name}: even autoregressive {quant} needs "
+        f"{needed:.1f} GiB at context {context}; {hint} (use smaller --batch-sizes or a shorter --context)"
+    )
+
+
+def _setups(ranked: list[Candidate]) -> dict[str, Decoding]:
+    """Each method's fastest set-up, all at the quantization of the fastest: an engine loads the
+    target's weights once and switches only the draft length with load."""
+    quant = ranked[0].decoding.quant
+    setups = {"autoregressive": Decoding("autoregressive", quant=quant)}
+    for candidate in ranked:
+        if candidate.decoding.quant == quant:
+            setups.setdefault(candidate.decoding.method, candidate.decoding)
+    return setups
+
+
+def schedule_search(
+    spec: ModelSpec, profile: HardwareProfile, *, batch_sizes: Iterable[int], vram_gib: float | None = None,
+    context: int = 2048, trials: int = 300, seed: int = 0, methods=None, quants=None, drafts=None,
+    skip_pattern: str = "middle", priors=None, model_source: str | None = None, execution: Execution | None = None,
+    max_gamma: int = MAX_PREDICTORS,
+) -> ScheduleResult:
+    """The fastest set-up per batch-size range, gamma = 0 where speculating stops paying.
+
+    One batch size gives a plan without a schedule (its gamma swept all the same)."""
+    from planner.models import load_model_spec
+
+    sizes = tuple(sorted(set(batch_sizes)))
+    budget = profile.memory_gib if vram_gib is None else vram_gib
+    execution = execution or Execution.default_for(profile)
+    prior_table = load_priors(priors)
+    _require_batch_range(spec, profile, sizes, budget=budget, quants=quants, context=context, execution=execution)
+    result = search(spec, profile, vram_gib=vram_gib, context=context, batch_size=sizes[0], trials=trials, seed=seed,
+                    methods=methods, quants=quants, drafts=drafts, skip_pattern=skip_pattern, priors=prior_table,
+                    model_source=model_source, execution=execution)
+
+    @functools.cache
+    def at(decoding: Decoding, batch: int) -> Prediction:
+        draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
+        return predict(spec, profile, decoding, context=context, batch_size=batch, priors=prior_table,
+                       draft_spec=draft, execution=execution)
+
+    def fits_largest(decoding: Decoding) -> bool:
+        return at(decoding, sizes[-1]).vram_gib <= budget
+
+    feasible = [c for c, ok in zip(result.evaluated, result.feasible) if ok]
+    ranked = [c for c in sorted(feasible, key=lambda c: -c.prediction.tokens_per_s) if fits_largest(c.decoding)]
+    setups = _setups(ranked)  # not empty: _require_batch_range let an autoregressive set-up through
+
+    def evaluate(method: str, gamma: int, batch: int) -> Prediction:
+        return at(dataclasses.replace(setups[method], gamma=gamma), batch)
+
+    schedule = build_schedule(evaluate, sizes, methods=tuple(setups), vram_gib=budget, max_gamma=max_gamma)
+    method = next((e.method for e in schedule if e.gamma), "autoregressive")
+    gammas = [next(e.gamma for e in schedule if e.batch_min <= b <= e.batch_max) for b in sizes]
+    first_gamma = next((g for g in gammas if g), 0)
+    decoding = dataclasses.replace(setups[method], gamma=first_gamma)
+    alternatives = tuple(c for c in (Candidate(result.plan.decoding, result.plan.prediction), *result.plan.alternatives)
+                         if c.decoding != decoding and fits_largest(c.decoding))
+    plan = result.plan.replace(
+        decoding=decoding, prediction=at(decoding, sizes[0]), alternatives=alternatives,
+        constraints=Constraints(context=context, vram_gib=vram_gib, batch_size=sizes[0]),
+        schedule=schedule if len(sizes) > 1 else (),
+    )
+    curve_gammas = range(0, max_gamma + 1) if method != "autoregressive" else (0,)
+    curves = {g: tuple(evaluate(method if g else "autoregressive", g, b) for b in sizes) for g in curve_gammas}
+    chosen = tuple(curves[g][i] for i, g in enumerate(gammas))
+    return ScheduleResult(plan, sizes, curves, chosen, budget)
+
+
+def plan_schedule(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:
+    """The load-aware plan (see `schedule_search` for options)."""
+    return schedule_search(spec, profile, **kwargs).plan

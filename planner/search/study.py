@@ -7,13 +7,14 @@ load_if_exists): nothing here re-implements them.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.acceptance import Prior, load_priors
+from planner.perf.acceptance import resolve_priors
 from planner.perf.cost import Execution
 from planner.perf.speedup import predict
 from planner.plan.schema import (
@@ -27,7 +28,7 @@ ALTERNATIVES = 5
 @dataclass(frozen=True)
 class SearchResult:
     plan: Plan
-    evaluated: tuple[Candidate, ...]  # every trial's set-up and prediction, in trial order
+    evaluated: tuple[Candidate, ...]  # every completed trial's set-up and prediction, in trial order
     feasible: tuple[bool, ...]
     budget_gib: float
 
@@ -71,7 +72,7 @@ def search(
     if storage and not study_name:
         raise InputError("--storage needs --study NAME (the study many workers share)")
     budget = profile.memory_gib if vram_gib is None else vram_gib
-    prior_table = priors if isinstance(priors, dict) and all(isinstance(p, Prior) for p in priors.values()) else load_priors(priors)
+    prior_table = resolve_priors(priors)
     draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
     space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern)
     if not space.methods:
@@ -87,7 +88,7 @@ def search(
         decoding = suggest(trial, space)
         prediction = evaluate(decoding)
         trial.set_constraint("vram_gib", prediction.vram_gib - budget)  # feasible when <= 0
-        evaluated.append(Candidate(decoding, prediction))
+        _record(trial, Candidate(decoding, prediction))
         total = prediction.tokens_per_s * batch_size
         return total if objective == "speed" else (total, prediction.vram_gib)
 
@@ -102,8 +103,9 @@ def search(
     if len(study.trials) == 0:
         for point in seeds(space):
             study.enqueue_trial(point, skip_if_exists=True)
-    evaluated: list[Candidate] = []
     study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+    # Every completed trial of the study, this worker's and any other's sharing the storage.
+    evaluated = [_recorded(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
     chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
     if not chosen:
@@ -121,6 +123,18 @@ def search(
                               methods=space.methods, storage=storage, study=study_name),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def _record(trial, candidate: Candidate) -> None:
+    decoding = dataclasses.asdict(candidate.decoding)
+    decoding["skip_layers"] = list(decoding["skip_layers"])  # JSON for database storages
+    trial.set_user_attr("decoding", decoding)
+    trial.set_user_attr("prediction", dataclasses.asdict(candidate.prediction))
+
+
+def _recorded(trial) -> Candidate:
+    decoding = dict(trial.user_attrs["decoding"], skip_layers=tuple(trial.user_attrs["decoding"]["skip_layers"]))
+    return Candidate(Decoding(**decoding), Prediction(**trial.user_attrs["prediction"]))
 
 
 def plan(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:

@@ -35,10 +35,30 @@ class Export:
     version_range: str
 
 
+def _hub_id(name: str | None) -> str | None:
+    """An engine cannot load a shipped card name (llama-3.1-8b); it can load the card's hub id."""
+    from planner.models import load_card, shipped_model_names
+
+    return load_card(name)["hf_id"] if name in shipped_model_names() else name
+
+
+def _loadable(plan: Plan) -> Plan:
+    """The plan with card names replaced by the hub ids an engine loads."""
+    def drafts(decoding):
+        return dataclasses.replace(decoding, draft_model=_hub_id(decoding.draft_model))
+
+    return plan.replace(
+        model=dataclasses.replace(plan.model, source=_hub_id(plan.model.source)),
+        decoding=drafts(plan.decoding),
+        alternatives=tuple(dataclasses.replace(c, decoding=drafts(c.decoding)) for c in plan.alternatives),
+    )
+
+
 def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, plan_label: str = "plan") -> Export:
     info = engine_info(engine)
     version = check_version(info, engine_version)
     renderer = _RENDERERS[engine]
+    plan = _loadable(plan)
     resolved = resolve(plan, info)
     method = resolved.decoding.method
     if not info.has_feature(method, version):

@@ -1,0 +1,224 @@
+"""Fleet planning: one model on many GPUs, a plan and engine configs per GPU, and a summary.
+
+Everything is planned, exported and drawn in memory first; files are written only once
+every GPU name, engine, price and budget has been checked, so bad input leaves nothing
+behind. In a fleet, a GPU that cannot hold the largest batch sizes is planned for the
+batch sizes it can hold (the summary says so), and one that holds none is listed without
+a plan: "this GPU cannot serve this model" is an answer, not an error. Only a fleet in
+which no GPU fits is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner._yaml import write_yaml_atomic
+from planner.errors import BudgetError, InputError, near_matches
+from planner.hardware import load_profile, shipped_profile_names
+from planner.models.spec import ModelSpec
+from planner.perf.cost import Execution
+from planner.plan.export import Export, export_plan, write_export
+from planner.plan.schema import Plan
+from planner.search.engines import engine_space
+from planner.search.schedule import fitting_batch_sizes, schedule_search
+
+SECONDS_PER_HOUR = 3600
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    gpu: str
+    plan: Plan | None  # None: not even the smallest batch size fits this GPU
+    batch_sizes: tuple[int, ...]  # the batch sizes planned: those that fit
+    tokens_per_s: float  # per sequence, at the smallest batch size
+    speedup: float  # over autoregressive at the same quantization, smallest batch size
+    tokens_per_s_total: float  # all sequences, at the largest batch size planned
+    vram_gib: float  # at the largest batch size planned
+    usd_per_hour: float | None
+    note: str = ""
+
+    @property
+    def usd_per_million_tokens(self) -> float | None:
+        """At full load (the largest batch size planned), where a token is cheapest."""
+        if self.usd_per_hour is None or self.plan is None:
+            return None
+        return self.usd_per_hour / (self.tokens_per_s_total * SECONDS_PER_HOUR) * 1e6
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    model: str
+    rows: tuple[FleetRow, ...]
+    markdown: str
+    files: tuple[Path, ...]  # every file written, summary first
+
+
+def parse_gpus(text: str) -> tuple[str, ...]:
+    """'a10g,l4,h100-sxm' or 'all' (every shipped profile)."""
+    if text.strip() == "all":
+        return tuple(shipped_profile_names())
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError("--gpus: expected a comma-separated list of GPU profiles, or all")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"--gpus: {', '.join(twice)} listed twice")
+    return tuple(names)
+
+
+def parse_prices(text: str | None) -> dict[str, float]:
+    """'a10g=1.0,h100-sxm=4.5' -> USD per GPU-hour."""
+    prices: dict[str, float] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            price = float(value) if sep else float("nan")
+        except ValueError:
+            price = float("nan")
+        if not price > 0:
+            raise InputError(f"--usd-per-hour {part.strip()!r}: expected GPU=PRICE with a positive price, e.g. a10g=1.0")
+        prices[name.strip()] = price
+    return prices
+
+
+def _row(gpu: str, profile, spec, *, batch_sizes, vram_gib, prices, search_options) -> FleetRow:
+    budget = profile.memory_gib if vram_gib is None else vram_gib
+    sizes = fitting_batch_sizes(spec, profile, batch_sizes, vram_gib=budget, quants=search_options["quants"],
+                                context=search_options["context"], execution=Execution.default_for(profile))
+    if not sizes:
+        return FleetRow(gpu, None, (), 0.0, 0.0, 0.0, 0.0, prices.get(gpu),
+                        note=f"does not fit {budget:.1f} GiB even at batch size {min(batch_sizes)}")
+    result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, **search_options)
+    first, last = result.chosen[0], result.chosen[-1]
+    note = f"batch sizes above {sizes[-1]} do not fit {budget:.1f} GiB" if sizes[-1] < max(batch_sizes) else ""
+    return FleetRow(gpu, result.plan, sizes, first.tokens_per_s, first.speedup, last.tokens_per_s * sizes[-1],
+                    last.vram_gib, prices.get(gpu), note)
+
+
+def plan_fleet(
+    spec: ModelSpec, gpus, *, out_dir, exports=(), engine: str | None = None, batch_sizes=(1,),
+    usd_per_hour: dict[str, float] | None = None, vram_gib: float | None = None, context: int = 2048,
+    trials: int = 300, seed: int = 0, methods=None, model_source: str | None = None, priors=None,
+) -> FleetSummary:
+    """Plan `spec` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml, DIR/<gpu>/<engine>.<ext>,
+    DIR/summary.md and DIR/summary.png. The search is restricted to what `engine` and every
+    engine in `exports` can run, so each export is the best those engines can do."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir {out_dir}: exists and is not a directory")
+    profiles = {gpu: load_profile(gpu) for gpu in gpus}
+    exports = tuple(dict.fromkeys(exports))
+    methods, quants = engine_space(([engine] if engine else []) + list(exports), methods)
+    prices = usd_per_hour or {}
+    for name in prices:
+        if name not in profiles:
+            raise InputError(f"--usd-per-hour: {name} is not in --gpus{near_matches(name, profiles)}")
+    options = dict(context=context, trials=trials, seed=seed, methods=methods, quants=quants,
+                   model_source=model_source, priors=priors)
+    rows = tuple(_row(gpu, profile, spec, batch_sizes=batch_sizes, vram_gib=vram_gib, prices=prices,
+                      search_options=options) for gpu, profile in profiles.items())
+    if not any(row.plan for row in rows):
+        raise BudgetError(f"{spec.name} fits none of the GPUs ({', '.join(profiles)}) at batch size "
+                          f"{min(batch_sizes)} and context {context}")
+    files = {row.gpu: [export_plan(row.plan, name, plan_label=f"{row.gpu}/plan.yaml") for name in exports]
+             for row in rows if row.plan}
+    from planner.search.plot import fleet_chart_png
+
+    markdown = summary_markdown(spec.name, rows, context=context, engines=exports or ((engine,) if engine else ()))
+    chart = fleet_chart_png(spec.name, rows)
+    written = _write(out_dir, rows, files, markdown, chart)
+    return FleetSummary(spec.name, rows, markdown, written)
+
+
+def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str, chart: bytes) -> tuple[Path, ...]:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out-dir {out_dir}: cannot create ({exc.strerror})") from None
+    written = [_write_bytes(out_dir / "summary.md", markdown.encode()), _write_bytes(out_dir / "summary.png", chart)]
+    for row in rows:
+        if row.plan is None:
+            continue
+        gpu_dir = out_dir / row.gpu
+        gpu_dir.mkdir(exist_ok=True)
+        write_yaml_atomic(gpu_dir / "plan.yaml", row.plan.to_dict())
+        written.append(gpu_dir / "plan.yaml")
+        for export in exports[row.gpu]:
+            path = gpu_dir / f"{export.engine}{export.suffix}"
+            write_export(export, path)
+            written.append(path)
+    return tuple(written)
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
+    return path
+
+
+# -- the summary ----------------------------------------------------------------------------
+
+
+def _gamma_text(plan: Plan) -> str:
+    if not plan.schedule:
+        return str(plan.decoding.gamma)
+    return ", ".join(f"{e.batch_min}-{e.batch_max}: {e.gamma}" for e in plan.schedule)
+
+
+def summary_rows(rows) -> list[list[str]]:
+    """One row of strings per GPU, in the column order of SUMMARY_HEADERS."""
+    table = []
+    for row in rows:
+        if row.plan is None:
+            table.append([row.gpu, "—", "—", "—", "—", "—", "—", "—", "—", "—", row.note])
+            continue
+        d = row.plan.decoding
+        cost = row.usd_per_million_tokens
+        table.append([
+            row.gpu, d.method, _gamma_text(row.plan), d.quant, f"{row.tokens_per_s:.1f}", f"{row.speedup:.2f}x",
+            f"{row.batch_sizes[-1]}", f"{row.tokens_per_s_total:.0f}", f"{row.vram_gib:.1f}",
+            "—" if cost is None else f"{cost:.3f}", row.note,
+        ])
+    return table
+
+
+SUMMARY_HEADERS = ["GPU", "method", "gamma (batch: gamma)", "quant", "tokens/s per seq (smallest batch)", "speedup",
+                   "max batch", "tokens/s total (max batch)", "VRAM GiB (max batch)", "USD per M tokens", "note"]
+
+
+def summary_markdown(model: str, rows, *, context: int, engines) -> str:
+    first = next(row for row in rows if row.plan)
+    search = first.plan.search
+    lines = [
+        f"# {model} on {len(rows)} GPUs",
+        "",
+        f"Predicted ({first.plan.prediction.basis}) at context {context}; {search.trials} trials per GPU, seed {search.seed}; "
+        f"methods searched: {', '.join(search.methods)}"
+        + (f" (what {', '.join(engines)} can run)" if engines else "") + ".",
+        "Speedup is over autoregressive decoding at the same quantization; USD per million tokens is at the "
+        "largest batch size planned (full load).",
+        "",
+        "| " + " | ".join(SUMMARY_HEADERS) + " |",
+        "| " + " | ".join("---" for _ in SUMMARY_HEADERS) + " |",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in summary_rows(rows)]
+    for row in rows:
+        if row.plan and row.plan.schedule:
+            lines += ["", f"## {row.gpu}: schedule", "", schedule_markdown(row.plan)]
+    return "\n".join(lines) + "\n"
+
+
+def schedule_markdown(plan: Plan) -> str:
+    lines = ["| batch sizes | method | gamma | tokens/s per sequence | tokens/s total |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {e.batch_min}-{e.batch_max} | {e.method} | {e.gamma} | {e.tokens_per_s_per_sequence:.1f} | "
+              f"{e.tokens_per_s_total:.0f} |" for e in plan.schedule]
+    return "\n".join(lines)

@@ -130,3 +130,20 @@ def test_deterministic_draft_sampling_keeps_the_target_distribution():
         out, _ = accept_sampled(p, q, draft, gen)
         counts[out[0]] += 1
     assert _chi_square(counts, p[0]) < CHI2_DF5_P001
+
+
+def test_int8_weight_only_stays_lossless_between_methods():
+    """torchao int8 on CPU: speculative output equals plain decoding of the quantized model."""
+    pytest.importorskip("torchao.quantization", reason="torchao not installed (pip install 'specplan[quant]')")
+    from transformers import LlamaConfig
+
+    from planner.runtime.load import random_target
+    from planner.runtime.quantize import quantize
+
+    config = LlamaConfig(num_hidden_layers=6, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=256)
+    target = random_target(config, device=torch.device("cpu"), max_seq_len=128, dtype=torch.bfloat16)
+    quantize(target.decoder, "int8")
+    prompt = list(range(10, 30))
+    plain = generate(target, Autoregressive(), prompt, max_new_tokens=20)
+    assert generate(target, LayerSkip(target, 3, (2, 3)), prompt, max_new_tokens=20).tokens == plain.tokens

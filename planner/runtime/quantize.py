@@ -35,4 +35,9 @@ def quantize(decoder, quant: str) -> None:
     def is_quantized(module, fqn: str) -> bool:
         return isinstance(module, nn.Linear) and not (tied and fqn == "lm_head")
 
-    quantize_(decoder, config, filter_fn=is_quantized)
+    try:
+        quantize_(decoder, config, filter_fn=is_quantized)
+    except (ImportError, NotImplementedError, RuntimeError) as exc:
+        # e.g. torchao's int4 layout needs a kernel package or a GPU this machine lacks
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MissingDependencyError(f"{quant} weight-only quantization is not available here (torchao: {reason})") from None

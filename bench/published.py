@@ -1,4 +1,4 @@
-"""Print the published-figure comparison tables (markdown) for bench/results/perf.md.
+"""Print the published-figure comparison tables (markdown) for BENCHMARKS.md.
 
     python bench/published.py
 """

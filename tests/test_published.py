@@ -4,7 +4,7 @@ Two tables, each checked for a median absolute error of at most 15% (the issue's
 - batch-1 decode tokens/s of known models on known GPUs;
 - speedups over autoregressive decoding that a self-speculative method reported together
   with the acceptance it measured (the acceptance goes in, the speedup is predicted).
-`python bench/published.py` prints both tables with each error (bench/results/perf.md).
+`python bench/published.py` prints both tables with each error (BENCHMARKS.md).
 """
 
 import statistics

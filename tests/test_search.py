@@ -42,7 +42,7 @@ def test_same_seed_same_plan():
 
 def test_70b_300_trials_is_fast():
     # CPU time, not wall time: the bound is what the search costs on a 2-core CPU, and a shared
-    # machine's other load must not fail the test (wall-clock runs are in bench/results/perf.md).
+    # machine's other load must not fail the test (wall-clock runs are in BENCHMARKS.md).
     start = time.process_time()
     search(load_model_spec("llama-3.1-70b"), load_profile("h100-sxm"), trials=300, seed=0)
     assert time.process_time() - start < 10

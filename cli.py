@@ -421,7 +421,9 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
     """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
     trained to predict the next gamma tokens in one forward, the full model kept as it was.
 
-    Example: specplan adapt --model ./my-llama --data src/ --skip-layers 4-7 --gamma 4 --out ./my-llama-s3d
+    \b
+    Example:
+      specplan adapt --model ./my-llama --data src/ --skip-layers 4-7 --gamma 4 --out ./my-llama-s3d
     """
     from planner.train.adapt import adapt as run_adapt
 
@@ -429,6 +431,35 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
                   resume=resume, device=device)
     click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {r.draft_loss:.3f}")
     click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
+
+
+@cli.command()
+@click.option("--model", "model_path", help="Model directory (default: the bundled demo model).")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
+              help="Prompts file, one per line or JSONL (default: the demo prompts).")
+@click.option("--num-prompts", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--trials", type=click.IntRange(1), default=100, show_default=True, help="Analytical search trials.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
+def autotune(model_path, prompts_path, num_prompts, max_new_tokens, trials, device, seed, out):
+    """Profile this machine, plan for a model, calibrate acceptance on real prompts, write the
+    plan, run it and print predicted against measured tokens/s.
+
+    \b
+    Examples:
+      specplan autotune                     (the bundled demo model)
+      specplan autotune --model ./my-llama --prompts prompts.txt
+    """
+    from planner.autotune import SUMMARY_HEADERS, autotune as run_autotune, summary_rows
+
+    result = run_autotune(model_path, out=out, prompts_path=prompts_path, max_new_tokens=max_new_tokens,
+                          num_prompts=num_prompts, trials=trials, seed=seed, device=device,
+                          log=lambda message: click.echo(message, err=True))
+    click.echo(_table(summary_rows(result), SUMMARY_HEADERS))
+    click.echo(f"outputs identical to autoregressive: {'yes' if result.report.identical else 'NO'}")
+    click.echo(f"wrote {result.out} (prediction basis: {result.plan.prediction.basis})")
 
 # ---------------------------------------------------------------- deployment (issue 7)
 # (commands: export)

@@ -1,6 +1,6 @@
 """Print the model-card parameter check (markdown) for BENCHMARKS.md.
 
-    python bench/model_params.py > BENCHMARKS.md
+    python bench/model_params.py   (paste into the "Model cards" section of BENCHMARKS.md)
 """
 
 import sys
@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.models import load_card, load_model_spec, param_count_errors  # noqa: E402
 
 print("# Model cards: parameters computed from the config vs published\n")
-print("Command: `python bench/model_params.py > BENCHMARKS.md` (pure arithmetic, no weights).")
+print("Command: `python bench/model_params.py` (pure arithmetic, no weights).")
 print("Tested in tests/test_models.py: every card within 1%.\n")
 print("| card | arch | layers | hidden | computed params | published params | error | bf16 GiB | int8 GiB | int4 GiB | source |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

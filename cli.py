@@ -437,13 +437,15 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
 @click.option("--model", "model_path", help="Model directory (default: the bundled demo model).")
 @click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
               help="Prompts file, one per line or JSONL (default: the demo prompts).")
+@click.option("--draft-model", help="Draft model directory for method draft_model (same tokenizer; default: "
+              "the demo's draft with the demo model, none otherwise).")
 @click.option("--num-prompts", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--trials", type=click.IntRange(1), default=100, show_default=True, help="Analytical search trials.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def autotune(model_path, prompts_path, num_prompts, max_new_tokens, trials, device, seed, out):
+def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, seed, out):
     """Profile this machine, plan for a model, calibrate acceptance on real prompts, write the
     plan, run it and print predicted against measured tokens/s.
 
@@ -452,11 +454,13 @@ def autotune(model_path, prompts_path, num_prompts, max_new_tokens, trials, devi
       specplan autotune                     (the bundled demo model)
       specplan autotune --model ./my-llama --prompts prompts.txt
     """
-    from planner.autotune import SUMMARY_HEADERS, autotune as run_autotune, summary_rows
+    from planner.autotune import CALIBRATION_HEADERS, SUMMARY_HEADERS, autotune as run_autotune, calibration_rows, summary_rows
 
-    result = run_autotune(model_path, out=out, prompts_path=prompts_path, max_new_tokens=max_new_tokens,
+    result = run_autotune(model_path, out=out, prompts_path=prompts_path, draft_model=draft_model, max_new_tokens=max_new_tokens,
                           num_prompts=num_prompts, trials=trials, seed=seed, device=device,
                           log=lambda message: click.echo(message, err=True))
+    click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
+    click.echo()
     click.echo(_table(summary_rows(result), SUMMARY_HEADERS))
     click.echo(f"outputs identical to autoregressive: {'yes' if result.report.identical else 'NO'}")
     click.echo(f"wrote {result.out} (prediction basis: {result.plan.prediction.basis})")

@@ -183,45 +183,75 @@ def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
     }
 
 
-def _launch_overhead(device, median_s) -> dict:
-    """Per-op cost of the small ops a decode step is made of, eager and (CUDA) graph-replayed.
-
-    Each entry of `ops` is one aten op (one kernel on a GPU). The mix matters on CPUs, where
-    a small matmul costs several times a small add; planner.perf multiplies this per-op
-    figure by the ops its runtime dispatches per layer."""
+def _runtime_layer_step(device):
+    """One decode step (one token, KV cache, mask) of a small layer of the runtime's own decoder:
+    the ops planner.perf counts as KERNELS_PER_LAYER, with negligible bytes and FLOPs."""
     import torch
 
-    x, w = torch.randn(1, 64, device=device), torch.randn(64, 64, device=device)
-    cache, index = torch.zeros(128, 64, device=device), torch.tensor([3], device=device)
-    ops = (
-        lambda: torch.nn.functional.linear(x, w),
-        lambda: x.pow(2),
-        lambda: x.mean(-1, keepdim=True),
-        lambda: torch.rsqrt(x),
-        lambda: x * w[0],
-        lambda: x + w[1],
-        lambda: torch.softmax(x, dim=-1),
-        lambda: cache.index_copy_(0, index, x),
-    )
-    rounds = 25
+    from planner.runtime.model import Block, DecoderConfig, KVCache
 
-    def step_like():
+    cfg = DecoderConfig(architecture="llama", num_layers=1, hidden_size=64, intermediate_size=128, num_heads=2,
+                        num_kv_heads=2, head_dim=32, vocab_size=64, rms_eps=1e-6)
+    block = Block(cfg, None).to(device)
+    block.attn.cache = KVCache(1, cfg.num_kv_heads, 128, cfg.head_dim, torch.float32, device)
+    x = torch.randn(1, 1, cfg.hidden_size, device=device)
+    cos, sin = torch.ones(1, cfg.head_dim, device=device), torch.zeros(1, cfg.head_dim, device=device)
+    positions, pos = torch.arange(128, device=device), torch.tensor([64], device=device)
+
+    @torch.inference_mode()
+    def step():
+        mask = positions[None, :] <= pos[:, None]
+        return block(x, cos[:1], sin[:1], mask, pos)
+
+    return step
+
+
+def _launch_overhead(device, median_s) -> dict:
+    """Per-op cost of a decode step's ops: eager, from the runtime's own layer, and (CUDA) the
+    graph-replayed cost of small kernels.
+
+    Eager: a one-token step of a small runtime layer, divided by the ops planner.perf counts
+    per layer (KERNELS_PER_LAYER["eager"]), so the model's overhead term equals what the
+    runtime's layer really costs to dispatch; on CPUs that is several times the cost of a
+    small add, because the matmuls, SDPA and cache copies dominate."""
+    import torch
+
+    from planner.perf.cost import KERNELS_PER_LAYER
+
+    layer_step, rounds = _runtime_layer_step(device), 10
+
+    def layer_steps():
         for _ in range(rounds):
-            for op in ops:
-                op()
+            layer_step()
 
-    per_op = len(ops) * rounds
-    out = {"eager": _sig(median_s(step_like, 7) / per_op * 1e6)}
+    out = {"eager": _sig(median_s(layer_steps, 9) / (rounds * KERNELS_PER_LAYER["eager"]) * 1e6)}
     if device.type == "cuda":
+        x, w = torch.randn(1, 64, device=device), torch.randn(64, 64, device=device)
+        cache, index = torch.zeros(128, 64, device=device), torch.tensor([3], device=device)
+        ops = (
+            lambda: torch.nn.functional.linear(x, w),
+            lambda: x.pow(2),
+            lambda: x.mean(-1, keepdim=True),
+            lambda: torch.rsqrt(x),
+            lambda: x * w[0],
+            lambda: torch.softmax(x, dim=-1),
+            lambda: cache.index_copy_(0, index, x),
+        )
+
+        def small_kernels():
+            for _ in range(25):
+                for op in ops:
+                    op()
+
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            step_like()  # cuBLAS and allocator warm-up must happen before capture, off the default stream
+            small_kernels()  # cuBLAS and allocator warm-up must happen before capture, off the default stream
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            step_like()
-        out["graph"] = _sig(median_s(graph.replay, 10) / per_op * 1e6)
+            small_kernels()
+        out["graph"] = _sig(median_s(graph.replay, 10) / (25 * len(ops)) * 1e6)
     return out
 
 
@@ -493,6 +523,8 @@ def profile_device(device: str = "auto", *, quick: bool = False, sizes: Sizes | 
 
 def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, command: str) -> HardwareProfile:
     """Derived fields the performance model reads, each from the raw figure named in sources."""
+    from planner.perf.cost import KERNELS_PER_LAYER
+
     decode_us = measured["decode_matmul_latency_us"]
     launch = measured["launch_overhead_us"]
     quant, quant_origin = chosen_quant_slowdown(measured["quant_matmul_slowdown"])
@@ -501,7 +533,7 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
         "bandwidth_efficiency": f"measured: {command} (decode matmul bandwidth / bandwidth_gbps: weight reads in "
                                 "decoding are matrix-vector products, which is what the model predicts)",
         "compute_efficiency": f"measured: {command} (bf16 matmul TFLOP/s / peak bf16)",
-        "kernel_launch_us": f"measured: {command} (eager per-op cost of a decode-step op mix)",
+        "kernel_launch_us": f"measured: {command} (a one-token step of a small runtime layer / its {KERNELS_PER_LAYER['eager']} ops)",
         "graph_kernel_us": f"measured: {command}" + (" (CUDA-graph replay of the same ops)" if gpu else
                                                       " (no CUDA graphs on a CPU: the eager figure)"),
         "token_slope": f"measured: {command} (decode matmul at 8 tokens over 1 token, per extra token)",

@@ -1,0 +1,91 @@
+"""S3D adaptation on a tiny random Llama (rt_models fixture): the layer-by-layer forward, the
+saved directory and metadata, the 1% guard on the full model, resume and one-line errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+
+TEXT = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(300))
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapt_data") / "code.py"
+    path.write_text(TEXT)
+    return str(path)
+
+
+def test_forward_without_skip_matches_the_model(rt_models):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from planner.train.adapt import forward_logits
+
+    model = AutoModelForCausalLM.from_pretrained(rt_models["llama"], dtype=torch.float32).eval()
+    ids = torch.randint(3, 120, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(forward_logits(model, ids), model(input_ids=ids).logits, atol=1e-4)
+        # skipping changes only the draft positions; the prefix stays the full model's
+        skipped = forward_logits(model, ids, skip=(1, 2), draft_from=15)
+        assert torch.allclose(skipped[:, :15], model(input_ids=ids).logits[:, :15], atol=1e-4)
+        assert not torch.allclose(skipped[:, 15:], model(input_ids=ids).logits[:, 15:], atol=1e-3)
+
+
+def test_adapt_saves_a_loadable_model_with_s3d_metadata(rt_models, data_file, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "adapted"
+    result = CliRunner().invoke(cli, ["adapt", "--model", rt_models["llama"], "--data", data_file, "--skip-layers", "1-2",
+                                      "--gamma", "3", "--steps", "12", "--batch", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "s3d.json").read_text())
+    assert meta["skip_layers"] == [1, 2] and meta["gamma"] == 3
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert meta["mask_token_id"] == tokenizer.mask_token_id == 128  # the char tokenizer had none: appended
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == 129
+    assert meta["full_model_heldout_loss_after"] <= meta["full_model_heldout_loss_before"] * 1.01
+
+
+def test_resume_continues_from_the_checkpoint(rt_models, data_file, tmp_path):
+    import torch
+
+    from planner.train.adapt import adapt
+
+    out = tmp_path / "adapted"
+    adapt(rt_models["llama"], [data_file], skip="1", gamma=2, out=str(out), steps=4, batch=2)
+    result = adapt(rt_models["llama"], [data_file], skip="1", gamma=2, out=str(out), steps=8, batch=2, resume=True)
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+    assert result.gamma == 2
+
+
+def test_a_full_model_made_worse_is_refused_and_not_saved(rt_models, data_file, tmp_path, monkeypatch):
+    # A random model only gets better from training; a negative allowance makes any result "worse".
+    monkeypatch.setattr("planner.train.adapt.MAX_LOSS_RISE", -0.5)
+    out = tmp_path / "adapted"
+    result = CliRunner().invoke(cli, ["adapt", "--model", rt_models["llama"], "--data", data_file, "--skip-layers", "1",
+                                      "--gamma", "2", "--steps", "3", "--batch", "2", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "raised the full model's held-out loss" in result.output
+    assert not (out / "config.json").exists() and not (out / "s3d.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/no/such/file", "--skip-layers", "1-2", "--gamma", "3"], "no such file"),
+        (["--skip-layers", "2-9", "--gamma", "3"], "outside the model's 0-3"),
+        (["--skip-layers", "0-3", "--gamma", "3"], "skips every layer"),
+        (["--skip-layers", "1-2", "--gamma", "0"], "--gamma must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(rt_models, data_file, tmp_path, args, message):
+    out = tmp_path / "adapted"
+    if "--data" not in args:
+        args = ["--data", data_file] + args
+    result = CliRunner().invoke(cli, ["adapt", "--model", rt_models["llama"], "--out", str(out)] + args)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not out.exists()

@@ -1,0 +1,80 @@
+"""`specplan autotune`: profile, plan, calibrate, write plan.yaml, run; on the bundled demo
+model and on a user's model directory (a tiny random Llama), with small settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from planner.plan.schema import load_plan
+
+SMALL = ["--max-new-tokens", "12", "--trials", "20", "--num-prompts", "1", "--device", "cpu"]
+
+
+@pytest.fixture()
+def user_model(rt_models, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(rt_models["llama"], model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def add(a, b):\n    return a + b\n")
+    return model, prompts
+
+
+def test_autotune_on_the_demo_model_writes_a_calibrated_plan_and_identical_outputs(tmp_path):
+    out = tmp_path / "plan.yaml"
+    result = CliRunner().invoke(cli, ["autotune", "--out", str(out)] + SMALL)
+    assert result.exit_code == 0, result.output
+    assert "outputs identical to autoregressive: yes" in result.output
+    assert "predicted tokens/s" in result.output and "measured tokens/s" in result.output
+    plan = load_plan(out)
+    assert plan.prediction.basis == "calibrated"
+    assert plan.model.source.endswith("profiles/demo") and plan.measured["identical"] is True
+    assert plan.measured["tokens_per_s"] > 0
+
+
+def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp_path):
+    from planner.autotune import autotune
+
+    model, prompts = user_model
+    plain = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "a.yaml"), max_new_tokens=12, trials=20, device="cpu")
+    assert "s3d" not in {c.decoding.method for c in plain.calibrated}
+    assert plain.report.identical is True
+
+    (model / "s3d.json").write_text(json.dumps({"mask_token_id": 100, "skip_layers": [1, 2], "gamma": 3}))
+    adapted = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=20, device="cpu")
+    s3d = [c for c in adapted.calibrated if c.decoding.method == "s3d"]
+    assert [c.decoding.skip_layers for c in s3d] == [(1, 2)]
+    assert s3d[0].prediction.basis == "calibrated"
+
+
+def test_autotune_with_a_missing_model_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["autotune", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "p.yaml")] + SMALL)
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "nope" in result.output
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_an_unwritable_out_is_refused_before_any_measurement(tmp_path):
+    result = CliRunner().invoke(cli, ["autotune", "--out", str(tmp_path / "no" / "plan.yaml")] + SMALL)
+    assert result.exit_code == 2
+    assert result.output.strip().endswith("cannot write (no directory " + str(tmp_path / "no") + ")")
+
+
+def test_kernel_cost_calibration_reproduces_the_measured_step():
+    from planner.autotune import calibrate_kernel_cost
+    from planner.hardware import load_profile
+    from planner.models import load_model_spec
+    from planner.perf.cost import forward_latency_s
+
+    spec, profile = load_model_spec("qwen2.5-0.5b"), load_profile("a10g")
+    predicted = forward_latency_s(spec, profile, context=576)
+    for measured in (predicted * 1.05, predicted * 1.7):
+        calibrated = calibrate_kernel_cost(spec, profile, measured, context=576)
+        assert abs(forward_latency_s(spec, calibrated, context=576) - measured) < 1e-9
+        assert calibrated.bandwidth_gbps == profile.bandwidth_gbps
+    # faster than the roofline allows: the kernel cost stops at zero instead of going negative
+    assert calibrate_kernel_cost(spec, profile, 1e-9, context=576).graph_kernel_us == 0.0

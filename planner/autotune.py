@@ -163,7 +163,7 @@ def _describe(d: Decoding) -> str:
     if d.method == "early_exit":
         return f"early_exit gamma {d.gamma} exit layer {d.exit_layer}"
     if d.method == "draft_model":
-        return f"draft_model gamma {d.gamma} draft {Path(d.draft_model).name}"
+        return f"draft_model gamma {d.gamma} draft {Path(d.draft_model).parent.name}/{Path(d.draft_model).name}"
     return d.method if d.method == "autoregressive" else f"{d.method} gamma {d.gamma}"
 
 

@@ -49,12 +49,10 @@ def _best_per_method(evaluated) -> dict[str, Candidate]:
     return best
 
 
-def _draft_decoding(spec, profile, draft: Path, *, context: int, priors) -> Decoding:
+def _draft_decoding(spec, profile, draft: Path, draft_spec, *, context: int, priors) -> Decoding:
     """draft_model with the gamma the performance model prefers for this draft."""
-    from planner.models import load_model_spec
     from planner.perf.speedup import predict
 
-    draft_spec = load_model_spec(str(draft))
     options = [Decoding(method="draft_model", gamma=g, draft_model=str(draft.resolve())) for g in range(1, 9)]
     return max(options, key=lambda d: predict(spec, profile, d, context=context, draft_spec=draft_spec, priors=priors).tokens_per_s)
 
@@ -91,8 +89,7 @@ def autotune(
     source = Path(model) if model else DEMO_DIR
     spec = load_model_spec(str(source))  # refuse a bad --model, --draft-model or --out before measuring anything
     draft = Path(draft_model) if draft_model else (DEMO_DIR / DRAFT_DIR if model is None else None)
-    if draft is not None:
-        load_model_spec(str(draft))
+    draft_spec = load_model_spec(str(draft)) if draft is not None else None
     ensure_writable(out)
     every_prompt = read_prompts(prompts_path or DEMO_DIR / "prompts.jsonl")
     prompts = every_prompt[:num_prompts]
@@ -121,11 +118,10 @@ def autotune(
     result = search(spec, calibrated_profile, **kw)
     candidates = [c.decoding for m, c in _best_per_method(result.evaluated).items() if m != "autoregressive"]
     candidates += [s3d] if (s3d := _s3d_decoding(source)) else []
-    candidates += [_draft_decoding(spec, calibrated_profile, draft, context=context, priors=priors)] if draft else []
+    candidates += [_draft_decoding(spec, calibrated_profile, draft, draft_spec, context=context, priors=priors)] if draft else []
 
     def calibrate(decoding: Decoding) -> Candidate:
         alpha = alpha_from_tokens_per_iteration(measure(decoding).tokens_per_iteration, decoding.gamma)
-        draft_spec = load_model_spec(decoding.draft_model) if decoding.draft_model else None
         return Candidate(decoding, predict(spec, calibrated_profile, decoding, context=context, acceptance=alpha,
                                            priors=priors, draft_spec=draft_spec))
 

@@ -234,6 +234,7 @@ def _launch_overhead(device, median_s) -> dict:
             lambda: x.mean(-1, keepdim=True),
             lambda: torch.rsqrt(x),
             lambda: x * w[0],
+            lambda: x + w[1],
             lambda: torch.softmax(x, dim=-1),
             lambda: cache.index_copy_(0, index, x),
         )

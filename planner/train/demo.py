@@ -1,12 +1,12 @@
 """The demo model's recipe: a 12-layer Llama trained from scratch on the Python standard
 library's sources (held-out files excluded), saved in fp16 so it ships under 25 MB, then
-S3D-adapted, with prompts taken from the held-out files.
+S3D-adapted, with prompts taken from the held-out files and a 2-layer draft model.
 
-    python -m planner.train.demo                  # CPU defaults: base model, then S3D adaptation
+    python -m planner.train.demo --threads 2      # CPU defaults: base model, S3D adaptation, draft
     python -m planner.train.demo --device cuda    # GPU defaults, meant to finish within 10 minutes
 
-The base model goes to --base (skipped when already there), the adapted model, its s3d.json
-and the prompts to --out. See profiles/demo/README.md.
+The base model goes to --base (skipped when already there), the adapted model, its s3d.json,
+the prompts and the draft (--out/draft) to --out. See profiles/demo/README.md.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.train.data import read_text, stdlib_split
@@ -37,7 +37,8 @@ class Recipe:
     adapt_lr: float = 5e-4
 
 
-# CPU: about 30 + 10 minutes of one core; CUDA: a few minutes on one GPU.
+# CPU: about 46 minutes on two cores (base 30, adaptation 8, draft 3, tokenizer 4); CUDA: meant
+# for a few minutes on one GPU (not yet measured).
 DEFAULTS = {
     "cpu": Recipe(steps=1200, batch=8, peak_lr=2e-3, adapt_steps=600),
     "cuda": Recipe(steps=3000, batch=64, peak_lr=2e-3, adapt_steps=1000),
@@ -92,7 +93,7 @@ def demo_config(vocab_size: int, *, layers: int = 12, hidden: int = 256, mlp: in
     )
 
 
-# The draft for method draft_model: the same tokenizer, 2 layers of width 128 (1.7 MB in fp16).
+# The draft for method draft_model: the same tokenizer, 2 layers of width 128 (1.9 MB in fp16).
 DRAFT_SHAPE = dict(layers=2, hidden=128, mlp=352, heads=2)
 DRAFT_DIR = "draft"  # inside the demo directory
 
@@ -186,10 +187,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=Path("profiles/demo"), help="adapted model (default profiles/demo)")
     parser.add_argument("--base", type=Path, default=Path("build/demo-base"), help="base model; trained unless there")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--steps", type=int, help="base-model steps (default: 600 on cpu, 3000 on cuda)")
+    parser.add_argument("--steps", type=int, help="base-model and draft steps (default: 1200 on cpu, 3000 on cuda)")
     parser.add_argument("--batch", type=int, help="sequences of 256 tokens per step (default: 8 cpu, 64 cuda)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    parser.add_argument("--adapt-steps", type=int, help="S3D adaptation steps (default: 300 cpu, 1000 cuda)")
+    parser.add_argument("--adapt-steps", type=int, help="S3D adaptation steps (default: 600 cpu, 1000 cuda)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints under --base / --out")
@@ -199,10 +200,11 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     d = DEFAULTS["cuda" if args.device.startswith("cuda") else "cpu"]
-    recipe = Recipe(args.steps or d.steps, args.batch or d.batch, args.lr or d.peak_lr, args.adapt_steps or d.adapt_steps)
+    recipe = replace(d, steps=args.steps or d.steps, batch=args.batch or d.batch, peak_lr=args.lr or d.peak_lr,
+                     adapt_steps=args.adapt_steps or d.adapt_steps)
     if not (args.base / "model.safetensors").exists():
         train_base(args.base, device=args.device, recipe=recipe, seed=args.seed, resume=args.resume)
-    build_demo(args.base, args.out, device=args.device, adapt_steps=recipe.adapt_steps, adapt_lr=d.adapt_lr, seed=args.seed,
+    build_demo(args.base, args.out, device=args.device, adapt_steps=recipe.adapt_steps, adapt_lr=recipe.adapt_lr, seed=args.seed,
                resume=args.resume)
     train_draft(args.out, device=args.device, recipe=recipe, seed=args.seed, resume=args.resume)
 

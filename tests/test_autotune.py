@@ -78,3 +78,10 @@ def test_kernel_cost_calibration_reproduces_the_measured_step():
         assert calibrated.bandwidth_gbps == profile.bandwidth_gbps
     # faster than the roofline allows: the kernel cost stops at zero instead of going negative
     assert calibrate_kernel_cost(spec, profile, 1e-9, context=576).graph_kernel_us == 0.0
+
+
+def test_autotune_with_a_missing_draft_model_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["autotune", "--draft-model", str(tmp_path / "nodraft"), "--out", str(tmp_path / "p.yaml")] + SMALL)
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1 and "nodraft" in result.output
+    assert not (tmp_path / "p.yaml").exists()

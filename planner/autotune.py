@@ -1,16 +1,21 @@
 """The one-command job: profile this machine, plan for a model, calibrate the plan on real
 prompts, write plan.yaml, run it and compare predicted with measured.
 
-Calibration, on prompts other than the final run's, in two short greedy measurements:
-1. time: one autoregressive run gives this model's real step time; the profile's per-kernel
-   cost is set so that the performance model's step equals it (the bandwidth and FLOP/s
-   terms stay the profile's). On GPUs with CUDA graphs this changes little; on CPUs the
+Calibration, on prompts other than the final run's:
+1. time: a short autoregressive run gives this model's real step time; the profile's
+   per-kernel cost is set so that the performance model's step equals it (the bandwidth and
+   FLOP/s terms stay the profile's). On GPUs with CUDA graphs this changes little; on CPUs the
    eager dispatch cost of a real model's ops differs from any micro-benchmark's.
-2. acceptance: the search (with the calibrated profile) proposes each method's best set-up
-   (for s3d: the adapted skip set and gamma from s3d.json); each is run, its measured tokens
-   per iteration is turned into a per-token acceptance, and it is re-predicted with it.
-The plan is the best re-predicted set-up. The search itself stays analytical: one measured
-acceptance per method says nothing about that method's other skip sets.
+2. the search, with that profile, proposes each method's best set-up (for s3d: the adapted
+   skip set and gamma from s3d.json; for draft_model: the gamma the model prefers).
+3. each set-up and autoregressive decoding are run in interleaved rounds
+   (runtime.compare_decodings): tokens per iteration gives the acceptance, and the median
+   round's speedup over autoregressive gives the iteration time. The performance model with
+   the measured acceptance is printed beside it: where the two differ, the model mis-costs
+   that method's forwards on this machine (on two shared CPU cores by up to 40%).
+The plan is the set-up with the best measured speedup (autoregressive when none is faster).
+Its prediction is the model's with both measured corrections; the final run, on other
+prompts and longer outputs, is the check of that prediction.
 """
 
 from __future__ import annotations
@@ -27,15 +32,26 @@ from planner.train.demo import DRAFT_DIR
 DEMO_DIR = Path(__file__).resolve().parent.parent / "profiles" / "demo"
 DEMO_PRIORS = DEMO_DIR.parent / "priors-demo.yaml"
 SEARCHED_METHODS = ("autoregressive", "layer_skip", "early_exit", "prompt_lookup")
-CALIBRATION_PROMPTS = 2
+CALIBRATION_PROMPTS = 3
 CALIBRATION_TOKENS = 32
+CALIBRATION_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """One set-up after calibration: the plan's candidate, the performance model's prediction
+    with the measured acceptance only, and the measurement."""
+
+    candidate: Candidate  # prediction: measured acceptance and iteration time
+    model: object  # planner.plan.schema.Prediction with the measured acceptance only
+    measured: object  # planner.runtime.run.Comparison
 
 
 @dataclass(frozen=True)
 class AutotuneResult:
     plan: object  # planner.plan.schema.Plan, measured figures included
     report: object  # planner.runtime.run.RunReport of the tuned decoding, with the baseline
-    calibrated: tuple[Candidate, ...]  # each measured set-up, re-predicted with its acceptance
+    calibrated: tuple[Calibrated, ...]  # autoregressive first, then each measured set-up
     out: Path
     kernel_us: tuple[float, float]  # per-kernel cost: the profile's, and calibrated on this model
 
@@ -83,7 +99,7 @@ def autotune(
     from planner.hardware import profile_device
     from planner.models import load_model_spec
     from planner.perf.speedup import alpha_from_tokens_per_iteration, predict
-    from planner.runtime.run import read_prompts, run_plan
+    from planner.runtime import compare_decodings, read_prompts, run_plan
     from planner.search.study import search
 
     source = Path(model) if model else DEMO_DIR
@@ -104,30 +120,38 @@ def autotune(
     kw = dict(context=context, trials=trials, seed=seed, methods=list(SEARCHED_METHODS), quants=("none",),
               priors=priors, model_source=str(source.resolve()))
     first = search(spec, profile, **kw)
+    tokens = min(CALIBRATION_TOKENS, max_new_tokens)
 
-    def measure(decoding: Decoding):
-        log(f"calibrating on {len(calibration_prompts)} prompt(s): {_describe(decoding)}")
-        return run_plan(first.plan.replace(decoding=decoding), calibration_prompts, max_new_tokens=CALIBRATION_TOKENS,
-                        seed=seed, device=device)
+    def compare(decodings, rounds):
+        return compare_decodings(first.plan, decodings, calibration_prompts, max_new_tokens=tokens, rounds=rounds,
+                                 seed=seed, device=device)
 
-    plain = Decoding(method="autoregressive")
-    measure(plain)  # warm-up: the first run in a process pays one-off allocation and dispatch costs
-    calibrated_profile = calibrate_kernel_cost(spec, profile, measure(plain).iteration_ms / 1e3, context=context)
-    kernel_us = (_kernel_us(profile), _kernel_us(calibrated_profile))
-    log(f"per-kernel cost: {kernel_us[0]:.2f} us profiled, {kernel_us[1]:.2f} us in this model's measured step")
-    result = search(spec, calibrated_profile, **kw)
+    log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
+        f" x {tokens} tokens")
+    step_s = compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
+    searched_profile = calibrate_kernel_cost(spec, profile, step_s, context=context)
+    result = search(spec, searched_profile, **kw)
     candidates = [c.decoding for m, c in _best_per_method(result.evaluated).items() if m != "autoregressive"]
     candidates += [s3d] if (s3d := _s3d_decoding(source)) else []
-    candidates += [_draft_decoding(spec, calibrated_profile, draft, draft_spec, context=context, priors=priors)] if draft else []
+    candidates += [_draft_decoding(spec, searched_profile, draft, draft_spec, context=context, priors=priors)] if draft else []
+    measured = _measure(compare, candidates, log)
+    # The kernel cost again, from the median of the calibration rounds: the predictions' base.
+    calibrated_profile = calibrate_kernel_cost(spec, profile, measured[0].iteration_ms / 1e3, context=context)
+    kernel_us = (_kernel_us(profile), _kernel_us(calibrated_profile))
+    log(f"per-kernel cost: {kernel_us[0]:.2f} us profiled, {kernel_us[1]:.2f} us in this model's measured step")
 
-    def calibrate(decoding: Decoding) -> Candidate:
-        alpha = alpha_from_tokens_per_iteration(measure(decoding).tokens_per_iteration, decoding.gamma)
-        return Candidate(decoding, predict(spec, calibrated_profile, decoding, context=context, acceptance=alpha,
-                                           priors=priors, draft_spec=draft_spec))
+    def calibrate(m) -> Calibrated:
+        d = m.decoding
+        alpha = None if d.method == "autoregressive" else alpha_from_tokens_per_iteration(m.tokens_per_iteration, d.gamma)
+        model = predict(spec, calibrated_profile, d, context=context, acceptance=alpha, priors=priors, draft_spec=draft_spec,
+                        basis="calibrated")
+        return Calibrated(Candidate(d, _with_measured_speedup(model, m.speedup)), model, m)
 
-    calibrated = [Candidate(plain, predict(spec, calibrated_profile, plain, context=context, basis="calibrated"))]
-    calibrated += [calibrate(d) for d in candidates]
-    ranked = sorted(calibrated, key=lambda c: c.prediction.tokens_per_s, reverse=True)
+    calibrated = [calibrate(m) for m in measured if m.identical]
+    for m in measured:
+        if not m.identical:
+            log(f"left out {_describe(m.decoding)}: its output differed from autoregressive decoding")
+    ranked = sorted((c.candidate for c in calibrated), key=lambda c: c.prediction.tokens_per_s, reverse=True)
     plan = result.plan.replace(decoding=ranked[0].decoding, prediction=ranked[0].prediction, alternatives=tuple(ranked[1:]))
     plan.save(out)
     log(f"wrote {out}; running {_describe(plan.decoding)} and autoregressive on {len(prompts)} prompts")
@@ -137,6 +161,36 @@ def autotune(
                                   "max_new_tokens": max_new_tokens, "device": report.device})
     plan.save(out)
     return AutotuneResult(plan, report, tuple(calibrated), Path(out), kernel_us)
+
+
+def _measure(compare, candidates: list[Decoding], log) -> list:
+    """Each candidate against autoregressive decoding (first in the result) in interleaved
+    rounds; then the fastest also at its neighbouring gammas."""
+    log(f"calibrating against autoregressive in {CALIBRATION_ROUNDS} interleaved rounds:")
+    for d in candidates:
+        log(f"  {_describe(d)}")
+    measured = compare(candidates, CALIBRATION_ROUNDS)
+    best = max(measured[1:], key=lambda m: m.speedup, default=None)
+    near = [d for d in _neighbours(best.decoding) if d not in candidates] if best is not None else []
+    if near:
+        log(f"the fastest, {_describe(best.decoding)} ({best.speedup:.2f}x), at gamma " + " and ".join(str(d.gamma) for d in near))
+        measured += compare(near, CALIBRATION_ROUNDS)[1:]
+    return measured
+
+
+def _neighbours(d: Decoding) -> list[Decoding]:
+    """The set-up at gamma - 1 and gamma + 1 (1-8); none for s3d, whose gamma is the adapted one."""
+    if d.method == "s3d":
+        return []
+    return [replace(d, gamma=g) for g in (d.gamma - 1, d.gamma + 1) if 1 <= g <= 8]
+
+
+def _with_measured_speedup(model, speedup: float):
+    """`model` (a Prediction) with its iteration time set by a measured speedup over
+    autoregressive decoding (whose step the calibrated profile already reproduces)."""
+    scale = model.speedup / speedup  # measured iteration time / the model's
+    return replace(model, tokens_per_s=model.tokens_per_s / scale, speedup=speedup,
+                   iteration_ms=model.iteration_ms * scale, draft_latency_ms=model.draft_latency_ms * scale)
 
 
 def _kernel_us(profile) -> float:
@@ -166,7 +220,7 @@ def _describe(d: Decoding) -> str:
 def summary_rows(result: AutotuneResult) -> list[list[str]]:
     """Predicted against measured for the tuned plan and autoregressive decoding."""
     r, p = result.report, result.plan.prediction
-    ar = next(c.prediction for c in result.calibrated if c.decoding.method == "autoregressive")
+    ar = result.calibrated[0].candidate.prediction
     return [
         [_describe(result.plan.decoding), f"{p.tokens_per_s:.1f}", f"{r.tokens_per_s:.1f}", f"{p.speedup:.2f}x", f"{r.speedup:.2f}x"],
         ["autoregressive", f"{ar.tokens_per_s:.1f}", f"{r.baseline_tokens_per_s:.1f}", "1.00x", "1.00x"],
@@ -175,11 +229,12 @@ def summary_rows(result: AutotuneResult) -> list[list[str]]:
 
 def calibration_rows(result: AutotuneResult) -> list[list[str]]:
     """Every calibrated set-up, best first, as the plan ranked them."""
-    ranked = sorted(result.calibrated, key=lambda c: c.prediction.tokens_per_s, reverse=True)
-    return [["chosen" if c.decoding == result.plan.decoding else "", _describe(c.decoding),
-             f"{c.prediction.tokens_per_iteration:.2f}", f"{c.prediction.tokens_per_s:.1f}", f"{c.prediction.speedup:.2f}x"]
+    ranked = sorted(result.calibrated, key=lambda c: c.candidate.prediction.tokens_per_s, reverse=True)
+    return [["chosen" if c.candidate.decoding == result.plan.decoding else "", _describe(c.candidate.decoding),
+             f"{c.measured.tokens_per_iteration:.2f}", f"{c.model.speedup:.2f}x",
+             f"{c.measured.speedup:.2f}x ({c.measured.speedup_range[0]:.2f}-{c.measured.speedup_range[1]:.2f})"]
             for c in ranked]
 
 
-CALIBRATION_HEADERS = ["", "calibrated set-up", "measured tokens/iter", "predicted tokens/s", "predicted speedup"]
+CALIBRATION_HEADERS = ["", "calibrated set-up", "tokens/iter", "model speedup", "measured speedup (rounds)"]
 SUMMARY_HEADERS = ["decoding", "predicted tokens/s", "measured tokens/s", "predicted speedup", "measured speedup"]

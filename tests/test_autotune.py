@@ -30,10 +30,29 @@ def test_autotune_on_the_demo_model_writes_a_calibrated_plan_and_identical_outpu
     assert result.exit_code == 0, result.output
     assert "outputs identical to autoregressive: yes" in result.output
     assert "predicted tokens/s" in result.output and "measured tokens/s" in result.output
+    assert "measured speedup (rounds)" in result.output
     plan = load_plan(out)
     assert plan.prediction.basis == "calibrated"
     assert plan.model.source.endswith("profiles/demo") and plan.measured["identical"] is True
     assert plan.measured["tokens_per_s"] > 0
+
+
+def test_autotune_chooses_the_fastest_measured_set_up_and_predicts_its_measured_speedup(tmp_path):
+    from planner.autotune import autotune
+
+    result = autotune(out=str(tmp_path / "plan.yaml"), max_new_tokens=12, trials=20, num_prompts=1, device="cpu")
+    calibrated = result.calibrated
+    assert calibrated[0].candidate.decoding.method == "autoregressive"
+    assert {"s3d", "draft_model", "prompt_lookup"} <= {c.candidate.decoding.method for c in calibrated}
+    fastest = max(calibrated, key=lambda c: c.measured.speedup)
+    assert result.plan.decoding == fastest.candidate.decoding
+    for c in calibrated:
+        # the plan's prediction carries the measured acceptance and the measured speedup
+        assert c.candidate.prediction.speedup == pytest.approx(c.measured.speedup)
+        assert c.candidate.prediction.tokens_per_iteration == pytest.approx(c.measured.tokens_per_iteration, rel=1e-3)
+        assert c.model.tokens_per_iteration == pytest.approx(c.measured.tokens_per_iteration, rel=1e-3)
+    assert [a.decoding for a in result.plan.alternatives] == [
+        c.candidate.decoding for c in sorted(calibrated, key=lambda c: -c.candidate.prediction.tokens_per_s)[1:]]
 
 
 def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp_path):
@@ -41,12 +60,12 @@ def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp
 
     model, prompts = user_model
     plain = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "a.yaml"), max_new_tokens=12, trials=20, device="cpu")
-    assert "s3d" not in {c.decoding.method for c in plain.calibrated}
+    assert "s3d" not in {c.candidate.decoding.method for c in plain.calibrated}
     assert plain.report.identical is True
 
     (model / "s3d.json").write_text(json.dumps({"mask_token_id": 100, "skip_layers": [1, 2], "gamma": 3}))
     adapted = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=20, device="cpu")
-    s3d = [c for c in adapted.calibrated if c.decoding.method == "s3d"]
+    s3d = [c.candidate for c in adapted.calibrated if c.candidate.decoding.method == "s3d"]
     assert [c.decoding.skip_layers for c in s3d] == [(1, 2)]
     assert s3d[0].prediction.basis == "calibrated"
 

@@ -122,3 +122,28 @@ def test_empty_prompt_and_missing_prompt(rt_models, tmp_path, capsys):
     assert code == 2 and "prompt 1 is empty" in err
     code, _, err = _cli(["run", "--plan", str(path)], capsys)
     assert code == 2 and "--prompt" in err
+
+
+def test_compare_decodings_measures_each_against_autoregressive_in_rounds(rt_models, rt_draft_model):
+    from planner.errors import InputError, PlanError
+    from planner.runtime.run import compare_decodings
+
+    plan = _plan(rt_models["llama"], vram_gib=0.02)
+    decodings = [plan.decoding, Decoding(method="draft_model", gamma=2, draft_model=rt_draft_model),
+                 Decoding(method="prompt_lookup", gamma=3)]
+    result = compare_decodings(plan, decodings, ["hello there", "abc abc abc"], max_new_tokens=10, rounds=2, device="cpu")
+    assert [c.decoding.method for c in result] == ["autoregressive", "layer_skip", "draft_model", "prompt_lookup"]
+    plain = result[0]
+    assert plain.speedup == 1.0 and plain.speedup_range == (1.0, 1.0) and plain.tokens_per_iteration == 1.0
+    for c in result[1:]:
+        assert c.identical is True
+        assert 1.0 <= c.tokens_per_iteration <= c.decoding.gamma + 1
+        assert c.speedup_range[0] <= c.speedup <= c.speedup_range[1]
+    # one round: the speedup is that round's tokens/s over autoregressive's
+    one = compare_decodings(plan, decodings[1:2], ["hello there"], max_new_tokens=10, rounds=1, device="cpu")
+    assert one[1].speedup == pytest.approx(one[1].tokens_per_s / one[0].tokens_per_s)
+    assert one[1].speedup_range == (one[1].speedup, one[1].speedup)
+    with pytest.raises(InputError, match="rounds must be at least 1"):
+        compare_decodings(plan, decodings, ["hi"], rounds=0, device="cpu")
+    with pytest.raises(PlanError, match="decoding.quant: int8 differs from none"):
+        compare_decodings(plan, [Decoding(method="prompt_lookup", gamma=2, quant="int8")], ["hi"], device="cpu")

@@ -189,6 +189,81 @@ def _streamer(tokenizer, stream):
     return on_tokens
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One decoding timed in rounds interleaved with the others (compare_decodings)."""
+
+    decoding: object  # planner.plan.schema.Decoding
+    tokens_per_iteration: float
+    tokens_per_s: float  # median over rounds
+    iteration_ms: float  # median over rounds
+    speedup: float  # median over rounds of tokens/s over the same round's autoregressive tokens/s
+    speedup_range: tuple[float, float]  # slowest and fastest round
+    identical: bool  # every prompt's tokens equal autoregressive decoding's
+
+
+@dataclass(frozen=True)
+class _Session:
+    """A plan's checkpoint loaded once, with a drafter per decoding and the prompts encoded."""
+
+    device: object
+    tokenizer: object
+    target: object
+    drafters: list
+    encoded: list[list[int]]
+    eos_ids: tuple[int, ...]
+    estimates_gib: list[float]  # the runtime's memory estimate per decoding
+
+
+def _open(plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib) -> _Session:
+    """Every check that can refuse one of `decodings` of `plan`, then one load of the target
+    (and of each draft model) for all of them."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from planner.runtime.load import default_dtype, load_target, read_hf_config, resolve_device
+    from planner.runtime.memory import check_budget, estimate_vram_gib
+    from planner.runtime.quantize import require_backend
+
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    dev = resolve_device(device)
+    source = model or plan.model.source
+    hf_config = read_hf_config(source)
+    quant = plan.decoding.quant
+    draft_configs = {}
+    for d in decodings:
+        if d.quant != quant:
+            raise PlanError(f"decoding.quant: {d.quant} differs from {quant}; decodings run together share the target's")
+        check_plan_matches(plan.replace(decoding=d), hf_config)
+        if d.method == "s3d":
+            read_s3d_config(source, hf_config.vocab_size)
+        if d.method == "draft_model" and d.draft_model not in draft_configs:
+            draft_configs[d.draft_model] = config = read_hf_config(d.draft_model)
+            if config.vocab_size != hf_config.vocab_size:
+                raise PlanError(f"decoding.draft_model: vocabulary {config.vocab_size} differs from the target's {hf_config.vocab_size}")
+    require_backend(quant)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    context = plan.constraints.context
+    encoded = _encode(tokenizer, prompts, max_new_tokens, context)
+    max_seq_len = context + max(d.gamma for d in decodings) + 1  # a verify may write gamma + 1 slots past the last token
+    dtype_name = "bf16" if default_dtype(dev) == torch.bfloat16 else "fp32"
+    budget, where = _budget_gib(dev, vram_gib, plan.constraints.vram_gib)
+    estimates = [estimate_vram_gib(hf_config, quant=quant, max_seq_len=max_seq_len, dtype=dtype_name,
+                                   draft_config=draft_configs.get(d.draft_model)) for d in decodings]
+    for d, estimate in zip(decodings, estimates):
+        predicted = plan.prediction.vram_gib if d == plan.decoding else 0.0
+        check_budget(estimate_gib=estimate, predicted_gib=predicted, budget_gib=budget, where=where)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    target = load_target(source, device=dev, max_seq_len=max_seq_len, quant=quant)
+    drafts = {path: load_target(path, device=dev, max_seq_len=max_seq_len) for path in draft_configs}
+    drafters = [make_drafter(plan.replace(decoding=d), target, source=source, draft=drafts.get(d.draft_model)) for d in decodings]
+    eos = tokenizer.eos_token_id
+    return _Session(dev, tokenizer, target, drafters, encoded, () if eos is None else (eos,), estimates)
+
+
 def run_plan(
     plan,
     prompts: list[str],
@@ -204,83 +279,110 @@ def run_plan(
 ) -> RunReport:
     """Decode `prompts` with `plan` on the checkpoint `model` (default plan.model.source).
 
+    With `baseline`, each prompt is also decoded autoregressively right after the plan's
+    decoding, so a slow spell of a shared machine falls on both alike.
     stream(text) receives decoded text as tokens are accepted; a newline ends each prompt."""
     import torch
-    from transformers import AutoTokenizer
 
     from planner.runtime.decode import generate
     from planner.runtime.drafters import Autoregressive
-    from planner.runtime.load import default_dtype, load_target, read_hf_config, resolve_device
-    from planner.runtime.memory import check_budget, estimate_vram_gib
-    from planner.runtime.quantize import require_backend
 
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0:
         raise InputError(f"--temperature must not be negative, got {temperature}")
-    dev = resolve_device(device)
-    source = model or plan.model.source
-    d = plan.decoding
-    hf_config = read_hf_config(source)
-    check_plan_matches(plan, hf_config)
-    if d.method == "s3d":
-        read_s3d_config(source, hf_config.vocab_size)
-    draft_config = read_hf_config(d.draft_model) if d.method == "draft_model" else None
-    if draft_config is not None and draft_config.vocab_size != hf_config.vocab_size:
-        raise PlanError(f"decoding.draft_model: vocabulary {draft_config.vocab_size} differs from the target's {hf_config.vocab_size}")
-    require_backend(d.quant)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    context = plan.constraints.context
-    encoded = _encode(tokenizer, prompts, max_new_tokens, context)
-    max_seq_len = context + d.gamma + 1  # a verify may write gamma + 1 slots past the last token
-    dtype_name = "bf16" if default_dtype(dev) == torch.bfloat16 else "fp32"
-    estimate = estimate_vram_gib(hf_config, quant=d.quant, max_seq_len=max_seq_len, dtype=dtype_name, draft_config=draft_config)
-    budget, where = _budget_gib(dev, vram_gib, plan.constraints.vram_gib)
-    check_budget(estimate_gib=estimate, predicted_gib=plan.prediction.vram_gib, budget_gib=budget, where=where)
+    s = _open(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device, vram_gib=vram_gib)
+    drafter, plain = s.drafters[0], Autoregressive()
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    target = load_target(source, device=dev, max_seq_len=max_seq_len, quant=d.quant)
-    draft = load_target(d.draft_model, device=dev, max_seq_len=max_seq_len) if draft_config is not None else None
-    drafter = make_drafter(plan, target, source=source, draft=draft)
-    eos = tokenizer.eos_token_id
-    eos_ids = () if eos is None else (eos,)
+    def decode(chosen, ids, on_tokens=None):
+        return generate(s.target, chosen, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                        eos_ids=s.eos_ids, on_tokens=on_tokens)
 
-    def decode_all(chosen, on_stream):
-        generate(target, chosen, encoded[0], max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), temperature=temperature, seed=seed)
-        results = []
-        for ids in encoded:
-            callback = _streamer(tokenizer, on_stream) if on_stream else None
-            results.append(generate(target, chosen, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    seed=seed, eos_ids=eos_ids, on_tokens=callback))
-            if on_stream:
-                on_stream("\n")
-        return results
-
-    runs = decode_all(drafter, stream)
+    warm = min(WARMUP_TOKENS, max_new_tokens)
+    for chosen in (drafter, plain) if baseline else (drafter,):
+        generate(s.target, chosen, s.encoded[0], max_new_tokens=warm, temperature=temperature, seed=seed)
+    runs, plain_runs = [], []
+    for ids in s.encoded:
+        runs.append(decode(drafter, ids, _streamer(s.tokenizer, stream) if stream else None))
+        if stream:
+            stream("\n")
+        if baseline:
+            plain_runs.append(decode(plain, ids))
     totals = _totals(runs)
-    peak = torch.cuda.max_memory_allocated(dev) / 1024**3 if dev.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(s.device) / 1024**3 if s.device.type == "cuda" else None
     report = RunReport(
-        method=d.method,
-        device=str(dev),
-        compiled=target.compiled,
-        texts=tuple(tokenizer.decode(g.tokens, skip_special_tokens=True) for g in runs),
+        method=plan.decoding.method,
+        device=str(s.device),
+        compiled=s.target.compiled,
+        texts=tuple(s.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in runs),
         tokens=tuple(g.tokens for g in runs),
         tokens_per_s=totals.tokens_per_s,
         acceptance=totals.acceptance,
         tokens_per_iteration=totals.tokens_per_iteration,
         iteration_ms=totals.iteration_ms,
         predicted=dataclasses.asdict(plan.prediction),
-        vram_estimate_gib=estimate,
+        vram_estimate_gib=s.estimates_gib[0],
         peak_memory_gib=peak,
     )
     if not baseline:
         return report
-    plain = decode_all(Autoregressive(), None)
-    base = _totals(plain)
+    base = _totals(plain_runs)
     return dataclasses.replace(
         report,
         baseline_tokens_per_s=base.tokens_per_s,
         speedup=report.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None,
-        identical=all(a.tokens == b.tokens for a, b in zip(runs, plain)),
+        identical=all(a.tokens == b.tokens for a, b in zip(runs, plain_runs)),
     )
+
+
+def compare_decodings(
+    plan,
+    decodings,
+    prompts: list[str],
+    *,
+    model: str | None = None,
+    max_new_tokens: int = 32,
+    rounds: int = 3,
+    seed: int = 0,
+    device: str = "auto",
+) -> list[Comparison]:
+    """Greedy-decode `prompts` with each of `decodings` (on `plan`'s checkpoint, loaded once),
+    `rounds` times, interleaved prompt by prompt; autoregressive decoding is measured too
+    (first in the result). Timing on a shared machine drifts by 10-20% over seconds: each
+    round's speedups are taken against that round's autoregressive run, and the median round
+    is reported."""
+    import statistics
+
+    from planner.plan.schema import Decoding
+    from planner.runtime.decode import generate
+
+    if rounds < 1:
+        raise InputError(f"rounds must be at least 1, got {rounds}")
+    plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
+    decodings = [plain] + [d for d in decodings if d != plain]
+    s = _open(plan, decodings, prompts, model=model, max_new_tokens=max_new_tokens, device=device, vram_gib=None)
+    for drafter in s.drafters:  # warm-up: the first run pays one-off allocation and dispatch costs
+        generate(s.target, drafter, s.encoded[0], max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), seed=seed)
+    runs = [[[] for _ in range(rounds)] for _ in decodings]  # [decoding][round] -> generations
+    for r in range(rounds):
+        for ids in s.encoded:
+            for k in _rotated(len(decodings), r):
+                runs[k][r].append(generate(s.target, s.drafters[k], ids, max_new_tokens=max_new_tokens, seed=seed,
+                                           eos_ids=s.eos_ids))
+    totals = [[_totals(gens) for gens in per_round] for per_round in runs]
+    result = []
+    for k, d in enumerate(decodings):
+        ratios = [totals[k][r].tokens_per_s / totals[0][r].tokens_per_s for r in range(rounds)]
+        result.append(Comparison(
+            decoding=d,
+            tokens_per_iteration=totals[k][0].tokens_per_iteration,  # greedy: the same every round
+            tokens_per_s=statistics.median(t.tokens_per_s for t in totals[k]),
+            iteration_ms=statistics.median(t.iteration_ms for t in totals[k]),
+            speedup=statistics.median(ratios),
+            speedup_range=(min(ratios), max(ratios)),
+            identical=all(a.tokens == b.tokens for a, b in zip(runs[k][0], runs[0][0])),
+        ))
+    return result
+
+
+def _rotated(n: int, r: int) -> list[int]:
+    """0..n-1 starting at r mod n: no decoding always runs first (or last) after a switch."""
+    return [(r + i) % n for i in range(n)]

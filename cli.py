@@ -446,8 +446,9 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, seed, out):
-    """Profile this machine, plan for a model, calibrate acceptance on real prompts, write the
-    plan, run it and print predicted against measured tokens/s.
+    """Profile this machine, plan for a model, calibrate the plan on real prompts (each
+    method's best set-up timed against autoregressive decoding in interleaved rounds), write
+    the fastest as the plan, run it and print predicted against measured tokens/s.
 
     \b
     Examples:

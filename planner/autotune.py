@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner._yaml import ensure_writable
+from planner.errors import InputError
 from planner.perf.cost import KERNELS_PER_HEAD, KERNELS_PER_LAYER, Execution, forward_latency_s
 from planner.plan.schema import Candidate, Decoding
 from planner.train.demo import DRAFT_DIR
@@ -35,6 +36,7 @@ SEARCHED_METHODS = ("autoregressive", "layer_skip", "early_exit", "prompt_lookup
 CALIBRATION_PROMPTS = 3
 CALIBRATION_TOKENS = 32
 CALIBRATION_ROUNDS = 3
+MIN_NEW_TOKENS = 8  # a few speculative iterations at least, in the calibration and the final run
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def autotune(
     from planner.runtime import compare_decodings, read_prompts, run_plan
     from planner.search.study import search
 
+    if max_new_tokens < MIN_NEW_TOKENS:
+        raise InputError(f"--max-new-tokens must be at least {MIN_NEW_TOKENS} for autotune to time decoding, got {max_new_tokens}")
     source = Path(model) if model else DEMO_DIR
     spec = load_model_spec(str(source))  # refuse a bad --model, --draft-model or --out before measuring anything
     draft = Path(draft_model) if draft_model else (DEMO_DIR / DRAFT_DIR if model is None else None)

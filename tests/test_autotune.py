@@ -104,3 +104,11 @@ def test_autotune_with_a_missing_draft_model_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1 and "nodraft" in result.output
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_too_few_new_tokens_to_time_is_one_line(tmp_path):
+    args = ["autotune", "--out", str(tmp_path / "p.yaml"), "--max-new-tokens", "1", "--device", "cpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --max-new-tokens must be at least 8 for autotune to time decoding, got 1"]
+    assert not (tmp_path / "p.yaml").exists()

@@ -145,5 +145,7 @@ def test_compare_decodings_measures_each_against_autoregressive_in_rounds(rt_mod
     assert one[1].speedup_range == (one[1].speedup, one[1].speedup)
     with pytest.raises(InputError, match="rounds must be at least 1"):
         compare_decodings(plan, decodings, ["hi"], rounds=0, device="cpu")
+    with pytest.raises(InputError, match="max_new_tokens must be at least 2 to time decoding"):
+        compare_decodings(plan, decodings, ["hi"], max_new_tokens=1, device="cpu")
     with pytest.raises(PlanError, match="decoding.quant: int8 differs from none"):
         compare_decodings(plan, [Decoding(method="prompt_lookup", gamma=2, quant="int8")], ["hi"], device="cpu")

@@ -356,6 +356,8 @@ def compare_decodings(
 
     if rounds < 1:
         raise InputError(f"rounds must be at least 1, got {rounds}")
+    if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
+        raise InputError(f"max_new_tokens must be at least 2 to time decoding, got {max_new_tokens}")
     plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
     decodings = [plain] + [d for d in decodings if d != plain]
     s = _open(plan, decodings, prompts, model=model, max_new_tokens=max_new_tokens, device=device, vram_gib=None)

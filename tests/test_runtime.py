@@ -147,3 +147,12 @@ def test_int8_weight_only_stays_lossless_between_methods():
     prompt = list(range(10, 30))
     plain = generate(target, Autoregressive(), prompt, max_new_tokens=20)
     assert generate(target, LayerSkip(target, 3, (2, 3)), prompt, max_new_tokens=20).tokens == plain.tokens
+
+
+def test_a_compiled_target_allows_a_graph_per_set_up(rt_models):
+    """autotune steps one compiled target with a dozen (tokens, layer subset) shapes; past
+    dynamo's default limit of 8 a fullgraph compile raises instead of falling back to eager."""
+    from planner.runtime.load import RECOMPILE_LIMIT
+
+    load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=32, compiled=True)  # compiles on first step only
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT >= 24

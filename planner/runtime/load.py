@@ -16,6 +16,8 @@ import torch
 from planner.errors import DeviceError, InputError, NotFoundError
 from planner.runtime.model import Decoder, decoder_config, decoder_from_hf, rope_tables
 
+RECOMPILE_LIMIT = 64  # compiled step graphs per process (dynamo's default is 8)
+
 
 @dataclass
 class Target:
@@ -25,6 +27,11 @@ class Target:
     compiled: bool
 
     def __post_init__(self):
+        if self.compiled:
+            # Each (tokens, layer subset, head) of a step is its own graph, and autotune decodes
+            # with a dozen set-ups in one process; past dynamo's recompile limit (8) a
+            # fullgraph compile fails hard instead of falling back.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._step = torch.compile(self.decoder, mode="reduce-overhead", fullgraph=True) if self.compiled else self.decoder
         self._all = tuple(range(self.decoder.cfg.num_layers))
 

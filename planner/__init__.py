@@ -24,6 +24,7 @@ _EXPORTS = {
     "predict": "planner.perf",
     "plan": "planner.search",
     "run_plan": "planner.runtime",
+    "compare_decodings": "planner.runtime",
 }
 
 __all__ = sorted(_EXPORTS)

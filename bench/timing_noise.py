@@ -1,6 +1,6 @@
 """How much one timing of the same decoding moves on this machine: autoregressive decoding of
 the demo model's prompts 4-6 (autotune's calibration prompts), 32 tokens each, timed
-`--repeats` times back to back in one process after a warm-up; then the same for the demo
+`--repeats` times back to back on one loaded model after a warm-up; then the same for the demo
 draft at gamma 4 interleaved with autoregressive, as autotune's calibration does, with the
 per-round speedup.
 
@@ -22,7 +22,7 @@ def main() -> None:
     from planner.autotune import DEMO_DIR
     from planner.models import load_model_spec
     from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
-    from planner.runtime import compare_decodings, read_prompts
+    from planner.runtime import DecodingBench, read_prompts
     from planner.train.demo import DRAFT_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,11 +41,10 @@ def main() -> None:
                               target_latency_ms=0.0, draft_latency_ms=0.0, iteration_ms=0.0, vram_gib=0.0),
         constraints=Constraints(context=576),
     )
-    alone = [compare_decodings(plan, [], prompts, max_new_tokens=32, rounds=1, device=args.device)[0].tokens_per_s
-             for _ in range(args.repeats)]
+    bench = DecodingBench(plan, prompts, max_new_tokens=32, max_gamma=4, device=args.device)
+    alone = [bench.compare([], rounds=1)[0].tokens_per_s for _ in range(args.repeats)]
     draft = Decoding(method="draft_model", gamma=4, draft_model=str(DEMO_DIR / DRAFT_DIR))
-    paired = [compare_decodings(plan, [draft], prompts, max_new_tokens=32, rounds=1, device=args.device)
-              for _ in range(args.repeats)]
+    paired = [bench.compare([draft], rounds=1) for _ in range(args.repeats)]
     result = {
         "device": args.device,
         "autoregressive_tokens_per_s": [round(t, 1) for t in alone],

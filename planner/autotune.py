@@ -8,11 +8,11 @@ Calibration, on prompts other than the final run's:
    eager dispatch cost of a real model's ops differs from any micro-benchmark's.
 2. the search, with that profile, proposes each method's best set-up (for s3d: the adapted
    skip set and gamma from s3d.json; for draft_model: the gamma the model prefers).
-3. each set-up and autoregressive decoding are run in interleaved rounds
-   (runtime.compare_decodings): tokens per iteration gives the acceptance, and the median
-   round's speedup over autoregressive gives the iteration time. The performance model with
+3. each set-up and autoregressive decoding are run in interleaved rounds (one
+   runtime.DecodingBench: the model loaded once): tokens per iteration gives the acceptance,
+   and the median round's speedup over autoregressive gives the iteration time. The performance model with
    the measured acceptance is printed beside it: where the two differ, the model mis-costs
-   that method's forwards on this machine (on two shared CPU cores by up to 40%).
+   that method's forwards on this machine (on two shared CPU cores by 4-26%).
 The plan is the set-up with the best measured speedup (autoregressive when none is faster).
 Its prediction is the model's with both measured corrections; the final run, on other
 prompts and longer outputs, is the check of that prediction.
@@ -37,6 +37,7 @@ CALIBRATION_PROMPTS = 3
 CALIBRATION_TOKENS = 32
 CALIBRATION_ROUNDS = 3
 MIN_NEW_TOKENS = 8  # a few speculative iterations at least, in the calibration and the final run
+MAX_GAMMA_TRIED = 8  # draft lengths autotune proposes and measures: 1-8
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _draft_decoding(spec, profile, draft: Path, draft_spec, *, context: int, pri
     """draft_model with the gamma the performance model prefers for this draft."""
     from planner.perf.speedup import predict
 
-    options = [Decoding(method="draft_model", gamma=g, draft_model=str(draft.resolve())) for g in range(1, 9)]
+    options = [Decoding(method="draft_model", gamma=g, draft_model=str(draft.resolve())) for g in range(1, MAX_GAMMA_TRIED + 1)]
     return max(options, key=lambda d: predict(spec, profile, d, context=context, draft_spec=draft_spec, priors=priors).tokens_per_s)
 
 
@@ -101,7 +102,7 @@ def autotune(
     from planner.hardware import profile_device
     from planner.models import load_model_spec
     from planner.perf.speedup import alpha_from_tokens_per_iteration, predict
-    from planner.runtime import compare_decodings, read_prompts, run_plan
+    from planner.runtime import DecodingBench, read_prompts, run_plan
     from planner.search.study import search
 
     if max_new_tokens < MIN_NEW_TOKENS:
@@ -125,20 +126,18 @@ def autotune(
               priors=priors, model_source=str(source.resolve()))
     first = search(spec, profile, **kw)
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
-
-    def compare(decodings, rounds):
-        return compare_decodings(first.plan, decodings, calibration_prompts, max_new_tokens=tokens, rounds=rounds,
-                                 seed=seed, device=device)
-
+    s3d = _s3d_decoding(source)
+    bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device,
+                          max_gamma=max(MAX_GAMMA_TRIED, s3d.gamma if s3d else 0))
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
         f" x {tokens} tokens")
-    step_s = compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
+    step_s = bench.compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
     searched_profile = calibrate_kernel_cost(spec, profile, step_s, context=context)
     result = search(spec, searched_profile, **kw)
     candidates = [c.decoding for m, c in _best_per_method(result.evaluated).items() if m != "autoregressive"]
-    candidates += [s3d] if (s3d := _s3d_decoding(source)) else []
+    candidates += [s3d] if s3d else []
     candidates += [_draft_decoding(spec, searched_profile, draft, draft_spec, context=context, priors=priors)] if draft else []
-    measured = _measure(compare, candidates, log)
+    measured = _measure(bench, candidates, log)
     # The kernel cost again, from the median of the calibration rounds: the predictions' base.
     calibrated_profile = calibrate_kernel_cost(spec, profile, measured[0].iteration_ms / 1e3, context=context)
     kernel_us = (_kernel_us(profile), _kernel_us(calibrated_profile))
@@ -167,26 +166,26 @@ def autotune(
     return AutotuneResult(plan, report, tuple(calibrated), Path(out), kernel_us)
 
 
-def _measure(compare, candidates: list[Decoding], log) -> list:
+def _measure(bench, candidates: list[Decoding], log) -> list:
     """Each candidate against autoregressive decoding (first in the result) in interleaved
     rounds; then the fastest also at its neighbouring gammas."""
     log(f"calibrating against autoregressive in {CALIBRATION_ROUNDS} interleaved rounds:")
     for d in candidates:
         log(f"  {_describe(d)}")
-    measured = compare(candidates, CALIBRATION_ROUNDS)
+    measured = bench.compare(candidates, CALIBRATION_ROUNDS)
     best = max(measured[1:], key=lambda m: m.speedup, default=None)
     near = [d for d in _neighbours(best.decoding) if d not in candidates] if best is not None else []
     if near:
         log(f"the fastest, {_describe(best.decoding)} ({best.speedup:.2f}x), at gamma " + " and ".join(str(d.gamma) for d in near))
-        measured += compare(near, CALIBRATION_ROUNDS)[1:]
+        measured += bench.compare(near, CALIBRATION_ROUNDS)[1:]
     return measured
 
 
 def _neighbours(d: Decoding) -> list[Decoding]:
-    """The set-up at gamma - 1 and gamma + 1 (1-8); none for s3d, whose gamma is the adapted one."""
+    """The set-up at gamma - 1 and gamma + 1 (1-MAX_GAMMA_TRIED); none for s3d, whose gamma is the adapted one."""
     if d.method == "s3d":
         return []
-    return [replace(d, gamma=g) for g in (d.gamma - 1, d.gamma + 1) if 1 <= g <= 8]
+    return [replace(d, gamma=g) for g in (d.gamma - 1, d.gamma + 1) if 1 <= g <= MAX_GAMMA_TRIED]
 
 
 def _with_measured_speedup(model, speedup: float):

@@ -70,10 +70,11 @@ def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp
     assert s3d[0].prediction.basis == "calibrated"
 
 
-def test_autotune_with_a_missing_model_is_one_line(tmp_path):
-    result = CliRunner().invoke(cli, ["autotune", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "p.yaml")] + SMALL)
+@pytest.mark.parametrize("option, missing", [("--model", "nope"), ("--draft-model", "nodraft")])
+def test_autotune_with_a_missing_model_directory_is_one_line(tmp_path, option, missing):
+    result = CliRunner().invoke(cli, ["autotune", option, str(tmp_path / missing), "--out", str(tmp_path / "p.yaml")] + SMALL)
     assert result.exit_code == 2
-    assert len(result.output.strip().splitlines()) == 1 and "nope" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and missing in result.output
     assert not (tmp_path / "p.yaml").exists()
 
 
@@ -97,13 +98,6 @@ def test_kernel_cost_calibration_reproduces_the_measured_step():
         assert calibrated.bandwidth_gbps == profile.bandwidth_gbps
     # faster than the roofline allows: the kernel cost stops at zero instead of going negative
     assert calibrate_kernel_cost(spec, profile, 1e-9, context=576).graph_kernel_us == 0.0
-
-
-def test_autotune_with_a_missing_draft_model_is_one_line(tmp_path):
-    result = CliRunner().invoke(cli, ["autotune", "--draft-model", str(tmp_path / "nodraft"), "--out", str(tmp_path / "p.yaml")] + SMALL)
-    assert result.exit_code == 2
-    assert len(result.output.strip().splitlines()) == 1 and "nodraft" in result.output
-    assert not (tmp_path / "p.yaml").exists()
 
 
 def test_too_few_new_tokens_to_time_is_one_line(tmp_path):

@@ -149,3 +149,18 @@ def test_compare_decodings_measures_each_against_autoregressive_in_rounds(rt_mod
         compare_decodings(plan, decodings, ["hi"], max_new_tokens=1, device="cpu")
     with pytest.raises(PlanError, match="decoding.quant: int8 differs from none"):
         compare_decodings(plan, [Decoding(method="prompt_lookup", gamma=2, quant="int8")], ["hi"], device="cpu")
+
+
+def test_a_decoding_bench_loads_once_and_compares_again(rt_models):
+    from planner.errors import PlanError
+    from planner.runtime import DecodingBench
+
+    plan = _plan(rt_models["llama"])
+    bench = DecodingBench(plan, ["hello there"], max_new_tokens=10, max_gamma=3, device="cpu")
+    first = bench.compare([plan.decoding], rounds=1)
+    again = bench.compare([Decoding(method="prompt_lookup", gamma=2)], rounds=1)
+    assert [c.decoding.method for c in first] == ["autoregressive", "layer_skip"]
+    assert [c.decoding.method for c in again] == ["autoregressive", "prompt_lookup"]
+    assert first[1].identical and again[1].identical
+    with pytest.raises(PlanError, match="decoding.gamma: 4 is more than the 3"):
+        bench.compare([Decoding(method="prompt_lookup", gamma=4)], rounds=1)

@@ -3,6 +3,6 @@
 run.py imports torch only inside its functions, so `import planner.runtime` stays cheap.
 """
 
-from planner.runtime.run import Comparison, RunReport, compare_decodings, read_prompts, run_plan
+from planner.runtime.run import Comparison, DecodingBench, RunReport, compare_decodings, read_prompts, run_plan
 
-__all__ = ["run_plan", "compare_decodings", "read_prompts", "RunReport", "Comparison"]
+__all__ = ["run_plan", "compare_decodings", "DecodingBench", "read_prompts", "RunReport", "Comparison"]

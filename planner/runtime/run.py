@@ -202,66 +202,80 @@ class Comparison:
     identical: bool  # every prompt's tokens equal autoregressive decoding's
 
 
-@dataclass(frozen=True)
 class _Session:
-    """A plan's checkpoint loaded once, with a drafter per decoding and the prompts encoded."""
+    """A plan's checkpoint loaded once with its prompts encoded; a drafter per decoding, built
+    (with its draft model, loaded once per path) when first asked for."""
 
-    device: object
-    tokenizer: object
-    target: object
-    drafters: list
-    encoded: list[list[int]]
-    eos_ids: tuple[int, ...]
-    estimates_gib: list[float]  # the runtime's memory estimate per decoding
+    def __init__(self, plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib, max_gamma):
+        """Every check that can refuse `decodings` happens before the target loads; the KV
+        cache holds room for verifies of up to max_gamma + 1 tokens."""
+        import torch
+        from transformers import AutoTokenizer
 
+        from planner.runtime.load import default_dtype, load_target, read_hf_config, resolve_device
+        from planner.runtime.quantize import require_backend
 
-def _open(plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib) -> _Session:
-    """Every check that can refuse one of `decodings` of `plan`, then one load of the target
-    (and of each draft model) for all of them."""
-    import torch
-    from transformers import AutoTokenizer
+        if max_new_tokens < 1:
+            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+        self.plan, self.device = plan, resolve_device(device)
+        self.source = model or plan.model.source
+        self.hf_config = read_hf_config(self.source)
+        self.max_gamma = max_gamma
+        self.max_seq_len = plan.constraints.context + max_gamma + 1  # a verify may write gamma + 1 slots past the last token
+        self._dtype_name = "bf16" if default_dtype(self.device) == torch.bfloat16 else "fp32"
+        self._budget = _budget_gib(self.device, vram_gib, plan.constraints.vram_gib)
+        self._draft_configs, self._drafts, self._drafters, self._estimates = {}, {}, {}, {}
+        for d in decodings:
+            self.check(d)
+        require_backend(plan.decoding.quant)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+        self.encoded = _encode(self.tokenizer, prompts, max_new_tokens, plan.constraints.context)
+        eos = self.tokenizer.eos_token_id
+        self.eos_ids = () if eos is None else (eos,)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.target = load_target(self.source, device=self.device, max_seq_len=self.max_seq_len, quant=plan.decoding.quant)
 
-    from planner.runtime.load import default_dtype, load_target, read_hf_config, resolve_device
-    from planner.runtime.memory import check_budget, estimate_vram_gib
-    from planner.runtime.quantize import require_backend
+    def check(self, d) -> float:
+        """Refuse decoding `d` of this checkpoint before anything of it loads; its memory estimate (GiB)."""
+        from planner.runtime.load import read_hf_config
+        from planner.runtime.memory import check_budget, estimate_vram_gib
 
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    dev = resolve_device(device)
-    source = model or plan.model.source
-    hf_config = read_hf_config(source)
-    quant = plan.decoding.quant
-    draft_configs = {}
-    for d in decodings:
+        if d in self._estimates:
+            return self._estimates[d]
+        quant = self.plan.decoding.quant
         if d.quant != quant:
             raise PlanError(f"decoding.quant: {d.quant} differs from {quant}; decodings run together share the target's")
-        check_plan_matches(plan.replace(decoding=d), hf_config)
+        if d.gamma > self.max_gamma:
+            raise PlanError(f"decoding.gamma: {d.gamma} is more than the {self.max_gamma} this checkpoint's cache was sized for")
+        check_plan_matches(self.plan.replace(decoding=d), self.hf_config)
         if d.method == "s3d":
-            read_s3d_config(source, hf_config.vocab_size)
-        if d.method == "draft_model" and d.draft_model not in draft_configs:
-            draft_configs[d.draft_model] = config = read_hf_config(d.draft_model)
-            if config.vocab_size != hf_config.vocab_size:
-                raise PlanError(f"decoding.draft_model: vocabulary {config.vocab_size} differs from the target's {hf_config.vocab_size}")
-    require_backend(quant)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    context = plan.constraints.context
-    encoded = _encode(tokenizer, prompts, max_new_tokens, context)
-    max_seq_len = context + max(d.gamma for d in decodings) + 1  # a verify may write gamma + 1 slots past the last token
-    dtype_name = "bf16" if default_dtype(dev) == torch.bfloat16 else "fp32"
-    budget, where = _budget_gib(dev, vram_gib, plan.constraints.vram_gib)
-    estimates = [estimate_vram_gib(hf_config, quant=quant, max_seq_len=max_seq_len, dtype=dtype_name,
-                                   draft_config=draft_configs.get(d.draft_model)) for d in decodings]
-    for d, estimate in zip(decodings, estimates):
-        predicted = plan.prediction.vram_gib if d == plan.decoding else 0.0
-        check_budget(estimate_gib=estimate, predicted_gib=predicted, budget_gib=budget, where=where)
+            read_s3d_config(self.source, self.hf_config.vocab_size)
+        if d.method == "draft_model" and d.draft_model not in self._draft_configs:
+            config = read_hf_config(d.draft_model)
+            if config.vocab_size != self.hf_config.vocab_size:
+                raise PlanError(f"decoding.draft_model: vocabulary {config.vocab_size} differs from the target's {self.hf_config.vocab_size}")
+            self._draft_configs[d.draft_model] = config
+        estimate = estimate_vram_gib(self.hf_config, quant=quant, max_seq_len=self.max_seq_len, dtype=self._dtype_name,
+                                     draft_config=self._draft_configs.get(d.draft_model))
+        budget, where = self._budget
+        check_budget(estimate_gib=estimate, predicted_gib=self.plan.prediction.vram_gib if d == self.plan.decoding else 0.0,
+                     budget_gib=budget, where=where)
+        self._estimates[d] = estimate
+        return estimate
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    target = load_target(source, device=dev, max_seq_len=max_seq_len, quant=quant)
-    drafts = {path: load_target(path, device=dev, max_seq_len=max_seq_len) for path in draft_configs}
-    drafters = [make_drafter(plan.replace(decoding=d), target, source=source, draft=drafts.get(d.draft_model)) for d in decodings]
-    eos = tokenizer.eos_token_id
-    return _Session(dev, tokenizer, target, drafters, encoded, () if eos is None else (eos,), estimates)
+    def drafter(self, d):
+        from planner.runtime.load import load_target
+
+        if d not in self._drafters:
+            self.check(d)
+            draft = None
+            if d.method == "draft_model":
+                if d.draft_model not in self._drafts:
+                    self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.max_seq_len)
+                draft = self._drafts[d.draft_model]
+            self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, source=self.source, draft=draft)
+        return self._drafters[d]
 
 
 def run_plan(
@@ -289,8 +303,9 @@ def run_plan(
 
     if temperature < 0:
         raise InputError(f"--temperature must not be negative, got {temperature}")
-    s = _open(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device, vram_gib=vram_gib)
-    drafter, plain = s.drafters[0], Autoregressive()
+    s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
+                 vram_gib=vram_gib, max_gamma=plan.decoding.gamma)
+    drafter, plain = s.drafter(plan.decoding), Autoregressive()
 
     def decode(chosen, ids, on_tokens=None):
         return generate(s.target, chosen, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -319,7 +334,7 @@ def run_plan(
         tokens_per_iteration=totals.tokens_per_iteration,
         iteration_ms=totals.iteration_ms,
         predicted=dataclasses.asdict(plan.prediction),
-        vram_estimate_gib=s.estimates_gib[0],
+        vram_estimate_gib=s.check(plan.decoding),
         peak_memory_gib=peak,
     )
     if not baseline:
@@ -333,56 +348,81 @@ def run_plan(
     )
 
 
-def compare_decodings(
-    plan,
-    decodings,
-    prompts: list[str],
-    *,
-    model: str | None = None,
-    max_new_tokens: int = 32,
-    rounds: int = 3,
-    seed: int = 0,
-    device: str = "auto",
-) -> list[Comparison]:
-    """Greedy-decode `prompts` with each of `decodings` (on `plan`'s checkpoint, loaded once),
-    `rounds` times, interleaved prompt by prompt; autoregressive decoding is measured too
-    (first in the result). Timing on a shared machine drifts by 10-20% over seconds: each
-    round's speedups are taken against that round's autoregressive run, and the median round
-    is reported."""
-    import statistics
+class DecodingBench:
+    """A plan's checkpoint loaded once to time greedy decodings against autoregressive
+    decoding on a fixed set of prompts (autotune's calibration). `decodings` are checked
+    before anything loads; any decoding is built and warmed up the first time it is compared."""
 
-    from planner.plan.schema import Decoding
-    from planner.runtime.decode import generate
+    def __init__(self, plan, prompts: list[str], *, decodings=(), model: str | None = None, max_new_tokens: int = 32,
+                 max_gamma: int = 8, seed: int = 0, device: str = "auto"):
+        from planner.plan.schema import Decoding
 
-    if rounds < 1:
-        raise InputError(f"rounds must be at least 1, got {rounds}")
-    if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
-        raise InputError(f"max_new_tokens must be at least 2 to time decoding, got {max_new_tokens}")
-    plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
-    decodings = [plain] + [d for d in decodings if d != plain]
-    s = _open(plan, decodings, prompts, model=model, max_new_tokens=max_new_tokens, device=device, vram_gib=None)
-    for drafter in s.drafters:  # warm-up: the first run pays one-off allocation and dispatch costs
-        generate(s.target, drafter, s.encoded[0], max_new_tokens=min(WARMUP_TOKENS, max_new_tokens), seed=seed)
-    runs = [[[] for _ in range(rounds)] for _ in decodings]  # [decoding][round] -> generations
-    for r in range(rounds):
-        for ids in s.encoded:
-            for k in _rotated(len(decodings), r):
-                runs[k][r].append(generate(s.target, s.drafters[k], ids, max_new_tokens=max_new_tokens, seed=seed,
-                                           eos_ids=s.eos_ids))
-    totals = [[_totals(gens) for gens in per_round] for per_round in runs]
-    result = []
-    for k, d in enumerate(decodings):
-        ratios = [totals[k][r].tokens_per_s / totals[0][r].tokens_per_s for r in range(rounds)]
-        result.append(Comparison(
-            decoding=d,
-            tokens_per_iteration=totals[k][0].tokens_per_iteration,  # greedy: the same every round
-            tokens_per_s=statistics.median(t.tokens_per_s for t in totals[k]),
-            iteration_ms=statistics.median(t.iteration_ms for t in totals[k]),
-            speedup=statistics.median(ratios),
-            speedup_range=(min(ratios), max(ratios)),
-            identical=all(a.tokens == b.tokens for a, b in zip(runs[k][0], runs[0][0])),
-        ))
-    return result
+        if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
+            raise InputError(f"max_new_tokens must be at least 2 to time decoding, got {max_new_tokens}")
+        self.plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
+        self.max_new_tokens, self.seed = max_new_tokens, seed
+        self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
+                                 device=device, vram_gib=None, max_gamma=max_gamma)
+        self._warm = set()
+
+    def compare(self, decodings, rounds: int = 3) -> list[Comparison]:
+        """Each of `decodings` and autoregressive decoding (first in the result), `rounds`
+        times, interleaved prompt by prompt. Timing on a shared machine drifts by up to 27%
+        over seconds: each round's speedups are taken against that round's autoregressive
+        run, and the median round is reported."""
+        import statistics
+
+        if rounds < 1:
+            raise InputError(f"rounds must be at least 1, got {rounds}")
+        decodings = [self.plain] + [d for d in decodings if d != self.plain]
+        s = self._session
+        for d in decodings:
+            s.check(d)  # refuse any of them before decoding
+        drafters = [self._warmed(d) for d in decodings]
+        runs = [[[] for _ in range(rounds)] for _ in decodings]  # [decoding][round] -> generations
+        for r in range(rounds):
+            for ids in s.encoded:
+                for k in _rotated(len(decodings), r):
+                    runs[k][r].append(self._decode(drafters[k], ids))
+        totals = [[_totals(gens) for gens in per_round] for per_round in runs]
+        if not all(t.tokens_per_s for t in totals[0]):
+            raise InputError("every prompt ended at its first token: nothing to time")
+        result = []
+        for k, d in enumerate(decodings):
+            ratios = [totals[k][r].tokens_per_s / totals[0][r].tokens_per_s for r in range(rounds)]
+            result.append(Comparison(
+                decoding=d,
+                tokens_per_iteration=totals[k][0].tokens_per_iteration,  # greedy: the same every round
+                tokens_per_s=statistics.median(t.tokens_per_s for t in totals[k]),
+                iteration_ms=statistics.median(t.iteration_ms for t in totals[k]),
+                speedup=statistics.median(ratios),
+                speedup_range=(min(ratios), max(ratios)),
+                identical=all(a.tokens == b.tokens for a, b in zip(runs[k][0], runs[0][0])),
+            ))
+        return result
+
+    def _decode(self, drafter, ids, max_new_tokens=None):
+        from planner.runtime.decode import generate
+
+        s = self._session
+        return generate(s.target, drafter, ids, max_new_tokens=max_new_tokens or self.max_new_tokens, seed=self.seed,
+                        eos_ids=s.eos_ids)
+
+    def _warmed(self, d):
+        """The drafter of `d`, run once first: a first run pays one-off allocation, dispatch and compile costs."""
+        drafter = self._session.drafter(d)
+        if d not in self._warm:
+            self._decode(drafter, self._session.encoded[0], min(WARMUP_TOKENS, self.max_new_tokens))
+            self._warm.add(d)
+        return drafter
+
+
+def compare_decodings(plan, decodings, prompts: list[str], *, model: str | None = None, max_new_tokens: int = 32,
+                      rounds: int = 3, seed: int = 0, device: str = "auto") -> list[Comparison]:
+    """DecodingBench(...).compare(decodings, rounds) in one call."""
+    bench = DecodingBench(plan, prompts, decodings=decodings, model=model, max_new_tokens=max_new_tokens,
+                          max_gamma=max((d.gamma for d in decodings), default=0), seed=seed, device=device)
+    return bench.compare(decodings, rounds)
 
 
 def _rotated(n: int, r: int) -> list[int]:

@@ -164,3 +164,21 @@ def test_a_decoding_bench_loads_once_and_compares_again(rt_models):
     assert first[1].identical and again[1].identical
     with pytest.raises(PlanError, match="decoding.gamma: 4 is more than the 3"):
         bench.compare([Decoding(method="prompt_lookup", gamma=4)], rounds=1)
+
+
+def test_prompts_that_end_at_once_leave_nothing_to_time(rt_models, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from planner.errors import InputError
+    from planner.runtime.run import compare_decodings
+
+    source = tmp_path / "model"
+    shutil.copytree(rt_models["llama"], source)
+    first = run_plan(_plan(str(source), method="autoregressive", gamma=0), ["hello"], max_new_tokens=2).tokens[0][0]
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(first)  # the model's first greedy token now ends the text
+    tokenizer.save_pretrained(source)
+    with pytest.raises(InputError, match="every prompt ended at its first token: nothing to time"):
+        compare_decodings(_plan(str(source)), [], ["hello"], max_new_tokens=10, rounds=1, device="cpu")

@@ -54,7 +54,7 @@ def main() -> None:
     shape = args.shape or default_shape(device)
     config = llama_config(shape)
     target = random_target(config, device=device, max_seq_len=args.tokens + 64)
-    dtype = "bf16" if target.decoder.embed.weight.dtype == torch.bfloat16 else "fp32"
+    dtype = "bf16" if target.decoder.dtype == torch.bfloat16 else "fp32"
     prompt = list(range(10, 42))
     generate(target, Autoregressive(), prompt, max_new_tokens=16)  # compile / capture, warm caches
     run = generate(target, Autoregressive(), prompt, max_new_tokens=args.tokens)

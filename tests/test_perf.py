@@ -87,12 +87,12 @@ def test_no_gain_when_acceptance_below_draft_cost(llama8b):
     assert predict(llama8b, TOY, d, acceptance=0.05).speedup < 1
 
 
-def test_early_exit_verifies_only_the_upper_layers(llama8b):
+def test_early_exit_drafts_on_the_lower_layers_and_verifies_all(llama8b):
     d = Decoding("early_exit", gamma=3, exit_layer=8)
     detail = predict_detail(llama8b, TOY, d, acceptance=0.6, context=100, execution=GRAPH)
-    upper = forward_latency_s(llama8b, TOY, layers=24, new_tokens=4, context=100, execution=GRAPH)
-    lower_last = forward_latency_s(llama8b, TOY, layers=8, new_tokens=1, context=100, execution=GRAPH, with_head=False)
-    assert detail.verify_s == pytest.approx(upper + lower_last)
+    lower = forward_latency_s(llama8b, TOY, layers=8, new_tokens=1, context=100, execution=GRAPH)
+    assert detail.draft_s == pytest.approx(3 * lower)
+    assert detail.verify_s == pytest.approx(forward_latency_s(llama8b, TOY, new_tokens=4, context=100, execution=GRAPH))
 
 
 def test_quantization_shrinks_time_and_memory(llama8b):

@@ -52,6 +52,19 @@ def test_plain_greedy_equals_transformers_generate(rt_models, rt_targets):
     assert list(got) == expected
 
 
+@pytest.mark.parametrize("arch", RT_ARCHITECTURES)
+def test_cached_decoding_follows_transformers_full_forward(arch, rt_models, rt_targets, rt_plain):
+    """Each token of the runtime's cached greedy decoding is the argmax of transformers' own
+    uncached forward over the whole sequence (sliding windows cover 8 of its 35 positions)."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(rt_models[arch], dtype=torch.float32)
+    sequence = torch.tensor([PROMPT + list(rt_plain[arch])])
+    with torch.no_grad():
+        expected = hf(sequence).logits[0, len(PROMPT) - 1 : -1].argmax(-1).tolist()
+    assert list(rt_plain[arch]) == expected
+
+
 DRAFTERS = {
     "layer_skip g2 skip{1}": lambda t, d: LayerSkip(t, 2, (1,)),
     "layer_skip g4 skip{1,2}": lambda t, d: LayerSkip(t, 4, (1, 2)),
@@ -118,6 +131,29 @@ def test_speculative_sampling_keeps_the_target_distribution():
     assert _chi_square(first, q[0]) > CHI2_DF5_P001  # the test can tell the draft's distribution apart
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_speculative_sampling_keeps_the_models_distribution_end_to_end(arch, rt_models, rt_targets):
+    """The second sampled token (the first one an iteration emits: a kept draft or a
+    resample) of layer-skip decoding is distributed as the model's own marginal
+    sum_t0 p(t0) p(t1 | t0), computed exactly by transformers over the whole vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(rt_models[arch], dtype=torch.float32)
+    with torch.no_grad():
+        p0 = torch.softmax(hf(torch.tensor([PROMPT])).logits[0, -1], -1)  # (V,)
+        every_next = torch.tensor([PROMPT + [t] for t in range(p0.shape[0])])  # (V, len + 1)
+        p1 = torch.softmax(hf(every_next).logits[:, -1], -1)  # (V, V): row t0 is p(. | t0)
+    marginal = p0 @ p1  # (V,)
+    target, counts = rt_targets[arch], torch.zeros_like(marginal)
+    for seed in range(1000):
+        tokens = generate(target, LayerSkip(target, 2, (1,)), PROMPT, max_new_tokens=2, temperature=1.0, seed=seed).tokens
+        counts[tokens[1]] += 1
+    top = marginal.argsort(descending=True)[:5]  # five most likely tokens and the rest: 5 degrees of freedom
+    observed = torch.cat([counts[top], (counts.sum() - counts[top].sum())[None]])
+    expected = torch.cat([marginal[top], (1 - marginal[top].sum())[None]])
+    assert _chi_square(observed, expected) < CHI2_DF5_P001
+
+
 def test_deterministic_draft_sampling_keeps_the_target_distribution():
     """Prompt lookup proposes without probabilities: a one-hot q, still exact."""
     gen = torch.Generator().manual_seed(1)
@@ -143,7 +179,7 @@ def test_int8_weight_only_stays_lossless_between_methods():
     config = LlamaConfig(num_hidden_layers=6, hidden_size=128, intermediate_size=256, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=256, max_position_embeddings=256)
     target = random_target(config, device=torch.device("cpu"), max_seq_len=128, dtype=torch.bfloat16)
-    quantize(target.decoder, "int8")
+    quantize(target.decoder.hf_model, "int8")
     prompt = list(range(10, 30))
     plain = generate(target, Autoregressive(), prompt, max_new_tokens=20)
     assert generate(target, LayerSkip(target, 3, (2, 3)), prompt, max_new_tokens=20).tokens == plain.tokens

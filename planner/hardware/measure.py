@@ -184,24 +184,32 @@ def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
 
 
 def _runtime_layer_step(device):
-    """One decode step (one token, KV cache, mask) of a small layer of the runtime's own decoder:
-    the ops planner.perf counts as KERNELS_PER_LAYER, with negligible bytes and FLOPs."""
+    """One decode step (one token, KV cache, mask) of a small layer as the runtime runs it
+    (a transformers Llama layer with the runtime's position cache and mask): the ops
+    planner.perf counts as KERNELS_PER_LAYER, with negligible bytes and FLOPs."""
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from planner.runtime.model import Block, DecoderConfig, KVCache
+    from planner.runtime.model import Decoder
 
-    cfg = DecoderConfig(architecture="llama", num_layers=1, hidden_size=64, intermediate_size=128, num_heads=2,
-                        num_kv_heads=2, head_dim=32, vocab_size=64, rms_eps=1e-6)
-    block = Block(cfg, None).to(device)
-    block.attn.cache = KVCache(1, cfg.num_kv_heads, 128, cfg.head_dim, torch.float32, device)
-    x = torch.randn(1, 1, cfg.hidden_size, device=device)
-    cos, sin = torch.ones(1, cfg.head_dim, device=device), torch.zeros(1, cfg.head_dim, device=device)
-    positions, pos = torch.arange(128, device=device), torch.tensor([64], device=device)
+    config = LlamaConfig(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                         num_key_value_heads=2, head_dim=32, vocab_size=64)
+    decoder = Decoder(LlamaForCausalLM(config).to(device), max_seq_len=128)
+    with torch.inference_mode():
+        decoder(torch.zeros(1, 64, dtype=torch.long, device=device), decoder.positions[:64], (0,))  # fills the cache
+    pos = decoder.positions[64:65]
+    decoder.cache.input_pos = pos
+    layer, x = decoder.hf_model.model.layers[0], torch.randn(1, 1, config.hidden_size, device=device)
+    kwargs = {
+        "attention_mask": decoder.masks(pos),
+        "position_embeddings": decoder.hf_model.model.rotary_emb(x, pos[None]),
+        "position_ids": pos[None],
+        decoder.cache_kwarg: decoder.cache,
+    }
 
     @torch.inference_mode()
     def step():
-        mask = positions[None, :] <= pos[:, None]
-        return block(x, cos[:1], sin[:1], mask, pos)
+        return layer(x, **kwargs)
 
     return step
 

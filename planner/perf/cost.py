@@ -90,12 +90,10 @@ def head_time_s(
 def forward_latency_s(
     spec: ModelSpec, profile: HardwareProfile, *, layers: int | None = None, new_tokens: int = 1,
     context: int = 2048, batch_size: int = 1, quant: str = "none", execution: Execution | None = None,
-    with_head: bool = True,
 ) -> float:
     """One forward of `layers` decoder layers (default: all) over `new_tokens` tokens."""
     layers = spec.num_layers if layers is None else layers
     kw = dict(batch_size=batch_size, quant=quant, execution=execution)
-    total = layers * layer_time_s(spec, profile, new_tokens=new_tokens, context=context, **kw)
-    if with_head:
-        total += head_time_s(spec, profile, new_tokens=new_tokens, **kw)
-    return total
+    return layers * layer_time_s(spec, profile, new_tokens=new_tokens, context=context, **kw) + head_time_s(
+        spec, profile, new_tokens=new_tokens, **kw
+    )

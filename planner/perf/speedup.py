@@ -6,7 +6,7 @@
 Drafting per method (T(n, layers) from planner.perf.cost):
     layer_skip    gamma x T(1, kept)           sequential self-drafting
     s3d           T(gamma, kept)               one forward of [token, mask x (gamma-1)]
-    early_exit    gamma x T(1, first E)        verify: T(gamma+1, last L-E) + lower layers
+    early_exit    gamma x T(1, first E)        verify: T(gamma+1, all)
                                                for the last draft token only (the runtime
                                                reuses the draft's lower-layer states)
     draft_model   gamma x T_draft(1)
@@ -53,9 +53,7 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
     if d.method == "s3d":
         return T(layers=kept, new_tokens=d.gamma), verify
     if d.method == "early_exit":
-        upper = spec.num_layers - d.exit_layer
-        lower_last = T(layers=d.exit_layer, new_tokens=1, with_head=False)
-        return d.gamma * T(layers=d.exit_layer, new_tokens=1), T(layers=upper, new_tokens=d.gamma + 1) + lower_last
+        return d.gamma * T(layers=d.exit_layer, new_tokens=1), verify
     if d.method == "draft_model":
         if draft_spec is None:
             raise InputError("method draft_model needs a draft model (--draft-model NAME)")

@@ -56,6 +56,18 @@ class Autoregressive(Drafter):
     """Plain decoding: no draft, the verify forward is the one-token decode step."""
 
 
+def draft_sequentially(model, layers, state: DecodeState, gamma: int):
+    """gamma tokens from `model` (a Target) through `layers` (None: all), one forward per
+    token, after the pending one; with their probabilities when sampling."""
+    token, tokens, probs = state.pending, [], []
+    for i in range(gamma):
+        logits = model.step(token[None], model.positions(state.pos + i, 1), layers)[0]
+        token, p = pick(logits, state.temperature, state.generator)
+        tokens.append(token)
+        probs.append(p)
+    return torch.cat(tokens), None if probs[0] is None else torch.cat(probs)
+
+
 class LayerSkip(Drafter):
     """Sequential self-drafting: the target with `skip_layers` left out, one token a step."""
 
@@ -65,43 +77,17 @@ class LayerSkip(Drafter):
         self.target = target
 
     def propose(self, state: DecodeState):
-        token, tokens, probs = state.pending, [], []
-        for i in range(self.gamma):
-            logits = self.target.step(token[None], self.target.positions(state.pos + i, 1), self.kept)[0]
-            token, p = pick(logits, state.temperature, state.generator)
-            tokens.append(token)
-            probs.append(p)
-        return torch.cat(tokens), None if probs[0] is None else torch.cat(probs)
+        return draft_sequentially(self.target, self.kept, state, self.gamma)
 
 
-class EarlyExit(Drafter):
-    """Draft from the first `exit_layer` layers (then the final norm and LM head). Verify
-    reuses the draft's hidden states at the exit layer for the drafted positions, so only
-    the last draft token runs the lower layers and every token runs the upper ones."""
+class EarlyExit(LayerSkip):
+    """Draft from the first `exit_layer` layers (then the final norm and LM head), one
+    token a step. The verify forward runs every layer over all gamma + 1 tokens: on
+    bandwidth-bound hardware that reads the weights once, as a one-token step does, and
+    it rewrites the lower layers' cache slots with the values the draft wrote."""
 
     def __init__(self, target, gamma: int, exit_layer: int):
-        self.gamma = gamma
-        self.lower = tuple(range(exit_layer))
-        self.upper = tuple(range(exit_layer, target.num_layers))
-        self.target = target
-        self.hidden: list[torch.Tensor] = []
-
-    def propose(self, state: DecodeState):
-        target, token, tokens, probs, self.hidden = self.target, state.pending, [], [], []
-        for i in range(self.gamma):
-            h = target.step(token[None], target.positions(state.pos + i, 1), self.lower, head=False)
-            self.hidden.append(h.clone())  # (1, 1, hidden); cloned: graph outputs are reused buffers
-            logits = target.step(h, target.positions(state.pos + i, 1), (), head=True)[0]
-            token, p = pick(logits, state.temperature, state.generator)
-            tokens.append(token)
-            probs.append(p)
-        return torch.cat(tokens), None if probs[0] is None else torch.cat(probs)
-
-    def verify(self, target, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        last_pos = target.positions(pos + self.gamma, 1)
-        last = target.step(tokens[None, -1:], last_pos, self.lower, head=False)  # (1, 1, hidden)
-        h = torch.cat(self.hidden + [last], dim=1)  # (1, gamma+1, hidden) at the exit layer
-        return target.step(h, target.positions(pos, self.gamma + 1), self.upper)[0]
+        super().__init__(target, gamma, range(exit_layer, target.num_layers))
 
 
 class S3D(Drafter):
@@ -133,13 +119,7 @@ class DraftModel(Drafter):
         self.draft.prefill(prompt[None], self.draft.positions(0, prompt.shape[0]))
 
     def propose(self, state: DecodeState):
-        token, tokens, probs = state.pending, [], []
-        for i in range(self.gamma):
-            logits = self.draft.step(token[None], self.draft.positions(state.pos + i, 1))[0]
-            token, p = pick(logits, state.temperature, state.generator)
-            tokens.append(token)
-            probs.append(p)
-        return torch.cat(tokens), None if probs[0] is None else torch.cat(probs)
+        return draft_sequentially(self.draft, None, state, self.gamma)
 
     def accepted(self, state: DecodeState, verified: torch.Tensor, n_accepted: int) -> None:
         if n_accepted == self.gamma:

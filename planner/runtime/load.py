@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from planner.errors import DeviceError, InputError, NotFoundError
-from planner.runtime.model import Decoder, decoder_config, decoder_from_hf, rope_tables
+from planner.runtime.model import Decoder, causal_lm_class, check_runnable
 
 RECOMPILE_LIMIT = 64  # compiled step graphs per process (dynamo's default is 8)
 
@@ -28,20 +28,20 @@ class Target:
 
     def __post_init__(self):
         if self.compiled:
-            # Each (tokens, layer subset, head) of a step is its own graph, and autotune decodes
+            # Each (tokens, layer subset) of a step is its own graph, and autotune decodes
             # with a dozen set-ups in one process; past dynamo's recompile limit (8) a
             # fullgraph compile fails hard instead of falling back.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self._step = torch.compile(self.decoder, mode="reduce-overhead", fullgraph=True) if self.compiled else self.decoder
-        self._all = tuple(range(self.decoder.cfg.num_layers))
+        self._all = tuple(range(self.decoder.num_layers))
 
     @property
     def num_layers(self) -> int:
-        return self.decoder.cfg.num_layers
+        return self.decoder.num_layers
 
     @property
     def vocab_size(self) -> int:
-        return self.decoder.cfg.vocab_size
+        return self.decoder.vocab_size
 
     def positions(self, start: int, count: int) -> torch.Tensor:
         return self.decoder.positions[start : start + count]
@@ -51,11 +51,13 @@ class Target:
         return self.decoder(tokens, input_pos, self._all)
 
     @torch.inference_mode()
-    def step(self, x: torch.Tensor, input_pos: torch.Tensor, layers=None, head: bool = True) -> torch.Tensor:
-        """Logits (B, T, V), or hidden states when head=False, of layers `layers` (all by default)."""
+    def step(self, x: torch.Tensor, input_pos: torch.Tensor, layers=None) -> torch.Tensor:
+        """Logits (B, T, V) of tokens x (B, T) at input_pos (T,) through `layers` (all by default)."""
+        layers = self._all if layers is None else tuple(layers)
+        self.decoder.view(layers)  # built outside the compiled region, once per subset
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._step(x, input_pos, self._all if layers is None else layers, head=head)
+        out = self._step(x, input_pos, layers)
         return out.clone() if self.compiled else out  # graph outputs are overwritten by the next replay
 
 
@@ -85,8 +87,10 @@ def read_hf_config(source: str):
 
 
 def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, quant: str = "none") -> Target:
-    """Load a checkpoint (local directory or hub id) as a runtime Target with its KV cache."""
-    from transformers import AutoModelForCausalLM
+    """Load a checkpoint (local directory or hub id) as a runtime Target with its KV cache.
+
+    Raises InputError for an architecture the runtime cannot decode or weights that do not
+    load, MissingDependencyError when `quant` needs a backend that is not installed."""
     from transformers.utils import logging as hf_logging
 
     from planner.runtime.quantize import quantize
@@ -94,30 +98,29 @@ def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=No
     hf_logging.disable_progress_bar()  # stdout/stderr carry the streamed text and one-line errors
 
     hf_config = read_hf_config(source)
-    decoder_config(hf_config)  # refuse unsupported architectures before loading weights
+    check_runnable(hf_config)  # refuse unsupported architectures before loading weights
     dtype = dtype or default_dtype(device)
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        hf_model = causal_lm_class(hf_config).from_pretrained(source, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot load weights from '{source}': {str(exc).splitlines()[0]}") from None
-    decoder = decoder_from_hf(hf_model).to(device)  # loaded on the host: no `accelerate` needed
-    del hf_model
-    quantize(decoder, quant)
-    return _with_cache(decoder, hf_config, device, max_seq_len, compiled)
+    hf_model = hf_model.to(device)  # loaded on the host: no `accelerate` needed
+    quantize(hf_model, quant)
+    return _target(hf_model, hf_config, device, max_seq_len, compiled)
 
 
 def random_target(hf_config, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, seed: int = 0) -> Target:
-    """A Target with random weights in the config's shape, for timing without a checkpoint."""
+    """A Target with random weights (normal, std 0.02) in the config's shape, for timing
+    without a checkpoint. Raises InputError for an architecture the runtime cannot decode."""
+    check_runnable(hf_config)
     torch.manual_seed(seed)
     with torch.device(device):
-        decoder = Decoder(decoder_config(hf_config)).to(dtype or default_dtype(device))
-    for p in decoder.parameters():
+        hf_model = causal_lm_class(hf_config)._from_config(hf_config, dtype=dtype or default_dtype(device))
+    for p in hf_model.parameters():
         p.data.normal_(0.0, 0.02)
-    return _with_cache(decoder.eval().requires_grad_(False), hf_config, device, max_seq_len, compiled)
+    return _target(hf_model, hf_config, device, max_seq_len, compiled)
 
 
-def _with_cache(decoder: Decoder, hf_config, device, max_seq_len: int, compiled) -> Target:
-    cos, sin = rope_tables(hf_config, max_seq_len)
-    decoder.setup_cache(max_seq_len, cos, sin)
+def _target(hf_model, hf_config, device, max_seq_len: int, compiled) -> Target:
     compiled = device.type == "cuda" if compiled is None else compiled
-    return Target(decoder, hf_config, device, compiled)
+    return Target(Decoder(hf_model, max_seq_len), hf_config, device, compiled)

@@ -1,276 +1,181 @@
-"""A compact decoder: the model and nothing else.
+"""The checkpoint's own transformers modules, driven by the runtime's cache and layer subsets.
 
-Built from a Hugging Face config and state_dict for llama, mistral, qwen2 (qkv bias),
-phi3 (fused qkv/gate_up) and gemma (scaled embedding, RMSNorm (1 + w), gelu-tanh MLP).
-`forward(tokens, input_pos, layers)` runs any subset of the decoder layers (a skip set, the
-first E layers) then the final norm and LM head. Each layer's KV cache is a preallocated
-(B, H_kv, S_max, D) buffer written at `input_pos`; attention masks by position, so rejected
-draft tokens need no clean-up: their slots are simply overwritten later.
+`Decoder` wraps a loaded transformers causal LM. `decoder(tokens, input_pos, layers)` runs
+the model's own forward (its embeddings and their scaling, rotary tables, decoder layers,
+final norm, LM head and logit scaling or soft-capping) over any ascending subset of the
+decoder layers: a skip set, the first E layers, all of them. A subset is a *view*: a
+shallow copy of the model whose layer list holds only those layers (the same modules, no
+weight copied), built once per subset. So every architecture transformers runs is run the
+same way, and a step over all layers computes exactly what plain decoding of the
+checkpoint computes.
+
+The KV cache is preallocated per layer, (B, H_kv, S_max, D), and written at `input_pos`
+(transformers' cache interface: each attention calls `cache.update(k, v, layer_idx)`).
+The attention mask is built from positions, so rejected draft tokens need no clean-up:
+their slots are simply overwritten later.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import inspect
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from planner.errors import InputError
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "phi3", "gemma")
+ATTENTION_TYPES = ("full_attention", "sliding_attention")
 
 
-@dataclass(frozen=True)
-class DecoderConfig:
-    architecture: str
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    rms_eps: float
-    qkv_bias: bool = False
-    gelu_mlp: bool = False  # gemma: gelu(tanh) gate instead of silu
-    gemma_norm: bool = False  # gemma: RMSNorm scales by (1 + w) and embeddings by sqrt(hidden)
-    tie_embeddings: bool = False
-    attention_scale: float = 0.0  # 0: head_dim ** -0.5
-    sliding_windows: tuple[int | None, ...] = ()  # per layer; empty: full attention everywhere
+class PositionCache:
+    """transformers' KV-cache interface over preallocated (B, H_kv, S_max, D) buffers per
+    layer, written in place at `input_pos` (set before each forward). Buffers are allocated
+    at the first write of each layer (the prefill, which runs every layer), so their head
+    count and width are whatever the architecture's attention produces."""
 
+    is_compileable = True
 
-def decoder_config(hf_config) -> DecoderConfig:
-    """The decoder's shape from a transformers config, or InputError for other architectures."""
-    arch = hf_config.model_type
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise InputError(f"model type '{arch}' is not supported by the runtime (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-    scalar = getattr(hf_config, "query_pre_attn_scalar", None)
-    return DecoderConfig(
-        architecture=arch,
-        num_layers=hf_config.num_hidden_layers,
-        hidden_size=hf_config.hidden_size,
-        intermediate_size=hf_config.intermediate_size,
-        num_heads=hf_config.num_attention_heads,
-        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads,
-        head_dim=head_dim,
-        vocab_size=hf_config.vocab_size,
-        rms_eps=hf_config.rms_norm_eps,
-        qkv_bias=arch == "qwen2" or bool(getattr(hf_config, "attention_bias", False)),
-        gelu_mlp=arch == "gemma",
-        gemma_norm=arch == "gemma",
-        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-        attention_scale=scalar ** -0.5 if scalar else 0.0,
-        sliding_windows=_sliding_windows(hf_config),
-    )
-
-
-def _sliding_windows(hf_config) -> tuple[int | None, ...]:
-    window = getattr(hf_config, "sliding_window", None)
-    layer_types = getattr(hf_config, "layer_types", None)
-    if layer_types is not None:
-        return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
-    return (window,) * hf_config.num_hidden_layers if window else ()
-
-
-def rope_tables(hf_config, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) of shape (max_seq_len, rotary_dim), computed with transformers' own RoPE
-    initialisers so scaled variants (llama3, yarn, linear) match the checkpoint exactly."""
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    params = dict(getattr(hf_config, "rope_parameters", None) or {})
-    rope_type = params.get("rope_type", "default")
-    if rope_type == "dynamic":
-        raise InputError("dynamic RoPE scaling is not supported by the runtime (its tables change with length)")
-    if rope_type == "default":
-        head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-        dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
-        inv_freq = 1.0 / (params["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
-        scaling = 1.0
-    else:
-        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu")
-    freqs = torch.arange(max_seq_len, dtype=torch.float)[:, None] * inv_freq.float()[None, :]
-    angles = torch.cat((freqs, freqs), dim=-1)  # (S, rotary_dim), HF's rotate-half layout
-    return angles.cos() * scaling, angles.sin() * scaling
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, gemma: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-        self.gemma = gemma
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.gemma:  # gemma scales in fp32 by (1 + w) before the cast back
-            return (normed * (1.0 + self.weight.float())).type_as(x)
-        return self.weight * normed.type_as(x)
-
-
-class KVCache(nn.Module):
-    def __init__(self, batch: int, kv_heads: int, max_seq_len: int, head_dim: int, dtype, device):
-        super().__init__()
-        shape = (batch, kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        self.k.index_copy_(2, input_pos, k)  # (B, H_kv, T, D) into slots input_pos
-        self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    rot = cos.shape[-1]  # partial rotary (phi3): only the first `rot` dims turn
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    half = x_rot.shape[-1] // 2
-    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        self.cfg = cfg
-        q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.hidden_size, q_dim + 2 * kv_dim, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(q_dim, cfg.hidden_size, bias=False)
-        self.cache: KVCache | None = None
-
-    def forward(self, x, cos, sin, mask, input_pos):
-        cfg = self.cfg
-        B, T, _ = x.shape
-        q_dim, kv_dim = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        q, k, v = self.wqkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, cfg.num_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        k, v = self.cache.update(input_pos, k, v)  # (B, H_kv, S_max, D)
-        scale = cfg.attention_scale or None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-        return self.wo(out.transpose(1, 2).reshape(B, T, q_dim))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        self.w13 = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)  # [gate; up]
-        self.w2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.gelu = cfg.gelu_mlp
-
-    def forward(self, x):
-        gate, up = self.w13(x).chunk(2, dim=-1)
-        act = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
-        return self.w2(act * up)
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: DecoderConfig, window: int | None):
-        super().__init__()
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, cfg.gemma_norm)
-        self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, cfg.gemma_norm)
-        self.mlp = MLP(cfg)
-        self.window = window
-
-    def forward(self, x, cos, sin, mask, input_pos):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, input_pos)
-        return x + self.mlp(self.mlp_norm(x))
-
-
-class Decoder(nn.Module):
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        self.cfg = cfg
-        windows = cfg.sliding_windows or (None,) * cfg.num_layers
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg, windows[i]) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, cfg.gemma_norm)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-        self.max_seq_len = 0
-
-    def setup_cache(self, max_seq_len: int, cos: torch.Tensor, sin: torch.Tensor, batch: int = 1) -> None:
-        """Allocate every layer's KV cache once; rope tables cover the same positions."""
-        cfg, weight = self.cfg, self.lm_head.weight
-        dtype = self.embed.weight.dtype
-        for layer in self.layers:
-            layer.attn.cache = KVCache(batch, cfg.num_kv_heads, max_seq_len, cfg.head_dim, dtype, weight.device)
-        self.register_buffer("cos", cos[:max_seq_len].to(weight.device, dtype), persistent=False)
-        self.register_buffer("sin", sin[:max_seq_len].to(weight.device, dtype), persistent=False)
-        self.register_buffer("positions", torch.arange(max_seq_len, device=weight.device), persistent=False)
+    def __init__(self, num_layers: int, max_seq_len: int):
         self.max_seq_len = max_seq_len
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.input_pos: torch.Tensor | None = None  # (T,) positions of this forward's tokens
 
-    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.embed(tokens)  # (B, T, hidden)
-        if self.cfg.gemma_norm:
-            h = h * torch.tensor(self.cfg.hidden_size ** 0.5, dtype=h.dtype)
-        return h
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Write k, v (B, H_kv, T, D) at input_pos; return the whole (B, H_kv, S_max, D) buffers."""
+        if self.keys[layer_idx] is None:
+            self.keys[layer_idx] = self._buffer(key_states)
+            self.values[layer_idx] = self._buffer(value_states)
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys.index_copy_(2, self.input_pos, key_states.to(keys.dtype))
+        values.index_copy_(2, self.input_pos, value_states.to(values.dtype))
+        return keys, values
 
-    def run_layers(self, h: torch.Tensor, input_pos: torch.Tensor, layers) -> torch.Tensor:
-        """Decoder layers `layers` (indices, ascending) over h at positions input_pos (T,)."""
-        cos, sin = self.cos[input_pos], self.sin[input_pos]  # (T, rotary_dim)
-        causal = self.positions[None, :] <= input_pos[:, None]  # (T, S_max): key j visible to query i
-        masks = {}
-        for i in layers:
-            block = self.layers[i]
-            if block.window not in masks:
-                window_ok = input_pos[:, None] - self.positions[None, :] < (block.window or self.max_seq_len)
-                masks[block.window] = causal & window_ok
-            h = block(h, cos, sin, masks[block.window], input_pos)
-        return h
+    def _buffer(self, states: torch.Tensor) -> torch.Tensor:
+        batch, heads, _, width = states.shape
+        buffer = torch.zeros(batch, heads, self.max_seq_len, width, dtype=states.dtype, device=states.device)
+        torch._dynamo.mark_static_address(buffer)  # graphs replay on the same storage
+        return buffer
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(h)).float()  # (B, T, vocab)
-
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, layers=None, head: bool = True) -> torch.Tensor:
-        """x: token ids (B, T), or hidden states (B, T, hidden) to continue from (early exit).
-        Returns logits (B, T, V), or the hidden states after `layers` when head=False."""
-        layers = range(self.cfg.num_layers) if layers is None else layers
-        h = self.embed_tokens(x) if x.dtype == torch.long else x
-        h = self.run_layers(h, input_pos, layers)
-        return self.head(h) if head else h
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        # Models ask this only to derive positions when none are given; the runtime always gives them.
+        return 0
 
 
-def _layer_tensors(sd: dict, arch: str, i: int) -> dict:
-    """Pop layer i's HF tensors from sd as this decoder's fused names (frees them as it goes)."""
-    p = f"model.layers.{i}."
-    out = {
-        f"layers.{i}.attn_norm.weight": sd.pop(p + "input_layernorm.weight"),
-        f"layers.{i}.mlp_norm.weight": sd.pop(p + "post_attention_layernorm.weight"),
-        f"layers.{i}.attn.wo.weight": sd.pop(p + "self_attn.o_proj.weight"),
-        f"layers.{i}.mlp.w2.weight": sd.pop(p + "mlp.down_proj.weight"),
-    }
-    if arch == "phi3":  # already fused, in the same [q; k; v] and [gate; up] order
-        out[f"layers.{i}.attn.wqkv.weight"] = sd.pop(p + "self_attn.qkv_proj.weight")
-        out[f"layers.{i}.mlp.w13.weight"] = sd.pop(p + "mlp.gate_up_proj.weight")
-        return out
-    for kind in ("weight", "bias"):
-        names = [p + f"self_attn.{x}_proj.{kind}" for x in "qkv"]
-        if names[0] in sd:
-            out[f"layers.{i}.attn.wqkv.{kind}"] = torch.cat([sd.pop(n) for n in names])
-    out[f"layers.{i}.mlp.w13.weight"] = torch.cat([sd.pop(p + "mlp.gate_proj.weight"), sd.pop(p + "mlp.up_proj.weight")])
+def causal_lm_class(hf_config):
+    """The transformers causal-LM class for this config, or InputError naming its model_type."""
+    from transformers import AutoModelForCausalLM
+
+    model_type = getattr(hf_config, "model_type", "?")
+    try:
+        return AutoModelForCausalLM._model_mapping[type(hf_config)]
+    except KeyError:
+        raise InputError(f"model_type '{model_type}' is not a causal LM transformers can decode") from None
+
+
+def check_runnable(hf_config) -> None:
+    """InputError for configs the runtime cannot decode losslessly, before any weight loads."""
+    causal_lm_class(hf_config)
+    rope = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
+    if rope.get("rope_type", rope.get("type")) == "dynamic":
+        raise InputError("dynamic RoPE scaling is not supported by the runtime (its tables change with the length)")
+    if getattr(hf_config, "alibi", False):
+        raise InputError(f"model_type '{hf_config.model_type}' with ALiBi is not supported by the runtime")
+    unknown = set(getattr(hf_config, "layer_types", None) or ()) - set(ATTENTION_TYPES)
+    if unknown:
+        raise InputError(f"attention type {sorted(unknown)[0]!r} is not supported by the runtime")
+
+
+def _layer_list_path(hf_model, num_layers: int) -> tuple[str, ...]:
+    """Attribute path from the causal LM to its list of decoder layers (e.g. model.layers,
+    model.decoder.layers for OPT, transformer.h for Falcon): the shallowest ModuleList
+    with one entry per hidden layer."""
+    lists = [name for name, m in hf_model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers]
+    if not lists:
+        raise InputError(f"model_type '{hf_model.config.model_type}': no list of {num_layers} decoder layers found")
+    return tuple(min(lists, key=lambda name: name.count(".")).split("."))
+
+
+def _view(module: nn.Module, path: tuple[str, ...], layers: nn.ModuleList, config) -> nn.Module:
+    """A shallow copy of `module` whose submodule at `path` is `layers`; everything else
+    (weights included) is shared. Modules that hold the config get the view's config."""
+    out = copy.copy(module)
+    out._modules = dict(module._modules)
+    head, *rest = path
+    out._modules[head] = layers if not rest else _view(module._modules[head], tuple(rest), layers, config)
+    if "config" in module.__dict__:
+        out.config = config
     return out
 
 
-def decoder_from_hf(hf_model) -> Decoder:
-    """Convert a loaded transformers causal LM; the weights move over without a second copy
-    of the whole model (each layer is fused then its HF tensors are dropped)."""
-    cfg = decoder_config(hf_model.config)
-    sd = dict(hf_model.state_dict())
-    del hf_model
-    tensors = {"embed.weight": sd.pop("model.embed_tokens.weight"), "norm.weight": sd.pop("model.norm.weight")}
-    head = sd.pop("lm_head.weight", None)
-    tensors["lm_head.weight"] = tensors["embed.weight"] if cfg.tie_embeddings or head is None else head
-    for i in range(cfg.num_layers):
-        tensors.update(_layer_tensors(sd, cfg.architecture, i))
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    model.load_state_dict(tensors, assign=True, strict=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval().requires_grad_(False)
+class Decoder:
+    """A transformers causal LM with a position-indexed KV cache and layer-subset forwards.
+
+    `decoder(tokens, input_pos, layers)` -> logits (B, T, V) in fp32, for tokens (B, T) at
+    positions input_pos (T,), through decoder layers `layers` (ascending indices)."""
+
+    def __init__(self, hf_model: nn.Module, max_seq_len: int):
+        config = hf_model.config
+        check_runnable(config)
+        self.hf_model = hf_model.eval().requires_grad_(False)
+        self.num_layers = config.num_hidden_layers
+        self.vocab_size = config.get_text_config().vocab_size
+        self.max_seq_len = max_seq_len
+        self.device = next(hf_model.parameters()).device
+        self.dtype = next(hf_model.parameters()).dtype
+        self.cache = PositionCache(self.num_layers, max_seq_len)
+        self.positions = torch.arange(max_seq_len, device=self.device)
+        self._path = _layer_list_path(hf_model, self.num_layers)
+        self._all_layers = self._layers_at(hf_model)
+        self._views: dict[tuple[int, ...], nn.Module] = {tuple(range(self.num_layers)): hf_model}
+        # transformers 5 names the cache argument `cache`; earlier releases `past_key_values`
+        self.cache_kwarg = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+        self._layer_types = tuple(getattr(config, "layer_types", None) or ())
+        self._window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+
+    def _layers_at(self, module: nn.Module) -> nn.ModuleList:
+        for name in self._path:
+            module = getattr(module, name)
+        return module
+
+    def view(self, layers: tuple[int, ...]) -> nn.Module:
+        """The causal LM over decoder layers `layers`, built on first use."""
+        if layers not in self._views:
+            if not layers or list(layers) != sorted(set(layers)) or layers[-1] >= self.num_layers:
+                raise InputError(f"layer subset {layers} is not an ascending set of layers below {self.num_layers}")
+            config = copy.copy(self.hf_model.config)
+            if self._layer_types:  # some models index per-layer attention types by position in the list
+                config.layer_types = [self._layer_types[i] for i in layers]
+            subset = nn.ModuleList(self._all_layers[i] for i in layers)
+            self._views[layers] = _view(self.hf_model, self._path, subset, config)
+        return self._views[layers]
+
+    def masks(self, input_pos: torch.Tensor):
+        """Additive attention masks (1, 1, T, S_max) by position: 0 where query i may see key
+        j (j <= pos_i, and within the sliding window for windowed layers), -inf-like elsewhere.
+        A dict by attention type for models with per-layer types, else one tensor."""
+        query, key = input_pos[:, None], self.positions[None, :]
+        blocked = torch.finfo(self.dtype).min
+
+        def mask(window):
+            visible = key <= query
+            if window:
+                visible = visible & (query - key < window)
+            zeros = torch.zeros((), dtype=self.dtype, device=self.device)
+            return torch.where(visible, zeros, blocked)[None, None]  # (1, 1, T, S_max)
+
+        if self._layer_types:
+            return {kind: mask(self._window if kind == "sliding_attention" else None) for kind in ATTENTION_TYPES}
+        return mask(self._window)
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, layers: tuple[int, ...]) -> torch.Tensor:
+        self.cache.input_pos = input_pos
+        out = self.view(layers)(
+            input_ids=tokens,
+            attention_mask=self.masks(input_pos),
+            position_ids=input_pos[None].expand(tokens.shape[0], -1),
+            use_cache=True,
+            **{self.cache_kwarg: self.cache},
+        )
+        return out.logits.float()  # (B, T, V)

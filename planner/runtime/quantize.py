@@ -1,6 +1,6 @@
 """Weight-only int8 / int4 quantization of the decoder's linear layers through torchao.
 
-torchao swaps each nn.Linear's weight for a quantized tensor subclass; the decoder does
+torchao swaps each nn.Linear's weight for a quantized tensor subclass; the model does
 not know. A tied LM head stays unquantized: it is also the embedding table.
 """
 
@@ -21,8 +21,9 @@ def require_backend(quant: str) -> None:
         raise MissingDependencyError(f"{quant} needs torchao: pip install 'specplan[quant]'") from None
 
 
-def quantize(decoder, quant: str) -> None:
-    """Quantize `decoder` in place: quant is 'none', 'int8' or 'int4'."""
+def quantize(model, quant: str) -> None:
+    """Quantize the linear layers of `model` (a torch module) in place: quant is 'none',
+    'int8' or 'int4'. Raises MissingDependencyError when torchao or its kernel is missing."""
     if quant == "none":
         return
     require_backend(quant)
@@ -30,13 +31,14 @@ def quantize(decoder, quant: str) -> None:
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
     config = Int8WeightOnlyConfig() if quant == "int8" else Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE)
-    tied = decoder.cfg.tie_embeddings
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and head.weight is embedding.weight
 
     def is_quantized(module, fqn: str) -> bool:
         return isinstance(module, nn.Linear) and not (tied and fqn == "lm_head")
 
     try:
-        quantize_(decoder, config, filter_fn=is_quantized)
+        quantize_(model, config, filter_fn=is_quantized)
     except (ImportError, NotImplementedError, RuntimeError) as exc:
         # e.g. torchao's int4 layout needs a kernel package or a GPU this machine lacks
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -150,7 +150,9 @@ def _entry(config: dict, name: str) -> dict:
     table = _table()
     if model_type in table["architectures"]:
         return table["architectures"][model_type]
-    what = table["not_decoder_only"].get(model_type) or ("an encoder-decoder" if config.get("is_encoder_decoder") else None)
+    what = table["not_decoder_only"].get(model_type)
+    if what is None and config.get("is_encoder_decoder"):
+        what = "an encoder-decoder"
     if what:
         raise InputError(f"{name}: model_type '{model_type}' is not a decoder-only causal LM ({what})")
     known = known_architectures()
@@ -161,7 +163,8 @@ def _entry(config: dict, name: str) -> dict:
 def _mlp(prefix: str, width: int, slots: dict, *, expert: bool = False) -> tuple[Linear, ...]:
     h, bias = slots["hidden_size"], slots["mlp_bias"]
     inputs = ("gate", "up") if slots["gated_mlp"] else ("up",)
-    return tuple(Linear(prefix + n, h, width, bias, expert) for n in inputs) + (Linear(prefix + "down", width, h, bias, expert),)
+    down = Linear(prefix + "down", width, h, bias, expert)
+    return tuple(Linear(prefix + n, h, width, bias, expert) for n in inputs) + (down,)
 
 
 def _layer_linears(slots: dict) -> tuple[Linear, ...]:
@@ -202,7 +205,9 @@ def _check_layers_alike(entry: dict, fields: _ConfigFields) -> None:
 def _check_experts(slots: dict, fields: _ConfigFields) -> None:
     experts, per_token = slots["num_experts"], slots["num_experts_per_tok"]
     if per_token > experts:
-        raise InputError(f"{fields.name}: config field 'num_experts_per_tok' ({per_token}) exceeds the {experts} experts")
+        raise InputError(
+            f"{fields.name}: config field 'num_experts_per_tok' ({per_token}) exceeds the {experts} experts"
+        )
 
 
 def layout_from_config(config: dict, name: str) -> dict:

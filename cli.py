@@ -6,6 +6,7 @@ printed as one line on stderr with exit code 2 for bad input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -122,7 +123,8 @@ def models(as_json):
 
     specs = [load_model_spec(n) for n in shipped_model_names()]
     if as_json:
-        click.echo(json.dumps([dict(vars(s), param_count=s.param_count, hf_id=load_card(s.name)["hf_id"]) for s in specs], indent=2))
+        click.echo(json.dumps([dict(dataclasses.asdict(s), param_count=s.param_count, active_param_count=s.active_param_count,
+                                     hf_id=load_card(s.name)["hf_id"]) for s in specs], indent=2))
         return
     rows = [[s.name, s.architecture, s.num_layers, s.hidden_size, f"{s.param_count / 1e9:.2f}",
              f"{s.weight_bytes('none') / 2**30:.1f}", f"{s.weight_bytes('int4') / 2**30:.1f}", s.tokenizer_family]

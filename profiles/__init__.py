@@ -1,1 +1,2 @@
-"""Shipped data: GPU profiles (gpus/*.yaml) and model cards (models/*.yaml)."""
+"""Shipped data: GPU profiles (gpus/*.yaml), model cards (models/*.yaml) and the weight layout of
+each model_type (architectures.yaml)."""

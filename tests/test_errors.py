@@ -58,7 +58,7 @@ def test_model_dir_without_config_and_bad_config(tmp_path, capsys):
     assert code == 2 and "no config.json in this directory" in one_error_line(err)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     code, _, err = run_main(["predict", "--model", str(tmp_path), "--gpu", "a10g", "--method", "autoregressive"], capsys)
-    assert code == 2 and "model_type 'bert' is not supported" in one_error_line(err)
+    assert code == 2 and "model_type 'bert' is not a decoder-only causal LM" in one_error_line(err)
 
 
 def test_yaml_syntax_error_gives_line(tmp_path, capsys):

@@ -15,6 +15,7 @@ from planner.perf import (
     tokens_per_iteration, vram_bytes,
 )
 from planner.perf.acceptance import Prior
+from planner.perf.cost import expected_experts_read, layer_time_s, layer_weight_read_bytes
 from planner.plan import Decoding
 
 # A round-number device: 1000 GB/s effective, 100 TFLOP/s effective, 1 us per kernel.
@@ -37,7 +38,8 @@ def test_perf_imports_without_torch():
 def test_one_token_forward_is_weight_bytes_over_bandwidth_plus_kernels(llama8b):
     t = forward_latency_s(llama8b, TOY, new_tokens=1, context=0, execution=GRAPH)
     layer_bytes = llama8b.layer_bytes("none") + llama8b.kv_bytes_per_token_per_layer()  # the new token's KV write
-    expected = 32 * (layer_bytes / 1e12 + 8e-6) + llama8b.lm_head_bytes() / 1e12 + 3e-6
+    head_bytes = llama8b.lm_head_bytes() + 4096 * 2  # the LM head and the final norm
+    expected = 32 * (layer_bytes / 1e12 + 8e-6) + head_bytes / 1e12 + 3e-6
     assert t == pytest.approx(expected, rel=1e-9)
 
 
@@ -152,3 +154,38 @@ def test_draft_model_prior_falls_with_the_size_gap(llama8b):
     far = predict(load_model_spec("llama-3.1-70b"), TOY, d, draft_spec=small).acceptance
     assert 0.7 < far < near < 0.9
     assert predict(llama8b, TOY, d, draft_spec=tiny).acceptance < near
+
+
+# ---------------------------------------------------------------- mixture of experts (issue 12)
+# A small Mixtral: hidden 64, 4 heads and 2 KV heads of 16, 8 experts of width 96, 2 per token,
+# 3 layers, vocabulary 100. Per layer: attention 64x64 x 2 + 64x32 x 2 = 12288, router 64x8 = 512,
+# norms 2 x 64 = 128, one expert 3 x 64 x 96 = 18432 parameters.
+MOE_CONFIG = dict(model_type="mixtral", num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=100, num_local_experts=8, num_experts_per_tok=2)
+
+
+def test_expected_experts_read_by_hand():
+    assert expected_experts_read(8, 2, tokens=1) == 2  # one token reads its own k
+    assert expected_experts_read(8, 2, tokens=2) == pytest.approx(8 * (1 - 0.75**2))  # 3.5
+    assert expected_experts_read(8, 8, tokens=3) == 8
+    assert 7.99 < expected_experts_read(8, 2, tokens=64) < 8  # never more than there are
+    assert expected_experts_read(0, 0, tokens=5) == 0  # a dense model
+
+
+def test_moe_forward_reads_the_routed_experts_and_memory_holds_all():
+    from planner.models import spec_from_hf_config
+
+    moe = spec_from_hf_config(MOE_CONFIG, "tiny-mixtral")
+    dense_bytes, expert_bytes, kv_bytes = 2 * (12288 + 512 + 128), 2 * 18432, 2 * 2 * 16 * 2
+    one = layer_time_s(moe, TOY, new_tokens=1, context=0, execution=GRAPH)
+    assert one == pytest.approx((dense_bytes + 2 * expert_bytes + kv_bytes) / 1e12 + 8e-6, rel=1e-12)
+    two = layer_time_s(moe, TOY, new_tokens=1, context=0, batch_size=2, execution=GRAPH)  # 3.5 experts read
+    assert two == pytest.approx((dense_bytes + 3.5 * expert_bytes + 2 * kv_bytes) / 1e12 + 8e-6, rel=1e-12)
+    held = 3 * (12288 + 512 + 8 * 18432 + 128) + 2 * 100 * 64 + 64  # layers, embedding and head, final norm
+    assert moe.param_count == held
+    parts = vram_bytes(moe, TOY, method="autoregressive", gamma=0, quant="none", context=0)
+    assert parts["weights"] == 2 * held
+
+
+def test_dense_forward_reads_the_whole_layer_whatever_the_tokens(llama8b):
+    assert layer_weight_read_bytes(llama8b, tokens=64, quant="int4") == llama8b.layer_bytes("int4")

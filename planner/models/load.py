@@ -7,24 +7,12 @@ import json
 from pathlib import Path
 
 from planner.errors import InputError, NotFoundError
+from planner.models.architectures import layout_from_config
 from planner.models.cards import load_card, read_card
 from planner.models.spec import ModelSpec
 
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "phi3", "gemma", "gemma2")
 # config.json's torch_dtype (transformers 5 writes `dtype`) in the short names used everywhere else
 _DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
-
-
-def _field(config: dict, key: str, name: str, required: bool = True) -> int | None:
-    """A positive integer field of the config; None when optional and absent."""
-    value = config.get(key)
-    if value is None:
-        if required:
-            raise InputError(f"{name}: config has no '{key}'")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InputError(f"{name}: config field '{key}' must be a positive integer, got {value!r}")
-    return value
 
 
 def _checkpoint_dtype(config: dict, name: str) -> str:
@@ -35,32 +23,15 @@ def _checkpoint_dtype(config: dict, name: str) -> str:
 
 
 def spec_from_hf_config(config: dict, name: str) -> ModelSpec:
-    """ModelSpec from the fields of a Hugging Face config.json.
+    """ModelSpec from the fields of a Hugging Face config.json (no weights).
 
-    Phi-3 fuses q/k/v and gate/up into single matrices: the same weights, so the same
-    counts. Gemma ties its embeddings by default and takes head_dim from the config.
-    """
-    model_type = config.get("model_type", "")
-    if model_type not in SUPPORTED_TYPES:
-        raise InputError(
-            f"{name}: model_type '{model_type}' is not supported (supported: {', '.join(SUPPORTED_TYPES)})"
-        )
-    hidden = _field(config, "hidden_size", name)
-    heads = _field(config, "num_attention_heads", name)
+    Each model_type's layout is data, profiles/architectures.yaml, read by
+    planner.models.architectures.layout_from_config. Raises InputError (one line) naming the
+    model_type when it is not a decoder-only causal LM or not known, and naming the field when
+    one is missing or bad (see layout_from_config)."""
     return ModelSpec(
         name=name,
-        architecture=model_type,
-        num_layers=_field(config, "num_hidden_layers", name),
-        hidden_size=hidden,
-        intermediate_size=_field(config, "intermediate_size", name),
-        num_heads=heads,
-        num_kv_heads=_field(config, "num_key_value_heads", name, required=False) or heads,
-        head_dim=_field(config, "head_dim", name, required=False) or hidden // heads,
-        vocab_size=_field(config, "vocab_size", name),
-        tie_embeddings=bool(config.get("tie_word_embeddings", model_type.startswith("gemma"))),
-        max_position_embeddings=_field(config, "max_position_embeddings", name, required=False) or 4096,
-        qkv_bias=model_type == "qwen2",
-        norms_per_layer=4 if model_type == "gemma2" else 2,
+        **layout_from_config(config, name),
         tokenizer_family=config.get("tokenizer_family", ""),
         checkpoint_dtype=_checkpoint_dtype(config, name),
     )

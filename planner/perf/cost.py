@@ -3,10 +3,13 @@
     T(n, layers) = layers * [max(bytes / BW_eff, flops / C_eff) + k_layer * t_kernel]
                  + max(head_bytes / BW_eff, head_flops / C_eff) + k_head * t_kernel
 
-bytes = weight bytes at the quantization (times the profile's measured slowdown of
+bytes = weight bytes read at the quantization (times the profile's measured slowdown of
 weight-only kernels) + the KV cache read at context S (+ written for the n new tokens),
-for every sequence of the batch; flops = 2 x linear params x n + attention 4 x n x S x
-heads x head_dim, per sequence. BW_eff and C_eff are the profile's peak x efficiency.
+for every sequence of the batch; flops = 2 x linear params a token runs through x n +
+attention 4 x n x S x heads x head_dim, per sequence. BW_eff and C_eff are the profile's
+peak x efficiency. A mixture-of-experts layer reads its attention, router and shared expert
+whatever the routing, and only the experts its B x n tokens are routed to
+(`expected_experts_read`); its memory holds them all (planner.perf.memory).
 Launch overhead is what keeps eager decoding of small models flat in n; t_kernel is the
 profile's eager or CUDA-graph per-kernel cost.
 """
@@ -56,13 +59,38 @@ def _weight_read_bytes(weight_bytes: float, quant: str, profile: HardwareProfile
     return weight_bytes * (profile.quant_slowdown.get(quant, 1.0) if quant != "none" else 1.0)
 
 
+def expected_experts_read(num_experts: int, experts_per_token: int, tokens: int) -> float:
+    """Expected distinct experts of one MoE layer that a forward over `tokens` tokens reads.
+
+        E_read = E x (1 - (1 - k/E)^tokens)      (0 <= E_read <= E; k for one token)
+
+    Assumption: every token picks its k of the E experts uniformly and independently of the
+    other tokens, so an expert escapes one token with probability C(E-1, k)/C(E, k) = 1 - k/E
+    and all of them with (1 - k/E)^tokens; the expected number read is E times one minus that
+    (linearity of expectation). Trained routers are pushed towards uniform use by their
+    load-balancing loss (Switch Transformer, Fedus et al. 2022, arXiv:2101.03961), but tokens
+    of one sequence tend to share experts and uneven use reads fewer of them, so the figure
+    leans high. 0 for a dense model (E = 0)."""
+    if num_experts == 0:
+        return 0.0
+    return num_experts * (1 - (1 - experts_per_token / num_experts) ** tokens)
+
+
+def layer_weight_read_bytes(spec: ModelSpec, *, tokens: int, quant: str = "none", dtype: str = "bf16") -> float:
+    """Weight bytes one layer's forward over `tokens` tokens (batch x new tokens) reads: all of
+    a dense layer; outside its experts plus the expected experts read for a MoE layer."""
+    experts = expected_experts_read(spec.num_experts, spec.num_experts_per_tok, tokens)
+    return spec.layer_dense_bytes(quant, dtype) + experts * spec.expert_bytes(quant, dtype)
+
+
 def layer_time_s(
     spec: ModelSpec, profile: HardwareProfile, *, new_tokens: int, context: int, batch_size: int = 1,
     quant: str = "none", execution: Execution | None = None,
 ) -> float:
     """One decoder layer over `new_tokens` tokens per sequence attending to `context` tokens."""
     ex = execution or Execution.default_for(profile)
-    weights = _weight_read_bytes(spec.layer_bytes(quant, ex.dtype), quant, profile)
+    read = layer_weight_read_bytes(spec, tokens=batch_size * new_tokens, quant=quant, dtype=ex.dtype)
+    weights = _weight_read_bytes(read, quant, profile)
     kv = batch_size * (context + new_tokens) * spec.kv_bytes_per_token_per_layer(ex.dtype)
     flops = batch_size * spec.layer_flops(new_tokens, context)
     # Decode GEMMs are not perfectly flat in n below the compute roof: the profile's measured
@@ -77,11 +105,11 @@ def head_time_s(
     spec: ModelSpec, profile: HardwareProfile, *, new_tokens: int, batch_size: int = 1, quant: str = "none",
     execution: Execution | None = None,
 ) -> float:
-    """Final norm and LM head (counted on every forward), plus the step's fixed kernels."""
+    """Final norm, any embedding projections and LM head (read on every forward), plus the step's fixed kernels."""
     ex = execution or Execution.default_for(profile)
     head_quant = "none" if spec.tie_embeddings else quant  # a tied head stays unquantized
-    weights = _weight_read_bytes(spec.lm_head_bytes(head_quant, ex.dtype), head_quant, profile)
-    flops = batch_size * spec.lm_head_flops(new_tokens)
+    weights = _weight_read_bytes(spec.head_bytes(head_quant, ex.dtype), head_quant, profile)
+    flops = batch_size * spec.head_flops(new_tokens)
     memory_s = weights / (profile.effective_bandwidth_gbps * 1e9)
     compute_s = flops / (_tflops(profile, ex.dtype) * 1e12)
     return max(memory_s, compute_s) + KERNELS_PER_HEAD[ex.mode] * ex.kernel_s(profile)

@@ -13,8 +13,9 @@ CAPTURED_STEPS = 3  # decode/verify, draft and prefill shapes each keep an activ
 
 
 def activation_bytes(spec: ModelSpec, *, tokens: int, batch_size: int, dtype: str) -> float:
-    """Live activations of one forward step: residual stream, MLP intermediate, fp32 logits."""
-    per_token = (4 * spec.hidden_size + 2 * spec.intermediate_size) * DTYPE_BYTES[dtype] + 2 * spec.vocab_size * 4
+    """Live activations of one forward step: residual stream, MLP intermediate (of the experts
+    a token is routed to in a MoE layer), fp32 logits."""
+    per_token = (4 * spec.hidden_size + 2 * spec.active_intermediate_size) * DTYPE_BYTES[dtype] + 2 * spec.vocab_size * 4
     return batch_size * tokens * per_token
 
 
@@ -23,7 +24,8 @@ def vram_bytes(
     batch_size: int = 1, dtype: str = "bf16", graphs: bool = False, draft_spec: ModelSpec | None = None,
     draft_quant: str = "none",
 ) -> dict[str, float]:
-    """Bytes by component; the KV cache holds `context` tokens plus gamma + 1 verify slots."""
+    """Bytes by component; the KV cache holds `context` tokens plus gamma + 1 verify slots.
+    Weights are all that is resident: every expert of a mixture-of-experts model."""
     slots = context + gamma + 1
     parts = {
         "weights": spec.weight_bytes(quant, dtype),

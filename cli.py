@@ -372,6 +372,10 @@ def _print_plan(plan) -> None:
 # ---------------------------------------------------------------- runtime (issue 4)
 
 
+_DTYPES = click.Choice(["auto", "bf16", "fp16", "fp32"])
+_DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf16 matmul is fast, else fp32."
+
+
 @cli.command("run")
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan YAML to run.")
 @click.option("--prompt", default=None, help="One prompt.")
@@ -383,8 +387,10 @@ def _print_plan(plan) -> None:
 @click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--vram-gib", default=None, type=float, help="Memory budget; a plan that does not fit is refused.")
+@click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
-def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, as_json):
+def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, dtype,
+                as_json):
     """Decode prompts with a plan, streaming the text, and report measured vs predicted speed.
 
     \b
@@ -400,7 +406,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
     prompts = [prompt] if prompt is not None else read_prompts(prompts_path)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
     report = run_plan(load_plan(plan_path), prompts, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
-                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, stream=stream)
+                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, dtype=dtype, stream=stream)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
 
 
@@ -445,9 +451,10 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
 @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--trials", type=click.IntRange(1), default=100, show_default=True, help="Analytical search trials.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, seed, out):
+def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, out):
     """Profile this machine, plan for a model, calibrate the plan on real prompts (each
     method's best set-up timed against autoregressive decoding in interleaved rounds), write
     the fastest as the plan, run it and print predicted against measured tokens/s.
@@ -460,7 +467,7 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
     from planner.autotune import CALIBRATION_HEADERS, SUMMARY_HEADERS, autotune as run_autotune, calibration_rows, summary_rows
 
     result = run_autotune(model_path, out=out, prompts_path=prompts_path, draft_model=draft_model, max_new_tokens=max_new_tokens,
-                          num_prompts=num_prompts, trials=trials, seed=seed, device=device,
+                          num_prompts=num_prompts, trials=trials, seed=seed, device=device, dtype=dtype,
                           log=lambda message: click.echo(message, err=True))
     click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
     click.echo()

@@ -95,10 +95,12 @@ def autotune(
     trials: int = 100,
     seed: int = 0,
     device: str = "auto",
+    dtype: str = "auto",
     log=lambda message: None,
 ) -> AutotuneResult:
     """Profile, plan, calibrate, save and run; `model` defaults to the bundled demo model
-    (and `draft_model`, for the draft_model method, to the demo's small draft)."""
+    (and `draft_model`, for the draft_model method, to the demo's small draft). `dtype`
+    auto: the measured profile's decode dtype."""
     from planner.hardware import profile_device
     from planner.models import load_model_spec
     from planner.perf.speedup import alpha_from_tokens_per_iteration, predict
@@ -118,16 +120,17 @@ def autotune(
     calibration_prompts = every_prompt[num_prompts : num_prompts + CALIBRATION_PROMPTS] or prompts[:CALIBRATION_PROMPTS]
     log(f"profiling {device} (quick)")
     profile = profile_device(device, quick=True)
+    dtype = profile.decode_dtype if dtype == "auto" else dtype
     context = max_new_tokens + 512
     priors = str(DEMO_PRIORS) if model is None and DEMO_PRIORS.exists() else None
-    log(f"planning for {source} on {profile.name}: {trials} analytical trials")
+    log(f"planning for {source} on {profile.name} in {dtype}: {trials} analytical trials")
     # Unquantized only: the promise is a lossless speed-up of the model as given.
     kw = dict(context=context, trials=trials, seed=seed, methods=list(SEARCHED_METHODS), quants=("none",),
               priors=priors, model_source=str(source.resolve()))
     first = search(spec, profile, **kw)
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
     s3d = _s3d_decoding(source)
-    bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device,
+    bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
                           max_gamma=max(MAX_GAMMA_TRIED, s3d.gamma if s3d else 0))
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
         f" x {tokens} tokens")
@@ -158,7 +161,7 @@ def autotune(
     plan = result.plan.replace(decoding=ranked[0].decoding, prediction=ranked[0].prediction, alternatives=tuple(ranked[1:]))
     plan.save(out)
     log(f"wrote {out}; running {_describe(plan.decoding)} and autoregressive on {len(prompts)} prompts")
-    report = run_plan(plan, prompts, max_new_tokens=max_new_tokens, seed=seed, baseline=True, device=device)
+    report = run_plan(plan, prompts, max_new_tokens=max_new_tokens, seed=seed, baseline=True, device=device, dtype=dtype)
     plan = plan.replace(measured={"tokens_per_s": report.tokens_per_s, "tokens_per_iteration": report.tokens_per_iteration,
                                   "speedup": report.speedup, "identical": report.identical, "prompts": len(prompts),
                                   "max_new_tokens": max_new_tokens, "device": report.device})

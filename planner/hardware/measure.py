@@ -21,7 +21,7 @@ from pathlib import Path
 
 from planner.errors import DeviceError
 from planner.hardware.nvml import nvml_facts
-from planner.hardware.profile import HardwareProfile, load_profile, shipped_profile_names
+from planner.hardware.profile import HardwareProfile, decode_dtype_for, load_profile, shipped_profile_names
 
 STEPS = ("memory bandwidth", "matmul FLOP/s", "decode-shaped matmul", "launch overhead", "quantized matmuls")
 DECODE_WEIGHT_SHAPE = (14336, 4096)  # (out, in): a Llama-3-8B MLP projection
@@ -156,18 +156,28 @@ def _matmul_tflops(device, sizes: Sizes, median_s) -> dict:
     return out
 
 
-def _decode_dtype(device):
-    """The dtype planner.perf's Execution assumes for unquantized weights: bf16 on GPUs, fp32 on CPUs."""
+def _decode_dtype(device, matmul_tflops: dict):
+    """The dtype the runtime and planner.perf decode unquantized weights in on this device."""
     import torch
 
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[decode_dtype_for(kind, matmul_tflops)]
 
 
-def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
-    """Latency of y = x W^T with a (14336, 4096) weight for 1..32 tokens, in the execution dtype."""
+def cpu_decode_dtype() -> str:
+    """decode_dtype_for this CPU from a quick matmul measurement (under a second), for
+    runs without a measured CPU profile."""
     import torch
 
-    dtype = _decode_dtype(device)
+    device = torch.device("cpu")
+    return decode_dtype_for("cpu", _matmul_tflops(device, QUICK_CPU, _timer(device)))
+
+
+def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int, matmul_tflops: dict) -> dict:
+    """Latency of y = x W^T with a (14336, 4096) weight for 1..32 tokens, in the decode dtype."""
+    import torch
+
+    dtype = _decode_dtype(device, matmul_tflops)
     out_features, in_features = sizes.decode_shape
     weight_bytes = out_features * in_features * dtype.itemsize
     weight = _rotation(lambda: torch.randn(out_features, in_features, device=device, dtype=dtype), weight_bytes, cache_bytes)
@@ -339,7 +349,7 @@ def _quant_slowdowns(device, sizes: Sizes, median_s, cache_bytes: int, decode: d
     """Slowdown of weight-only int8/int4 decode matmuls (one token) per installed backend.
 
     slowdown = t_quant / (t_dense * bytes_quant / bytes_dense), where t_dense is the one-token
-    decode matmul in the execution dtype (bf16 GPU, fp32 CPU) and bytes count the packed
+    decode matmul in the decode dtype (HardwareProfile.decode_dtype) and bytes count the packed
     weight with its scales. 1.0 means the quantized kernel streams its smaller weight as
     fast as the dense kernel streams the dense one; planner.perf multiplies the ideal
     read time of quantized weights by this factor. Activations are bf16 (what the kernels take).
@@ -347,7 +357,7 @@ def _quant_slowdowns(device, sizes: Sizes, median_s, cache_bytes: int, decode: d
     import torch
 
     out_features, in_features = sizes.decode_shape
-    dense_bytes = out_features * in_features * _decode_dtype(device).itemsize
+    dense_bytes = out_features * in_features * _decode_dtype(device, decode["matmul_tflops"]).itemsize
     dense_s = decode["decode_matmul_latency_us"][1] * 1e-6
     quant_bytes = _quant_bytes(out_features, in_features)
     x = torch.randn(1, in_features, device=device, dtype=torch.bfloat16)  # (1, in)
@@ -446,7 +456,7 @@ def _measure(dev, sizes: Sizes, step) -> dict:
     step(STEPS[1])
     measured["matmul_tflops"] = _matmul_tflops(dev, sizes, median_s)
     step(STEPS[2])
-    measured.update(_decode_matmul(dev, sizes, median_s, cache_bytes))
+    measured.update(_decode_matmul(dev, sizes, median_s, cache_bytes, measured["matmul_tflops"]))
     step(STEPS[3])
     measured["launch_overhead_us"] = _launch_overhead(dev, median_s)
     step(STEPS[4])
@@ -556,8 +566,8 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
         memory_free_gib=facts["memory_free_gib"],
         bandwidth_gbps=facts["bandwidth_gbps"],
         peak_tflops=facts["peak_tflops"],
-        bandwidth_efficiency=round(measured["decode_matmul_bandwidth_gbps"] / facts["bandwidth_gbps"], 3),
-        compute_efficiency=round(measured["matmul_tflops"]["bf16"] / peak_bf16, 3),
+        bandwidth_efficiency=_sig(measured["decode_matmul_bandwidth_gbps"] / facts["bandwidth_gbps"]),
+        compute_efficiency=_sig(measured["matmul_tflops"]["bf16"] / peak_bf16),
         kernel_launch_us=launch["eager"],
         graph_kernel_us=launch.get("graph", launch["eager"]),
         token_slope=token_slope(decode_us),

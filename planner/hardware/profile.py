@@ -19,6 +19,17 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "profiles" / "gpus"
 MEASURED_DIR = SHIPPED_DIR / "measured"  # profiles `specplan profile` measured on real devices, committed
 
 
+def decode_dtype_for(kind: str, peak_tflops: dict) -> str:
+    """The dtype unquantized decoding runs in on a device of `kind` ("gpu" or "cpu") with
+    these matmul FLOP/s per dtype: bf16 on GPUs; on CPUs bf16 where its matmul reaches at
+    least half of fp32's FLOP/s (a bandwidth-bound decode step then reads half the bytes
+    at no loss: AVX512-BF16/AMX CPUs), else fp32 (CPUs that emulate bf16 run it far slower)."""
+    if kind == "gpu":
+        return "bf16"
+    bf16, fp32 = peak_tflops.get("bf16", 0.0), peak_tflops.get("fp32", 0.0)
+    return "bf16" if fp32 and bf16 >= 0.5 * fp32 else "fp32"
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     name: str  # key, e.g. "h100-sxm" or "cpu-local"
@@ -36,6 +47,11 @@ class HardwareProfile:
     memory_free_gib: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
     measured: dict | None = None
+
+    @property
+    def decode_dtype(self) -> str:
+        """"bf16" or "fp32": what the runtime decodes unquantized weights in on this device."""
+        return decode_dtype_for(self.kind, self.peak_tflops)
 
     @property
     def effective_bandwidth_gbps(self) -> float:

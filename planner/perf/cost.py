@@ -33,13 +33,12 @@ KERNELS_PER_HEAD = {"eager": 17, "graph": 3}  # embedding, final norm, LM head, 
 class Execution:
     """How the runtime executes a forward on a profile."""
 
-    dtype: str  # activation / unquantized weight dtype: "bf16" on GPUs, "fp32" on CPUs
+    dtype: str  # activation / unquantized weight dtype: HardwareProfile.decode_dtype
     graphs: bool  # CUDA graphs (compiled fixed-shape steps) or eager
 
     @classmethod
     def default_for(cls, profile: HardwareProfile) -> "Execution":
-        gpu = profile.kind == "gpu"
-        return cls(dtype="bf16" if gpu else "fp32", graphs=gpu)
+        return cls(dtype=profile.decode_dtype, graphs=profile.kind == "gpu")
 
     def kernel_s(self, profile: HardwareProfile) -> float:
         return (profile.graph_kernel_us if self.graphs else profile.kernel_launch_us) * 1e-6

@@ -8,6 +8,7 @@ The prefill has a prompt-dependent length and always runs eager.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,33 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def default_dtype(device: torch.device, profile=None) -> torch.dtype:
+    """The dtype unquantized weights decode in: the profile's decode_dtype when `profile` (a
+    HardwareProfile) is of this device's kind; else bf16 on CUDA and, on a CPU, what a quick
+    matmul measurement of this CPU says (planner.hardware.profile.decode_dtype_for)."""
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    if profile is not None and profile.kind == kind:
+        return DTYPES[profile.decode_dtype]
+    return torch.bfloat16 if kind == "gpu" else DTYPES[_cpu_decode_dtype()]
+
+
+@functools.cache
+def _cpu_decode_dtype() -> str:
+    from planner.hardware.measure import cpu_decode_dtype
+
+    return cpu_decode_dtype()  # measured once per process
+
+
+def resolve_dtype(name: str, device: torch.device, profile=None) -> torch.dtype:
+    """`name` is auto (default_dtype), bf16, fp16 or fp32; InputError otherwise."""
+    if name == "auto":
+        return default_dtype(device, profile)
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype '{name}' (expected auto, {', '.join(DTYPES)})")
+    return DTYPES[name]
 
 
 def read_hf_config(source: str):

@@ -21,6 +21,7 @@ class RunReport:
     method: str
     device: str
     compiled: bool  # CUDA graphs via torch.compile (GPU); eager on CPU
+    dtype: str  # what the weights decoded in: bf16, fp16 or fp32
     texts: tuple[str, ...]
     tokens: tuple[tuple[int, ...], ...]
     tokens_per_s: float  # generated tokens after the first / decode time
@@ -40,7 +41,7 @@ class RunReport:
     def summary(self) -> str:
         """Measured figures beside the plan's predicted ones, one line each."""
         p = self.predicted
-        graphs = "CUDA graphs" if self.compiled else "eager"
+        graphs = f"{'CUDA graphs' if self.compiled else 'eager'}, {self.dtype}"
         acceptance = "-" if self.acceptance is None else f"{self.acceptance:.3f}"
         lines = [
             f"method {self.method} on {self.device} ({graphs})   measured   predicted",
@@ -202,17 +203,29 @@ class Comparison:
     identical: bool  # every prompt's tokens equal autoregressive decoding's
 
 
+def _plan_profile(plan):
+    """The plan's hardware profile, or None where it names none this machine can load."""
+    from planner.errors import SpecplanError
+    from planner.hardware import load_profile
+
+    try:
+        return load_profile(plan.hardware.profile)
+    except SpecplanError:
+        return None
+
+
 class _Session:
     """A plan's checkpoint loaded once with its prompts encoded; a drafter per decoding, built
     (with its draft model, loaded once per path) when first asked for."""
 
-    def __init__(self, plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib, max_gamma):
+    def __init__(self, plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib, max_gamma, dtype="auto"):
         """Every check that can refuse `decodings` happens before the target loads; the KV
-        cache holds room for verifies of up to max_gamma + 1 tokens."""
+        cache holds room for verifies of up to max_gamma + 1 tokens. `dtype` auto: the
+        decode dtype of the plan's profile when it is of this device's kind."""
         import torch
         from transformers import AutoTokenizer
 
-        from planner.runtime.load import default_dtype, load_target, read_hf_config, resolve_device
+        from planner.runtime.load import DTYPES, load_target, read_hf_config, resolve_device, resolve_dtype
         from planner.runtime.quantize import require_backend
 
         if max_new_tokens < 1:
@@ -222,7 +235,8 @@ class _Session:
         self.hf_config = read_hf_config(self.source)
         self.max_gamma = max_gamma
         self.max_seq_len = plan.constraints.context + max_gamma + 1  # a verify may write gamma + 1 slots past the last token
-        self._dtype_name = "bf16" if default_dtype(self.device) == torch.bfloat16 else "fp32"
+        self.dtype = resolve_dtype(dtype, self.device, _plan_profile(plan))
+        self.dtype_name = next(name for name, value in DTYPES.items() if value == self.dtype)
         self._budget = _budget_gib(self.device, vram_gib, plan.constraints.vram_gib)
         self._draft_configs, self._drafts, self._drafters, self._estimates = {}, {}, {}, {}
         for d in decodings:
@@ -234,7 +248,8 @@ class _Session:
         self.eos_ids = () if eos is None else (eos,)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.target = load_target(self.source, device=self.device, max_seq_len=self.max_seq_len, quant=plan.decoding.quant)
+        self.target = load_target(self.source, device=self.device, max_seq_len=self.max_seq_len, dtype=self.dtype,
+                                  quant=plan.decoding.quant)
 
     def check(self, d) -> float:
         """Refuse decoding `d` of this checkpoint before anything of it loads; its memory estimate (GiB)."""
@@ -256,7 +271,7 @@ class _Session:
             if config.vocab_size != self.hf_config.vocab_size:
                 raise PlanError(f"decoding.draft_model: vocabulary {config.vocab_size} differs from the target's {self.hf_config.vocab_size}")
             self._draft_configs[d.draft_model] = config
-        estimate = estimate_vram_gib(self.hf_config, quant=quant, max_seq_len=self.max_seq_len, dtype=self._dtype_name,
+        estimate = estimate_vram_gib(self.hf_config, quant=quant, max_seq_len=self.max_seq_len, dtype=self.dtype_name,
                                      draft_config=self._draft_configs.get(d.draft_model))
         budget, where = self._budget
         check_budget(estimate_gib=estimate, predicted_gib=self.plan.prediction.vram_gib if d == self.plan.decoding else 0.0,
@@ -272,7 +287,8 @@ class _Session:
             draft = None
             if d.method == "draft_model":
                 if d.draft_model not in self._drafts:
-                    self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.max_seq_len)
+                    self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.max_seq_len,
+                                                              dtype=self.dtype)
                 draft = self._drafts[d.draft_model]
             self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, source=self.source, draft=draft)
         return self._drafters[d]
@@ -289,6 +305,7 @@ def run_plan(
     baseline: bool = False,
     device: str = "auto",
     vram_gib: float | None = None,
+    dtype: str = "auto",
     stream=None,
 ) -> RunReport:
     """Decode `prompts` with `plan` on the checkpoint `model` (default plan.model.source).
@@ -304,7 +321,7 @@ def run_plan(
     if temperature < 0:
         raise InputError(f"--temperature must not be negative, got {temperature}")
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
-                 vram_gib=vram_gib, max_gamma=plan.decoding.gamma)
+                 vram_gib=vram_gib, max_gamma=plan.decoding.gamma, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()
 
     def decode(chosen, ids, on_tokens=None):
@@ -327,6 +344,7 @@ def run_plan(
         method=plan.decoding.method,
         device=str(s.device),
         compiled=s.target.compiled,
+        dtype=s.dtype_name,
         texts=tuple(s.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in runs),
         tokens=tuple(g.tokens for g in runs),
         tokens_per_s=totals.tokens_per_s,
@@ -354,7 +372,7 @@ class DecodingBench:
     before anything loads; any decoding is built and warmed up the first time it is compared."""
 
     def __init__(self, plan, prompts: list[str], *, decodings=(), model: str | None = None, max_new_tokens: int = 32,
-                 max_gamma: int = 8, seed: int = 0, device: str = "auto"):
+                 max_gamma: int = 8, seed: int = 0, device: str = "auto", dtype: str = "auto"):
         from planner.plan.schema import Decoding
 
         if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
@@ -362,7 +380,7 @@ class DecodingBench:
         self.plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
         self.max_new_tokens, self.seed = max_new_tokens, seed
         self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
-                                 device=device, vram_gib=None, max_gamma=max_gamma)
+                                 device=device, vram_gib=None, max_gamma=max_gamma, dtype=dtype)
         self._warm = set()
 
     def compare(self, decodings, rounds: int = 3) -> list[Comparison]:
@@ -418,10 +436,10 @@ class DecodingBench:
 
 
 def compare_decodings(plan, decodings, prompts: list[str], *, model: str | None = None, max_new_tokens: int = 32,
-                      rounds: int = 3, seed: int = 0, device: str = "auto") -> list[Comparison]:
+                      rounds: int = 3, seed: int = 0, device: str = "auto", dtype: str = "auto") -> list[Comparison]:
     """DecodingBench(...).compare(decodings, rounds) in one call."""
     bench = DecodingBench(plan, prompts, decodings=decodings, model=model, max_new_tokens=max_new_tokens,
-                          max_gamma=max((d.gamma for d in decodings), default=0), seed=seed, device=device)
+                          max_gamma=max((d.gamma for d in decodings), default=0), seed=seed, device=device, dtype=dtype)
     return bench.compare(decodings, rounds)
 
 

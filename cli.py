@@ -62,7 +62,7 @@ def profile(device, quick, out):
     import yaml
     from tqdm import tqdm
 
-    from planner._yaml import ensure_writable
+    from planner._files import ensure_writable
     from planner.hardware import profile_device
     from planner.hardware.measure import STEPS, resolve_device
 

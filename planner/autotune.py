@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner._yaml import ensure_writable
+from planner._files import ensure_writable
 from planner.errors import InputError
 from planner.perf.cost import KERNELS_PER_HEAD, KERNELS_PER_LAYER, Execution, forward_latency_s
 from planner.plan.schema import Candidate, Decoding

@@ -10,10 +10,10 @@ which no GPU fits is refused.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner._files import write_atomic
 from planner._yaml import write_yaml_atomic
 from planner.errors import BudgetError, InputError, near_matches
 from planner.hardware import load_profile, shipped_profile_names
@@ -135,16 +135,13 @@ def plan_fleet(
 
 
 def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str, chart: bytes) -> tuple[Path, ...]:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out-dir {out_dir}: cannot create ({exc.strerror})") from None
-    written = [_write_bytes(out_dir / "summary.md", markdown.encode()), _write_bytes(out_dir / "summary.png", chart)]
+    _mkdir(out_dir)
+    written = [write_atomic(out_dir / "summary.md", markdown), write_atomic(out_dir / "summary.png", chart)]
     for row in rows:
         if row.plan is None:
             continue
         gpu_dir = out_dir / row.gpu
-        gpu_dir.mkdir(exist_ok=True)
+        _mkdir(gpu_dir)
         write_yaml_atomic(gpu_dir / "plan.yaml", row.plan.to_dict())
         written.append(gpu_dir / "plan.yaml")
         for export in exports[row.gpu]:
@@ -154,15 +151,11 @@ def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str,
     return tuple(written)
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _mkdir(path: Path) -> None:
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
-    return path
+        raise InputError(f"{path}: cannot create the directory ({exc.strerror})") from None
 
 
 # -- the summary ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from planner.plan.schema import (
     Candidate, Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
 from planner.search.space import Space, seeds, suggest
+from planner.search.storage import open_study, storage_errors
 
 ALTERNATIVES = 5
 
@@ -33,19 +34,38 @@ class SearchResult:
     budget_gib: float
 
 
+def check_draft(spec: ModelSpec, draft: ModelSpec) -> ModelSpec:
+    """`draft`, when it can draft for `spec`: the runtime verifies draft tokens against the
+    target's logits, so both must have the same vocabulary.
+
+    Raises:
+        InputError: the vocabularies differ.
+    """
+    if draft.vocab_size != spec.vocab_size:
+        raise InputError(f"draft model {draft.name} has a vocabulary of {draft.vocab_size} tokens and {spec.name} "
+                         f"one of {spec.vocab_size}: a draft must share the target's vocabulary")
+    return draft
+
+
 def draft_candidates(spec: ModelSpec, names=None) -> dict[str, ModelSpec]:
     """Draft models for method draft_model: the given names, else shipped cards with the same
-    tokenizer and at most a quarter of the target's parameters."""
+    tokenizer and vocabulary and at most a quarter of the target's parameters.
+
+    Raises:
+        NotFoundError: a name that is no card, directory or config.
+        InputError: a named draft whose vocabulary differs from the target's.
+    """
     from planner.models import load_model_spec, shipped_model_names
 
     if names:
-        return {name: load_model_spec(name) for name in names}
+        return {name: check_draft(spec, load_model_spec(name)) for name in names}
     if not spec.tokenizer_family:
         return {}
     found = {}
     for name in shipped_model_names():
         card = load_model_spec(name)
-        if card.tokenizer_family == spec.tokenizer_family and card.param_count <= spec.param_count / 4:
+        if (card.tokenizer_family, card.vocab_size) == (spec.tokenizer_family, spec.vocab_size) \
+                and card.param_count <= spec.param_count / 4:
             found[name] = card
     return found
 
@@ -68,9 +88,9 @@ def search(
     if objective not in ("speed", "pareto"):
         raise InputError(f"unknown objective '{objective}': expected speed or pareto")
     if trials < 1:
-        raise InputError(f"--trials must be at least 1, got {trials}")
+        raise InputError(f"`trials` must be at least 1, got {trials}")
     if storage and not study_name:
-        raise InputError("--storage needs --study NAME (the study many workers share)")
+        raise InputError("`storage` needs `study_name`: the study many workers share")
     budget = profile.memory_gib if vram_gib is None else vram_gib
     prior_table = resolve_priors(priors)
     draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
@@ -92,20 +112,22 @@ def search(
         total = prediction.tokens_per_s * batch_size
         return total if objective == "speed" else (total, prediction.vram_gib)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by the CLI, not logged too
     with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(20, trials), multivariate=True, group=True)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, load_if_exists=bool(storage), sampler=sampler,
-        directions=["maximize"] if objective == "speed" else ["maximize", "minimize"],
-    )
-    if len(study.trials) == 0:
-        for point in seeds(space):
-            study.enqueue_trial(point, skip_if_exists=True)
-    study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+    fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": context,
+                   "batch_size": batch_size, "space": repr(space)}
+    study = open_study(storage, study_name, sampler=sampler, fingerprint=fingerprint,
+                       directions=["maximize"] if objective == "speed" else ["maximize", "minimize"])
+    with storage_errors(storage):
+        if len(study.trials) == 0:
+            for point in seeds(space):
+                study.enqueue_trial(point, skip_if_exists=True)
+        study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+        completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # Every completed trial of the study, this worker's and any other's sharing the storage.
-    evaluated = [_recorded(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    evaluated = [_recorded(t) for t in completed]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
     chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
     if not chosen:
@@ -167,4 +189,4 @@ def _nothing_fits(spec, profile, budget, context, batch_size, space, execution) 
     )
     return (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {smallest[1]}) needs "
             f"{smallest[0]:.1f} GiB at context {context} and batch {batch_size}; "
-            f"use --vram-gib {smallest[0] + 0.05:.1f} or more, or a shorter --context")
+            f"use `vram_gib` {smallest[0] + 0.05:.1f} or more, or a shorter `context`")

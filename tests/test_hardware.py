@@ -142,7 +142,7 @@ def test_cuda_index_beyond_count(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(DeviceError, match=r"--device cuda:7: only 1 CUDA GPU\(s\) visible \(cuda:0 to cuda:0\)"):
+    with pytest.raises(DeviceError, match=r"`device` cuda:7: only 1 CUDA GPU\(s\) visible \(cuda:0 to cuda:0\)"):
         resolve_device("cuda:7")
 
 

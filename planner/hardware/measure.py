@@ -59,10 +59,10 @@ def resolve_device(device: str):
     if not match:
         raise DeviceError(f"unknown device '{device}': expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {device}: no CUDA GPU is visible on this machine (try --device cpu)")
+        raise DeviceError(f"`device` {device}: no CUDA GPU is visible on this machine (try `device` cpu)")
     index, count = int(match.group(1) or 0), torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"--device {device}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
+        raise DeviceError(f"`device` {device}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
     return torch.device(f"cuda:{index}")
 
 
@@ -307,7 +307,7 @@ def _torchao_kernels(device, shape: tuple[int, int]):
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError:
-        return "not installed (pip install 'specplan[quant]')"
+        return 'not installed (pip install ".[quant]" from a clone of specplan)'
     except (RuntimeError, AttributeError) as exc:  # a torchao built for another torch
         return _unavailable(exc)
     import torch

@@ -26,7 +26,7 @@ def engine_space(engines: Iterable[str], methods=None) -> tuple[tuple[str, ...] 
         for method in methods or ():
             why = info.cannot_run(Decoding(method=method))
             if why:
-                raise InputError(f"{why} (drop it from --methods, or plan without --engine/--export {info.name})")
+                raise InputError(f"{why} (drop it from `methods`, or plan without `engine`/`exports` {info.name})")
     chosen = tuple(m for m in (methods or METHODS) if all(m in info.methods for info in infos))
     quants = tuple(q for q in QUANTIZATIONS if all(q in info.quants for info in infos))
     if not quants:

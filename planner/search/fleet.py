@@ -61,10 +61,10 @@ def parse_gpus(text: str) -> tuple[str, ...]:
         return tuple(shipped_profile_names())
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise InputError("--gpus: expected a comma-separated list of GPU profiles, or all")
+        raise InputError("`gpus`: expected a comma-separated list of GPU profiles, or all")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise InputError(f"--gpus: {', '.join(twice)} listed twice")
+        raise InputError(f"`gpus`: {', '.join(twice)} listed twice")
     return tuple(names)
 
 
@@ -80,7 +80,7 @@ def parse_prices(text: str | None) -> dict[str, float]:
         except ValueError:
             price = float("nan")
         if not price > 0:
-            raise InputError(f"--usd-per-hour {part.strip()!r}: expected GPU=PRICE with a positive price, e.g. a10g=1.0")
+            raise InputError(f"`usd_per_hour` {part.strip()!r}: expected GPU=PRICE with a positive price, e.g. a10g=1.0")
         prices[name.strip()] = price
     return prices
 
@@ -109,14 +109,14 @@ def plan_fleet(
     engine in `exports` can run, so each export is the best those engines can do."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out-dir {out_dir}: exists and is not a directory")
+        raise InputError(f"`out_dir` {out_dir}: exists and is not a directory")
     profiles = {gpu: load_profile(gpu) for gpu in gpus}
     exports = tuple(dict.fromkeys(exports))
     methods, quants = engine_space(([engine] if engine else []) + list(exports), methods)
     prices = usd_per_hour or {}
     for name in prices:
         if name not in profiles:
-            raise InputError(f"--usd-per-hour: {name} is not in --gpus{near_matches(name, profiles)}")
+            raise InputError(f"`usd_per_hour`: {name} is not in `gpus`{near_matches(name, profiles)}")
     options = dict(context=context, trials=trials, seed=seed, methods=methods, quants=quants,
                    model_source=model_source, priors=priors)
     rows = tuple(_row(gpu, profile, spec, batch_sizes=batch_sizes, vram_gib=vram_gib, prices=prices,

@@ -30,10 +30,15 @@ def _pyplot():
     return plt
 
 
-def _checked(path) -> Path:
+def check_plot_path(path) -> Path:
+    """`path` as a Path, its suffix naming a format matplotlib writes.
+
+    Raises:
+        InputError: not a .png, .svg or .pdf name.
+    """
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise InputError(f"--plot {path}: expected a .png, .svg or .pdf file name")
+        raise InputError(f"{path}: expected a .png, .svg or .pdf file name for the chart")
     return path
 
 
@@ -52,8 +57,13 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_search(result, path) -> None:
+    """Draw a SearchResult (tokens/s against VRAM, the Pareto front, the chosen plan) to `path`.
+
+    Raises:
+        InputError: `path` is not a .png, .svg or .pdf name, or cannot be written.
+    """
     plt = _pyplot()
-    path = _checked(path)
+    path = check_plot_path(path)
     candidates = result.evaluated
     fig, ax = plt.subplots(figsize=(8, 5))
     methods = sorted({c.decoding.method for c in candidates})
@@ -77,9 +87,14 @@ def plot_search(result, path) -> None:
 
 
 def plot_schedule(result, path) -> None:
-    """A ScheduleResult: one line per gamma (0 = autoregressive), the chosen envelope on top."""
+    """Draw a ScheduleResult to `path`: one line per gamma (0 = autoregressive), the chosen
+    envelope on top.
+
+    Raises:
+        InputError: `path` is not a .png, .svg or .pdf name, or cannot be written.
+    """
     plt = _pyplot()
-    path = _checked(path)
+    path = check_plot_path(path)
     sizes = result.batch_sizes
     method = next((e.method for e in result.plan.schedule if e.gamma), result.plan.decoding.method)
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -43,15 +43,15 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if match:
         low, high = int(match.group(1)), int(match.group(2))
         if not 1 <= low <= high:
-            raise InputError(f"--batch-sizes {text}: expected LOW-HIGH with 1 <= LOW <= HIGH")
+            raise InputError(f"`batch_sizes` {text}: expected LOW-HIGH with 1 <= LOW <= HIGH")
         sizes = {low, high} | {2**k for k in range(high.bit_length()) if low <= 2**k <= high}
         return tuple(sorted(sizes))
     try:
         sizes = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise InputError(f"--batch-sizes {text!r}: expected numbers like 1,2,4 or a range like 1-256") from None
+        raise InputError(f"`batch_sizes` {text!r}: expected numbers like 1,2,4 or a range like 1-256") from None
     if not sizes or sizes[0] < 1:
-        raise InputError(f"--batch-sizes {text!r}: batch sizes must be positive")
+        raise InputError(f"`batch_sizes` {text!r}: batch sizes must be positive")
     return tuple(sizes)
 
 
@@ -164,7 +164,7 @@ def _require_batch_range(spec, profile, sizes, *, budget, quants, context, execu
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
         f"batch size {sizes[-1]} does not fit {budget:.1f} GiB on {profile.name}: even autoregressive {quant} needs "
-        f"{needed:.1f} GiB at context {context}; {hint} (use smaller --batch-sizes or a shorter --context)"
+        f"{needed:.1f} GiB at context {context}; {hint} (use smaller `batch_sizes` or a shorter `context`)"
     )
 
 

@@ -102,16 +102,16 @@ def check_version(info: EngineInfo, version: str | None) -> str | None:
         return None
     if info.version_min is None:
         raise InputError(
-            f"--engine-version {version}: specplan has not pinned {info.display} build numbers; "
-            "leave --engine-version out (the header names the flags' source)"
+            f"`engine_version` {version}: specplan has not pinned {info.display} build numbers; "
+            "leave `engine_version` out (the header names the flags' source)"
         )
     try:
         asked = Version(version)
     except InvalidVersion:
-        raise InputError(f"--engine-version {version!r} is not a version number") from None
+        raise InputError(f"`engine_version` {version!r} is not a version number") from None
     if not Version(info.version_min) <= asked <= Version(info.version_max):
         raise InputError(
-            f"--engine-version {version}: the {info.display} exporter knows "
+            f"`engine_version` {version}: the {info.display} exporter knows "
             f"{info.version_min} to {info.version_max} only"
         )
     return version

@@ -48,7 +48,11 @@ FULL_CPU, QUICK_CPU = Sizes(512, 1024, 5), Sizes(256, 768, 3)
 
 
 def resolve_device(device: str):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device, or DeviceError naming the problem."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device.
+
+    Raises:
+        DeviceError: an unknown device name, no CUDA GPU, or an index beyond the GPUs visible.
+    """
     import torch
 
     if device == "auto":
@@ -503,7 +507,11 @@ def profile_device(device: str = "auto", *, quick: bool = False, sizes: Sizes | 
     """Measure `device` ('auto', 'cpu', 'cuda', 'cuda:N') into a HardwareProfile.
 
     progress(step) is called with each entry of STEPS as it starts; `name` is the profile's
-    key (default: a slug of the device name); `sizes` overrides the problem sizes."""
+    key (default: a slug of the device name); `sizes` overrides the problem sizes.
+
+    Raises:
+        DeviceError: as `resolve_device`.
+    """
     import torch
 
     dev = resolve_device(device)

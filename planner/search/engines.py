@@ -18,6 +18,10 @@ def engine_space(engines: Iterable[str], methods=None) -> tuple[tuple[str, ...] 
 
     No engine: (methods, None), the search's defaults. A method asked for explicitly that an
     engine cannot run is refused with that engine's reason, not silently dropped.
+
+    Raises:
+        NotFoundError: an unknown engine.
+        InputError: a method an engine cannot run, or engines that share no quantization.
     """
     infos = [engine_info(name) for name in dict.fromkeys(engines)]
     if not infos:

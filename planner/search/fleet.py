@@ -56,7 +56,11 @@ class FleetSummary:
 
 
 def parse_gpus(text: str) -> tuple[str, ...]:
-    """'a10g,l4,h100-sxm' or 'all' (every shipped profile)."""
+    """'a10g,l4,h100-sxm' or 'all' (every shipped profile).
+
+    Raises:
+        InputError: an empty list, or a GPU listed twice.
+    """
     if text.strip() == "all":
         return tuple(shipped_profile_names())
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -69,7 +73,11 @@ def parse_gpus(text: str) -> tuple[str, ...]:
 
 
 def parse_prices(text: str | None) -> dict[str, float]:
-    """'a10g=1.0,h100-sxm=4.5' -> USD per GPU-hour."""
+    """'a10g=1.0,h100-sxm=4.5' -> USD per GPU-hour.
+
+    Raises:
+        InputError: an entry that is not GPU=PRICE with a positive price.
+    """
     prices: dict[str, float] = {}
     for part in (text or "").split(","):
         if not part.strip():
@@ -106,7 +114,14 @@ def plan_fleet(
 ) -> FleetSummary:
     """Plan `spec` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml, DIR/<gpu>/<engine>.<ext>,
     DIR/summary.md and DIR/summary.png. The search is restricted to what `engine` and every
-    engine in `exports` can run, so each export is the best those engines can do."""
+    engine in `exports` can run, so each export is the best those engines can do.
+
+    Raises:
+        InputError: out_dir is a file or cannot be created, a price for a GPU not in `gpus`,
+            or a method the engines cannot run; files that cannot be written.
+        NotFoundError: an unknown GPU profile or engine.
+        BudgetError: the model fits none of the GPUs.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"`out_dir` {out_dir}: exists and is not a directory")

@@ -83,6 +83,24 @@ def search(
     acceptance=None, priors=None, model_source: str | None = None, progress: bool = False,
     execution: Execution | None = None,
 ) -> SearchResult:
+    """The Optuna search over decoding set-ups of `spec` on `profile`, each trial scored by the
+    performance model, and the fastest that fits as a Plan with up to five alternatives.
+
+    vram_gib is the budget (default: the device's memory); context and batch_size are what
+    the KV cache must hold; objective "speed" maximises tokens/s, "pareto" also minimises
+    VRAM; methods, quants and drafts (draft model names) narrow the space, skip_pattern is
+    "middle" (a centred block) or "any" (arbitrary subsets); storage and study_name share the
+    study between workers (planner.search.storage); acceptance (one float, or per method) and
+    priors replace the acceptance priors; execution is how the engine runs (default: the
+    profile's). The result also holds every evaluated set-up.
+
+    Raises:
+        InputError: an unknown objective, trials below 1, a storage without a study name or one
+            that cannot be opened, no method left to search, or a draft with another vocabulary.
+        NotFoundError: a draft name that is no model.
+        BudgetError: nothing fits the budget (the message names the smallest that would).
+        MissingDependencyError: the storage's database driver is not installed.
+    """
     import optuna
 
     if objective not in ("speed", "pareto"):
@@ -160,7 +178,11 @@ def _recorded(trial) -> Candidate:
 
 
 def plan(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:
-    """The fastest lossless set-up that fits the budget, as a Plan (see `search` for options)."""
+    """The fastest lossless set-up that fits the budget, as a Plan (see `search` for options).
+
+    Raises:
+        InputError, NotFoundError, BudgetError, MissingDependencyError: as `search`.
+    """
     return search(spec, profile, **kwargs).plan
 
 

@@ -54,6 +54,15 @@ def _loadable(plan: Plan) -> Plan:
 
 
 def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, plan_label: str = "plan") -> Export:
+    """`plan` as the file `engine` (vllm, sglang, trtllm, hf or llamacpp) takes, for
+    `engine_version` or the whole version range the exporter knows; `plan_label` names the
+    plan in the file's header.
+
+    Raises:
+        NotFoundError: an unknown engine (with the near names).
+        InputError: an engine_version that is not a version or outside the known range.
+        ExportError: a set-up the engine cannot run (with the nearest one in the plan it can).
+    """
     info = engine_info(engine)
     version = check_version(info, engine_version)
     renderer = _RENDERERS[engine]

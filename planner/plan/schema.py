@@ -161,6 +161,13 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
     if decoding.exit_layer is not None and not 1 <= decoding.exit_layer < num_layers:
         raise PlanError(f"{path}.exit_layer: {decoding.exit_layer} is outside 1-{num_layers - 1} for a {num_layers}-layer model")
     method = decoding.method
+    ignored = {"skip_layers": method not in ("layer_skip", "s3d") and decoding.skip_layers,
+               "exit_layer": method != "early_exit" and decoding.exit_layer is not None,
+               "draft_model": method != "draft_model" and decoding.draft_model,
+               "gamma": method == "autoregressive" and decoding.gamma}
+    for name, given in ignored.items():
+        if given:  # a value the method would silently ignore
+            raise PlanError(f"{path}.{name}: method {method} has none")
     if method in ("layer_skip", "s3d") and not decoding.skip_layers:
         raise PlanError(f"{path}.skip_layers: method {method} needs at least one skipped layer")
     if method == "early_exit" and decoding.exit_layer is None:

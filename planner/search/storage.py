@@ -11,6 +11,7 @@ searches (model, GPU, budget, space): another search cannot add its trials to it
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from planner.errors import InputError, MissingDependencyError
@@ -70,10 +71,25 @@ def _backend(storage: str | None):
     if path.suffix not in JOURNAL_SUFFIXES:
         raise InputError(f"`storage` {storage!r}: neither a database URL nor a journal file name (e.g. {_EXAMPLES})")
     _check_directory(storage, path)
+    _check_journal(storage, path)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _check_journal(storage: str, path: Path) -> None:
+    """A journal is JSON lines: a file whose first line is no JSON object is not one, and
+    Optuna would append to it before noticing."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError) as exc:
+        first = exc
+    if not isinstance(first, dict):
+        raise InputError(f"`storage` {storage}: not an Optuna journal (its first line is no JSON object)")
 
 
 def _check_directory(storage: str, path: Path) -> None:

@@ -144,6 +144,7 @@ def search(
                 study.enqueue_trial(point, skip_if_exists=True)
         study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
         completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))  # not the seeds still queued
     # Every completed trial of the study, this worker's and any other's sharing the storage.
     evaluated = [_recorded(t) for t in completed]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
@@ -159,7 +160,7 @@ def search(
         prediction=winner.prediction,
         constraints=Constraints(context=context, vram_gib=vram_gib, batch_size=batch_size),
         alternatives=alternatives,
-        search=SearchSettings(sampler="TPESampler", seed=seed, trials=len(study.trials), objective=objective,
+        search=SearchSettings(sampler="TPESampler", seed=seed, trials=finished, objective=objective,
                               methods=space.methods, storage=storage, study=study_name),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)

@@ -32,7 +32,7 @@ class _Cli(click.Group):
         """click's main, with its usage errors as one line (click's own take four)."""
         kwargs.pop("standalone_mode", None)
         try:
-            code = super().main(args=args, prog_name=prog_name or "specplan", standalone_mode=False, **kwargs)
+            code = super().main(args=args, prog_name="specplan", standalone_mode=False, **kwargs)
         except _NO_ARGS_IS_HELP as exc:  # bare `specplan`: the help, as click prints it
             click.echo(exc.ctx.get_help())
             sys.exit(0)
@@ -169,7 +169,7 @@ def profiles(as_json):
 
     found = [("published", p) for p in shipped_profiles()] + [("measured", p) for p in measured_profiles()]
     if as_json:
-        click.echo(json.dumps([dict(p.to_dict(), origin=origin) for origin, p in found], indent=2))
+        click.echo(json.dumps([dict(p.to_dict(), origin=origin) for origin, p in found], indent=2, default=str))
         return
     rows = [[p.name, p.device_name, f"{p.memory_gib:.1f}", f"{p.bandwidth_gbps:.0f}", f"{p.peak_tflops['bf16']:.0f}",
              f"{p.bandwidth_efficiency:.2f}", origin] for origin, p in found]

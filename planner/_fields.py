@@ -93,7 +93,10 @@ class _Reader:
     def scalar(self, value, tp, path: str, name: str):
         if tp is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
+            try:
+                value = float(value) if ok else value
+            except OverflowError:  # an integer beyond any float
+                raise self.error(f"{path}: must be a finite number, got an integer too large for one") from None
         else:
             ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
         if not ok:

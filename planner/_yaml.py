@@ -53,6 +53,10 @@ def read_yaml(path: str | os.PathLike) -> object:
         where = f" line {mark.line + 1}:" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise InputError(f"{path}:{where} {problem}") from None
+    except ValueError as exc:  # a tagged or timestamp-like scalar Python cannot build, e.g. 2001-13-01
+        raise InputError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply") from None
 
 
 def write_yaml_atomic(path: str | os.PathLike, data: object) -> None:

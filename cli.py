@@ -7,13 +7,10 @@ parameters in backquotes (`vram_gib`) and the line printed names the option (--v
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-import signal
 import sys
-import threading
 
 import click
 
@@ -49,41 +46,27 @@ class _Cli(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
-        with _sigint_flag() as interrupted:
+        from planner._signals import sigint_handler
+
+        interrupted = []
+
+        def on_sigint(signum, frame):
+            interrupted.append(signum)
+            raise KeyboardInterrupt
+
+        with sigint_handler(on_sigint):
             try:
                 return super().invoke(ctx)
             except BaseException as exc:
                 # A library may turn Ctrl-C into another error while it unwinds (Optuna 5 raises
                 # UnboundLocalError from its trial loop): the flag says what happened.
-                if interrupted() or isinstance(exc, KeyboardInterrupt):
+                if interrupted or isinstance(exc, KeyboardInterrupt):
                     click.echo("interrupted", err=True)
                     ctx.exit(130)
                 if not isinstance(exc, SpecplanError):
                     raise
                 click.echo(f"error: {_flags(str(exc), self.get_command(ctx, ctx.invoked_subcommand or ''))}", err=True)
                 ctx.exit(exc.exit_code)
-
-
-@contextlib.contextmanager
-def _sigint_flag():
-    """Raise KeyboardInterrupt on SIGINT, as Python does, and remember that it came; yields a
-    callable saying whether it did. Left alone where SIGINT is ignored (a background job) or
-    this is not the main thread."""
-    came = []
-
-    def on_sigint(signum, frame):
-        came.append(signum)
-        raise KeyboardInterrupt
-
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else signal.SIG_IGN
-    if previous is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield lambda: bool(came)
-    finally:
-        if previous is not signal.SIG_IGN:
-            signal.signal(signal.SIGINT, previous)
 
 
 _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -206,6 +207,9 @@ def test_ctrl_c_during_plan_prints_one_line_exits_130_and_writes_nothing(tmp_pat
     assert proc.returncode == 130, stderr
     assert stderr == "interrupted\n" and stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]  # no plan, no temporary file
+    with sqlite3.connect(study) as db:  # the search stopped between trials: none left running or failed
+        states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    assert states.get("COMPLETE") and not states.keys() & {"RUNNING", "FAIL"}, states
 
 
 # ---------------------------------------------------------------- generated bad input

@@ -11,6 +11,7 @@ import dataclasses
 import warnings
 from dataclasses import dataclass
 
+from planner._signals import sigint_handler
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
@@ -142,7 +143,7 @@ def search(
         if len(study.trials) == 0:
             for point in seeds(space):
                 study.enqueue_trial(point, skip_if_exists=True)
-        study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+        _optimize(study, objective_fn, trials=trials, progress=progress)
         completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))  # not the seeds still queued
     # Every completed trial of the study, this worker's and any other's sharing the storage.
@@ -164,6 +165,28 @@ def search(
                               methods=space.methods, storage=storage, study=study_name),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def _optimize(study, objective_fn, *, trials: int, progress: bool) -> None:
+    """study.optimize, with Ctrl-C taking effect between trials: a KeyboardInterrupt raised inside
+    Optuna's storage code can leave a trial half-recorded and a lock held (then the process
+    hangs), so the first SIGINT stops the study after the current trial and is raised from here;
+    a second one interrupts at once."""
+    came = []
+
+    def on_sigint(signum, frame):
+        if came:
+            raise KeyboardInterrupt
+        came.append(signum)
+
+    def stop_if_interrupted(study, trial):
+        if came:
+            study.stop()
+
+    with sigint_handler(on_sigint):
+        study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress, callbacks=[stop_if_interrupted])
+    if came:
+        raise KeyboardInterrupt
 
 
 def _record(trial, candidate: Candidate) -> None:

@@ -192,23 +192,29 @@ def test_plan_that_is_not_utf8_or_not_yaml(tmp_path):
     assert "plan.yaml: month must be in 1..12" in refused(_export(tmp_path, b"schema_version: 2001-13-01\n"), tmp_path)
 
 
+def _trial_states(study: Path) -> dict:
+    try:
+        with sqlite3.connect(study, timeout=0.5) as db:
+            return dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    except sqlite3.Error:  # not created yet, or busy
+        return {}
+
+
 def test_ctrl_c_during_plan_prints_one_line_exits_130_and_writes_nothing(tmp_path):
-    """A long search, interrupted once its study is stored (so the process is inside it)."""
+    """A long search, interrupted once trials complete in its stored study (so it is searching)."""
     out, study = tmp_path / "plan.yaml", tmp_path / "study.db"
     proc = subprocess.Popen([sys.executable, "cli.py", "plan", "--model", "llama-3.2-1b", "--gpu", "a10g",
                              "--trials", "1000000", "--storage", f"sqlite:///{study}", "--study", "s", "--out", str(out)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (study.exists() and study.stat().st_size) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(1.0)  # some trials in
+    deadline = time.monotonic() + 180
+    while _trial_states(study).get("COMPLETE", 0) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr == "interrupted\n" and stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]  # no plan, no temporary file
-    with sqlite3.connect(study) as db:  # the search stopped between trials: none left running or failed
-        states = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+    states = _trial_states(study)  # stopped between trials: none left running or failed
     assert states.get("COMPLETE") and not states.keys() & {"RUNNING", "FAIL"}, states
 
 

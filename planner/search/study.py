@@ -7,6 +7,7 @@ load_if_exists): nothing here re-implements them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -137,15 +138,18 @@ def search(
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(20, trials), multivariate=True, group=True)
     fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": context,
                    "batch_size": batch_size, "space": repr(space)}
-    study = open_study(storage, study_name, sampler=sampler, fingerprint=fingerprint,
-                       directions=["maximize"] if objective == "speed" else ["maximize", "minimize"])
-    with storage_errors(storage):
-        if len(study.trials) == 0:
-            for point in seeds(space):
-                study.enqueue_trial(point, skip_if_exists=True)
-        _optimize(study, objective_fn, trials=trials, progress=progress)
-        completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))  # not the seeds still queued
+    with _interrupt_between_trials() as interrupted:
+        study = open_study(storage, study_name, sampler=sampler, fingerprint=fingerprint,
+                           directions=["maximize"] if objective == "speed" else ["maximize", "minimize"])
+        with storage_errors(storage):
+            if len(study.trials) == 0 and not interrupted:
+                for point in seeds(space):
+                    study.enqueue_trial(point, skip_if_exists=True)
+            if not interrupted:
+                study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress,
+                               callbacks=[lambda study, _: interrupted and study.stop()])
+            completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))  # not the seeds still queued
     # Every completed trial of the study, this worker's and any other's sharing the storage.
     evaluated = [_recorded(t) for t in completed]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
@@ -167,11 +171,13 @@ def search(
     return SearchResult(plan, tuple(evaluated), feasible, budget)
 
 
-def _optimize(study, objective_fn, *, trials: int, progress: bool) -> None:
-    """study.optimize, with Ctrl-C taking effect between trials: a KeyboardInterrupt raised inside
-    Optuna's storage code can leave a trial half-recorded and a lock held (then the process
-    hangs), so the first SIGINT stops the study after the current trial and is raised from here;
-    a second one interrupts at once."""
+@contextlib.contextmanager
+def _interrupt_between_trials():
+    """Ctrl-C while a study talks to its storage takes effect at the next safe point: a
+    KeyboardInterrupt raised inside Optuna's or SQLAlchemy's code can leave a trial
+    half-recorded or a lock held (the process then hangs). The first SIGINT is noted (the
+    study stops after the current trial) and raised when the block ends; a second one
+    interrupts at once."""
     came = []
 
     def on_sigint(signum, frame):
@@ -179,12 +185,8 @@ def _optimize(study, objective_fn, *, trials: int, progress: bool) -> None:
             raise KeyboardInterrupt
         came.append(signum)
 
-    def stop_if_interrupted(study, trial):
-        if came:
-            study.stop()
-
     with sigint_handler(on_sigint):
-        study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress, callbacks=[stop_if_interrupted])
+        yield came
     if came:
         raise KeyboardInterrupt
 

@@ -116,7 +116,7 @@ def search(
     draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
     space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern)
     if not space.methods:
-        raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer)")
+        raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
     execution = execution or Execution.default_for(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
@@ -138,18 +138,9 @@ def search(
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(20, trials), multivariate=True, group=True)
     fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": context,
                    "batch_size": batch_size, "space": repr(space)}
-    with _interrupt_between_trials() as interrupted:
-        study = open_study(storage, study_name, sampler=sampler, fingerprint=fingerprint,
-                           directions=["maximize"] if objective == "speed" else ["maximize", "minimize"])
-        with storage_errors(storage):
-            if len(study.trials) == 0 and not interrupted:
-                for point in seeds(space):
-                    study.enqueue_trial(point, skip_if_exists=True)
-            if not interrupted:
-                study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress,
-                               callbacks=[lambda study, _: interrupted and study.stop()])
-            completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))  # not the seeds still queued
+    completed, finished = _run_study(storage, study_name, sampler=sampler, fingerprint=fingerprint, space=space,
+                                     directions=["maximize"] if objective == "speed" else ["maximize", "minimize"],
+                                     objective_fn=objective_fn, trials=trials, progress=progress)
     # Every completed trial of the study, this worker's and any other's sharing the storage.
     evaluated = [_recorded(t) for t in completed]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
@@ -169,6 +160,26 @@ def search(
                               methods=space.methods, storage=storage, study=study_name),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def _run_study(storage, study_name, *, sampler, directions, fingerprint, space, objective_fn, trials, progress):
+    """Open (or resume) the study, queue the seeds into a new one and run `trials` trials.
+    Returns the study's completed trials and how many trials have finished (not the seeds
+    still queued)."""
+    import optuna
+
+    with _interrupt_between_trials() as interrupted:
+        study = open_study(storage, study_name, sampler=sampler, directions=directions, fingerprint=fingerprint)
+        with storage_errors(storage):
+            if len(study.trials) == 0 and not interrupted:
+                for point in seeds(space):
+                    study.enqueue_trial(point, skip_if_exists=True)
+            if not interrupted:
+                study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress,
+                               callbacks=[lambda study, _: interrupted and study.stop()])
+            every = study.get_trials(deepcopy=False)
+    completed = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
+    return completed, sum(t.state.is_finished() for t in every)
 
 
 @contextlib.contextmanager

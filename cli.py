@@ -382,7 +382,7 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     from planner.search.plot import check_plot_path
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
-    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot)
+    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern)
     sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
     if gpus:
         return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
@@ -411,7 +411,7 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
-def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot):
+def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern):
     from planner.errors import InputError
 
     if bool(gpu) == bool(gpus):
@@ -426,6 +426,9 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
         raise InputError("--plot draws one GPU's plan; a fleet draws DIR/summary.png")
     if batch_sizes and (objective != "speed" or storage):
         raise InputError("--batch-sizes plans for speed in one process: leave out --objective pareto and --storage")
+    if gpus and (objective != "speed" or storage or skip_pattern != "middle"):
+        raise InputError("--gpus plans each GPU for speed in one process, skipping a centred block: leave out "
+                         "--objective pareto, --storage and --skip-pattern any")
 
 
 def _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials, seed,

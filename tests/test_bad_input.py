@@ -102,6 +102,13 @@ def test_plan_options(tmp_path, args, message):
     assert message.replace("{tmp}", str(tmp_path)) in err
 
 
+@pytest.mark.parametrize("option", [["--objective", "pareto"], ["--storage", "sqlite:///x.db", "--study", "s"],
+                                    ["--skip-pattern", "any"]])
+def test_fleet_refuses_what_it_would_ignore(tmp_path, option):
+    err = refused(["plan", "--model", "llama-3.1-8b", "--gpus", "a10g,l4", "--out-dir", tmp_path / "d", *option], tmp_path)
+    assert "--gpus plans each GPU for speed in one process" in err
+
+
 def test_storage_that_is_no_database_or_journal(tmp_path):
     (tmp_path / "junk.db").write_text("not a database " * 100)
     (tmp_path / "junk.log").write_text("not a journal\n")

@@ -1,13 +1,16 @@
 """specplan's command line: each command parses, calls one library function, prints.
 
 Errors from the library (SpecplanError) are caught once, in the command group, and
-printed as one line on stderr with exit code 2 for bad input.
+printed as one line on stderr with exit code 2 for bad input; the library names its
+parameters in backquotes (`vram_gib`) and the line printed names the option (--vram-gib).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import sys
 
 import click
@@ -15,15 +18,65 @@ import click
 from planner.errors import SpecplanError
 
 
+# click >= 8.2 raises this for a bare group; 8.1 prints the help itself and exits 0.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class _Cli(click.Group):
-    """Catches SpecplanError once: one line on stderr, its exit code, no traceback."""
+    """Catches SpecplanError once: one line on stderr, its exit code, no traceback; and Ctrl-C:
+    "interrupted", exit 130 (every file specplan writes is replaced whole or not at all)."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        """click's main, with its usage errors as one line (click's own take four)."""
+        kwargs.pop("standalone_mode", None)
+        try:
+            code = super().main(args=args, prog_name="specplan", standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # bare `specplan`: the help, as click prints it
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C while click parsed the options
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except SpecplanError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+        from planner._signals import sigint_handler
+
+        interrupted = []
+
+        def on_sigint(signum, frame):
+            interrupted.append(signum)
+            raise KeyboardInterrupt
+
+        with sigint_handler(on_sigint):
+            try:
+                return super().invoke(ctx)
+            except BaseException as exc:
+                # A library may turn Ctrl-C into another error while it unwinds (Optuna 5 raises
+                # UnboundLocalError from its trial loop): the flag says what happened.
+                if interrupted or isinstance(exc, KeyboardInterrupt):
+                    click.echo("interrupted", err=True)
+                    ctx.exit(130)
+                if not isinstance(exc, SpecplanError):
+                    raise
+                click.echo(f"error: {_flags(str(exc), self.get_command(ctx, ctx.invoked_subcommand or ''))}", err=True)
+                ctx.exit(exc.exit_code)
+
+
+_PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
+
+
+def _flags(message: str, command: click.Command | None) -> str:
+    """The library names its parameters (`vram_gib`); the command line says the option (--vram-gib)."""
+    options = {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)} if command else {}
+    return _PARAMETER.sub(lambda m: options.get(m.group(1), m.group(1)), message)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -63,7 +116,7 @@ def profile(device, quick, out):
     import yaml
     from tqdm import tqdm
 
-    from planner._yaml import ensure_writable
+    from planner._files import ensure_writable
     from planner.hardware import profile_device
     from planner.hardware.measure import STEPS, resolve_device
 
@@ -100,7 +153,7 @@ def profiles(as_json):
 
     found = [("published", p) for p in shipped_profiles()] + [("measured", p) for p in measured_profiles()]
     if as_json:
-        click.echo(json.dumps([dict(p.to_dict(), origin=origin) for origin, p in found], indent=2))
+        click.echo(json.dumps([dict(p.to_dict(), origin=origin) for origin, p in found], indent=2, default=str))
         return
     rows = [[p.name, p.device_name, f"{p.memory_gib:.1f}", f"{p.bandwidth_gbps:.0f}", f"{p.peak_tflops['bf16']:.0f}",
              f"{p.bandwidth_efficiency:.2f}", origin] for origin, p in found]
@@ -135,42 +188,89 @@ def models(as_json):
 # ---------------------------------------------------------------- perf + search (issue 3)
 
 
-def _layer_range(text: str) -> tuple[int, ...]:
-    """'10-17' or '3,5,9' -> layer indices."""
-    try:
-        if "-" in text:
-            first, last = (int(x) for x in text.split("-", 1))
-            return tuple(range(first, last + 1))
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{text}': expected A-B or a comma-separated list of layers") from None
+class _Finite(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which pass every comparison click makes."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _layer_list(ctx, param, text: str | None) -> tuple[int, ...] | None:
+    """'10-17', '3,5,9' or '2-4,9' -> sorted layer indices. A range written backwards, a layer
+    listed twice or an empty list is refused, never reinterpreted. The one parser of layer lists."""
+    if text is None:
+        return None
+    layers = []
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise click.BadParameter(f"'{text}': expected A-B or a comma-separated list of layers like 3,5,9") from None
+        if high < low:
+            raise click.BadParameter(f"'{text}': the range {part.strip()} runs backwards (write {high}-{low})")
+        layers += range(low, high + 1)
+    twice = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if twice:
+        raise click.BadParameter(f"'{text}': layer {twice[0]} is listed twice")
+    return tuple(sorted(layers))
+
+
+_SKIPPING = ("layer_skip", "s3d")
+_SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
+_APPLIES_TO = {"--gamma": _SPECULATIVE, "--skip-layers": _SKIPPING, "--skip-ratio": _SKIPPING,
+               "--exit-layer": ("early_exit",), "--draft-model": ("draft_model",)}
 
 
 def _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model):
+    """The Decoding the options describe; an option that the method would ignore is refused."""
     from planner.errors import InputError
     from planner.perf import middle_block
     from planner.plan import Decoding
 
-    if skip_layers and skip_ratio is not None:
+    given = {"--gamma": gamma, "--skip-layers": skip_layers, "--skip-ratio": skip_ratio, "--exit-layer": exit_layer,
+             "--draft-model": draft_model}
+    for flag, value in given.items():
+        if value is not None and method not in _APPLIES_TO[flag]:
+            raise InputError(f"{flag} does not apply to --method {method} (it applies to {', '.join(_APPLIES_TO[flag])})")
+    if skip_layers is not None and skip_ratio is not None:
         raise InputError("give --skip-layers or --skip-ratio, not both")
-    skipped = _layer_range(skip_layers) if skip_layers else ()
+    if method == "draft_model" and draft_model is None:
+        raise InputError("--method draft_model needs --draft-model NAME")
+    layers = spec.num_layers
     if skip_ratio is not None:
-        if not 0 < skip_ratio < 1:
-            raise InputError(f"--skip-ratio must be between 0 and 1, got {skip_ratio}")
-        skipped = middle_block(spec.num_layers, round(skip_ratio * spec.num_layers))
-    if method in ("layer_skip", "s3d") and not skipped:
-        skipped = middle_block(spec.num_layers, spec.num_layers // 2)
+        count = round(skip_ratio * layers)
+        if not 1 <= count <= layers - 2:  # a centred block keeps the first and the last layer
+            raise InputError(f"--skip-ratio {skip_ratio:g} skips {count} of the {layers} layers of {spec.name}: "
+                             f"a centred block skips 1 to {layers - 2} ({1 / layers:.3g} to {(layers - 2) / layers:.3g})")
+        skip_layers = middle_block(layers, count)
+    if method in _SKIPPING and skip_layers is None:
+        skip_layers = middle_block(layers, layers // 2)
+    for layer in skip_layers or ():
+        if not 0 <= layer < layers:
+            raise InputError(f"--skip-layers: layer {layer} is outside 0-{layers - 1} for {spec.name}")
+    if skip_layers is not None and len(skip_layers) >= layers:
+        raise InputError(f"--skip-layers/--skip-ratio: skips all {layers} layers of {spec.name}; the draft must keep one")
     if method == "early_exit" and exit_layer is None:
-        exit_layer = 3 * spec.num_layers // 4
-    for layer in skipped:
-        if not 0 <= layer < spec.num_layers:
-            raise InputError(f"--skip-layers: layer {layer} is outside 0-{spec.num_layers - 1} for {spec.name}")
-    if exit_layer is not None and not 1 <= exit_layer < spec.num_layers:
-        raise InputError(f"--exit-layer {exit_layer} is outside 1-{spec.num_layers - 1} for {spec.name}")
-    gamma = 0 if method == "autoregressive" else (gamma or 4)
-    return Decoding(method=method, gamma=gamma, skip_layers=skipped if method in ("layer_skip", "s3d") else (),
-                    exit_layer=exit_layer if method == "early_exit" else None, quant=quant,
-                    draft_model=draft_model if method == "draft_model" else None)
+        exit_layer = 3 * layers // 4
+    if exit_layer is not None and not 1 <= exit_layer < layers:
+        raise InputError(f"--exit-layer {exit_layer} is outside 1-{layers - 1} for {spec.name}")
+    return Decoding(method=method, gamma=0 if method == "autoregressive" else (gamma or 4),
+                    skip_layers=skip_layers or (), exit_layer=exit_layer, quant=quant, draft_model=draft_model)
+
+
+def _target_spec(model_name: str, context: int):
+    """The model's spec, refused when --context is beyond the positions it was trained for."""
+    from planner.errors import InputError
+    from planner.models import load_model_spec
+
+    spec = load_model_spec(model_name)
+    if context > spec.max_position_embeddings:
+        raise InputError(f"--context {context} is beyond the {spec.max_position_embeddings} positions of {spec.name}")
+    return spec
 
 
 _METHODS = click.Choice(["autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup"])
@@ -182,12 +282,13 @@ _QUANTS = click.Choice(["none", "int8", "int4"])
 @click.option("--gpu", required=True, help="Shipped profile name or a measured profile YAML.")
 @click.option("--method", required=True, type=_METHODS)
 @click.option("--gamma", type=click.IntRange(1, 16), help="Drafted tokens per iteration (default 4).")
-@click.option("--skip-layers", help="Layers the draft skips: A-B or a list (default: the middle half).")
-@click.option("--skip-ratio", type=float, help="Skip a centred block of this fraction of the layers.")
+@click.option("--skip-layers", callback=_layer_list, help="Layers the draft skips: A-B or a list (default: the middle half).")
+@click.option("--skip-ratio", type=_Finite(0, 1, min_open=True, max_open=True),
+              help="Skip a centred block of this fraction of the layers.")
 @click.option("--exit-layer", type=int, help="early_exit: the draft runs layers [0, E).")
 @click.option("--quant", type=_QUANTS, default="none", show_default=True)
 @click.option("--draft-model", help="draft_model: card name, directory or config.json of the draft.")
-@click.option("--acceptance", type=click.FloatRange(0, 1), help="Per-token acceptance; overrides the prior.")
+@click.option("--acceptance", type=_Finite(0, 1), help="Per-token acceptance; overrides the prior.")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -202,10 +303,11 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     from planner.hardware import load_profile
     from planner.models import load_model_spec
     from planner.perf import predict_detail
+    from planner.search.study import check_draft
 
-    spec, profile = load_model_spec(model_name), load_profile(gpu)
+    spec, profile = _target_spec(model_name, context), load_profile(gpu)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
-    draft_spec = load_model_spec(draft_model) if method == "draft_model" and draft_model else None
+    draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec)
     p = detail.prediction
@@ -251,7 +353,7 @@ def _describe(d) -> str:
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
 @click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
 @click.option("--usd-per-hour", help="Fleet: GPU prices for cost per million tokens, e.g. a10g=1.0,h100-sxm=4.5")
-@click.option("--vram-gib", type=click.FloatRange(min=0, min_open=True), help="Memory budget (default: the GPU's).")
+@click.option("--vram-gib", type=_Finite(min=0, min_open=True), help="Memory budget (default: the GPU's).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -274,20 +376,24 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
       specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
           --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
     """
+    from planner._files import ensure_writable
     from planner.hardware import load_profile
-    from planner.models import load_model_spec
     from planner.plan import save_plan
     from planner.search import search
     from planner.search.engines import engine_space
+    from planner.search.plot import check_plot_path
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
-    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot)
+    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern)
     sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
     if gpus:
         return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
                            seed, methods)
+    for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
+        if path:
+            ensure_writable(path)
     method_list, quants = engine_space([engine] if engine else [], _method_list(methods))
-    spec, profile = load_model_spec(model_name), load_profile(gpu)
+    spec, profile = _target_spec(model_name, context), load_profile(gpu)
     if sizes:
         result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, context=context, trials=trials,
                                  seed=seed, methods=method_list, quants=quants, skip_pattern=skip_pattern,
@@ -307,7 +413,7 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
-def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot):
+def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern):
     from planner.errors import InputError
 
     if bool(gpu) == bool(gpus):
@@ -322,14 +428,16 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
         raise InputError("--plot draws one GPU's plan; a fleet draws DIR/summary.png")
     if batch_sizes and (objective != "speed" or storage):
         raise InputError("--batch-sizes plans for speed in one process: leave out --objective pareto and --storage")
+    if gpus and (objective != "speed" or storage or skip_pattern != "middle"):
+        raise InputError("--gpus plans each GPU for speed in one process, skipping a centred block: leave out "
+                         "--objective pareto, --storage and --skip-pattern any")
 
 
 def _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials, seed,
                 methods):
-    from planner.models import load_model_spec
     from planner.search.fleet import SUMMARY_HEADERS, parse_gpus, parse_prices, plan_fleet, summary_rows
 
-    summary = plan_fleet(load_model_spec(model_name), parse_gpus(gpus), out_dir=out_dir,
+    summary = plan_fleet(_target_spec(model_name, context), parse_gpus(gpus), out_dir=out_dir,
                          exports=[e.strip() for e in (exports or "").split(",") if e.strip()], engine=engine,
                          batch_sizes=sizes or (1,), usd_per_hour=parse_prices(usd_per_hour), vram_gib=vram_gib,
                          context=context, trials=trials, seed=seed, methods=_method_list(methods),
@@ -417,7 +525,8 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @cli.command()
 @click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory or hub id.")
 @click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
-@click.option("--skip-layers", "skip", required=True, help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
+@click.option("--skip-layers", "skip", required=True, callback=_layer_list,
+              help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
 @click.option("--gamma", type=int, required=True, help="Tokens drafted per forward (mask tokens = gamma - 1).")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
@@ -435,7 +544,7 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
     """
     from planner.train.adapt import adapt as run_adapt
 
-    r = run_adapt(model_path, data, skip=skip, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
+    r = run_adapt(model_path, data, skip=",".join(map(str, skip)), gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
                   resume=resume, device=device)
     click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {r.draft_loss:.3f}")
     click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
@@ -502,28 +611,8 @@ def export_command(plan_path, engine, engine_version, out):
     click.echo(f"wrote {out} ({result.version_range})")
 
 
-# click >= 8.2 raises this for a bare group; 8.1 prints the help itself and exits 0.
-_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
-
-
 def main(argv=None) -> None:
-    # standalone_mode=False so click's usage errors reach us: one line instead of click's four.
-    try:
-        code = cli.main(args=argv, prog_name="specplan", standalone_mode=False)
-    except _NO_ARGS_IS_HELP as exc:  # bare `specplan`: the help, as click prints it
-        click.echo(exc.ctx.get_help())
-        sys.exit(0)
-    except click.UsageError as exc:
-        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        click.echo(f"error: {exc.format_message()}{where}", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    cli.main(args=argv, prog_name="specplan")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ The public surface is small and lazy: planning never imports torch.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -34,3 +36,18 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'planner' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`planner.plan` is the function `plan`, although a subpackage has that name: importing a
+    subpackage binds it as an attribute of its parent, which would shadow the function for
+    every later `from planner import plan`. The subpackage stays importable by its full name
+    (`from planner.plan import Plan`)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner._yaml import ensure_writable
+from planner._files import ensure_writable
 from planner.errors import InputError
 from planner.perf.cost import KERNELS_PER_HEAD, KERNELS_PER_LAYER, Execution, forward_latency_s
 from planner.plan.schema import Candidate, Decoding
@@ -108,7 +108,7 @@ def autotune(
     from planner.search.study import search
 
     if max_new_tokens < MIN_NEW_TOKENS:
-        raise InputError(f"--max-new-tokens must be at least {MIN_NEW_TOKENS} for autotune to time decoding, got {max_new_tokens}")
+        raise InputError(f"`max_new_tokens` must be at least {MIN_NEW_TOKENS} for autotune to time decoding, got {max_new_tokens}")
     source = Path(model) if model else DEMO_DIR
     spec = load_model_spec(str(source))  # refuse a bad --model, --draft-model or --out before measuring anything
     draft = Path(draft_model) if draft_model else (DEMO_DIR / DRAFT_DIR if model is None else None)

@@ -170,7 +170,7 @@ def test_deterministic_draft_sampling_keeps_the_target_distribution():
 
 def test_int8_weight_only_stays_lossless_between_methods():
     """torchao int8 on CPU: speculative output equals plain decoding of the quantized model."""
-    pytest.importorskip("torchao.quantization", reason="torchao not installed (pip install 'specplan[quant]')")
+    pytest.importorskip("torchao.quantization", reason='torchao not installed (pip install ".[quant]")')
     from transformers import LlamaConfig
 
     from planner.runtime.load import random_target

@@ -95,7 +95,7 @@ def test_storage_resumes_a_shared_study(tmp_path):
     second = search(spec, profile, trials=6, storage=url, study_name="s")
     assert second.plan.search.trials == 12 and second.evaluated[:6] == first.evaluated  # ranks the whole study
     assert second.plan.prediction.tokens_per_s >= first.plan.prediction.tokens_per_s
-    with pytest.raises(InputError, match="--storage needs --study"):
+    with pytest.raises(InputError, match="`storage` needs `study_name`"):
         search(spec, profile, trials=5, storage=url)
 
 

@@ -23,7 +23,12 @@ __all__ = [
 
 
 def profile_device(*args, **kwargs):
-    """Measure a device into a HardwareProfile (lazy: imports torch only when called)."""
+    """Measure a device into a HardwareProfile (lazy: imports torch only when called); see
+    planner.hardware.measure.profile_device for the options.
+
+    Raises:
+        DeviceError: an unknown device, or a GPU that is not there.
+    """
     from planner.hardware.measure import profile_device as _profile_device
 
     return _profile_device(*args, **kwargs)

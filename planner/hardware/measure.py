@@ -48,7 +48,11 @@ FULL_CPU, QUICK_CPU = Sizes(512, 1024, 5), Sizes(256, 768, 3)
 
 
 def resolve_device(device: str):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device, or DeviceError naming the problem."""
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device.
+
+    Raises:
+        DeviceError: an unknown device name, no CUDA GPU, or an index beyond the GPUs visible.
+    """
     import torch
 
     if device == "auto":
@@ -59,10 +63,10 @@ def resolve_device(device: str):
     if not match:
         raise DeviceError(f"unknown device '{device}': expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {device}: no CUDA GPU is visible on this machine (try --device cpu)")
+        raise DeviceError(f"`device` {device}: no CUDA GPU is visible on this machine (try `device` cpu)")
     index, count = int(match.group(1) or 0), torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"--device {device}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
+        raise DeviceError(f"`device` {device}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
     return torch.device(f"cuda:{index}")
 
 
@@ -325,7 +329,7 @@ def _torchao_kernels(device, shape: tuple[int, int]):
     try:
         from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
     except ImportError:
-        return "not installed (pip install 'specplan[quant]')"
+        return 'not installed (pip install ".[quant]" from a clone of specplan)'
     except (RuntimeError, AttributeError) as exc:  # a torchao built for another torch
         return _unavailable(exc)
     import torch
@@ -521,7 +525,11 @@ def profile_device(device: str = "auto", *, quick: bool = False, sizes: Sizes | 
     """Measure `device` ('auto', 'cpu', 'cuda', 'cuda:N') into a HardwareProfile.
 
     progress(step) is called with each entry of STEPS as it starts; `name` is the profile's
-    key (default: a slug of the device name); `sizes` overrides the problem sizes."""
+    key (default: a slug of the device name); `sizes` overrides the problem sizes.
+
+    Raises:
+        DeviceError: as `resolve_device`.
+    """
     import torch
 
     dev = resolve_device(device)

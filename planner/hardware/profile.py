@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from planner._fields import from_mapping
 from planner._yaml import read_yaml, write_yaml_atomic
 from planner.errors import InputError, NotFoundError, near_matches
 
@@ -57,42 +58,58 @@ class HardwareProfile:
     def effective_bandwidth_gbps(self) -> float:
         return self.bandwidth_gbps * self.bandwidth_efficiency
 
-    def effective_tflops(self, dtype: str) -> float:
-        return self.peak_tflops[dtype] * self.compute_efficiency
-
     def to_dict(self) -> dict:
         data = {"schema_version": SCHEMA_VERSION}
         data.update(dataclasses.asdict(self))
         return data
 
     def save(self, path) -> None:
+        """Write the profile as YAML to `path`, atomically.
+
+        Raises:
+            InputError: `path` cannot be written.
+        """
         write_yaml_atomic(path, self.to_dict())
 
 
-_REQUIRED = ("name", "device_name", "kind", "memory_gib", "bandwidth_gbps", "peak_tflops")
+_POSITIVE = ("memory_gib", "memory_free_gib", "bandwidth_gbps", "peak_tflops", "quant_slowdown")
+_FRACTIONS = ("bandwidth_efficiency", "compute_efficiency")  # achievable share of a peak: (0, 1]
+_NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope")
+KINDS = ("gpu", "cpu")
+
+
+def _check_range(name: str, path: str, value) -> None:
+    if name in _POSITIVE and value <= 0:
+        raise InputError(f"{path}: must be positive, got {value}")
+    if name in _FRACTIONS and not 0 < value <= 1:
+        raise InputError(f"{path}: must be a fraction of the peak, above 0 and at most 1, got {value}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise InputError(f"{path}: must not be negative, got {value}")
+    if name == "kind" and value not in KINDS:
+        raise InputError(f"{path}: '{value}' is not one of {', '.join(KINDS)}")
 
 
 def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
+    """A HardwareProfile from the mapping a profile file holds, every field checked.
+
+    Raises:
+        InputError: "<origin>: <field path>: <why>" for the first field that is unknown, missing,
+            of the wrong type, not finite, or out of range (peaks, bandwidths and memory must be
+            positive, efficiencies in (0, 1], launch costs and token_slope not negative).
+    """
     if not isinstance(data, dict):
         raise InputError(f"{origin}: a profile must be a YAML mapping")
     data = dict(data)
     version = data.pop("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise InputError(f"{origin}: schema_version {version} is not supported (expected {SCHEMA_VERSION})")
-    known = {f.name for f in dataclasses.fields(HardwareProfile)}
-    for key in data:
-        if key not in known:
-            raise InputError(f"{origin}: unknown field '{key}'{near_matches(key, known)}")
-    for key in _REQUIRED:
-        if key not in data:
-            raise InputError(f"{origin}: missing field '{key}'")
-    for key in ("memory_gib", "bandwidth_gbps", "bandwidth_efficiency", "compute_efficiency"):
-        value = data.get(key, 1.0)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise InputError(f"{origin}: field '{key}' must be a positive number, got {value!r}")
-    if not isinstance(data["peak_tflops"], dict) or not data["peak_tflops"]:
-        raise InputError(f"{origin}: field 'peak_tflops' must map dtypes to TFLOP/s")
-    return HardwareProfile(**data)
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise InputError(f"{origin}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    try:
+        profile = from_mapping(HardwareProfile, data, check=_check_range)
+    except InputError as exc:
+        raise InputError(f"{origin}: {exc}") from None
+    if not profile.peak_tflops:
+        raise InputError(f"{origin}: peak_tflops: must map dtypes to TFLOP/s")
+    return profile
 
 
 def shipped_profile_names() -> list[str]:
@@ -106,7 +123,13 @@ def measured_profile_names() -> list[str]:
 
 
 def load_profile(name_or_path: str) -> HardwareProfile:
-    """A shipped or committed measured profile by name (e.g. 'a10g'), or a profile YAML by path."""
+    """A shipped or committed measured profile by name (e.g. 'a10g'), or a profile YAML by path.
+
+    Raises:
+        NotFoundError: no such profile name (with the near ones) or file.
+        InputError: a file that is unreadable, not UTF-8, not YAML, or has a field that does
+            not validate (see `profile_from_dict`).
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return profile_from_dict(read_yaml(path), origin=str(path))

@@ -1,19 +1,18 @@
 """The Plan: what was decided and why, as a versioned YAML file validated on load.
 
-Validation is driven by the dataclass fields below: unknown keys, wrong types, values
-out of range and layer indices beyond the model each raise one PlanError naming the
-field by its dotted path (e.g. `decoding.skip_layers[3]`).
+Validation is driven by the dataclass fields below (planner._fields): unknown keys, wrong
+types, numbers that are not finite, values out of range and layer indices beyond the model
+each raise one PlanError naming the field by its dotted path (e.g. `decoding.skip_layers[3]`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 
+from planner._fields import from_mapping, to_plain
 from planner._yaml import read_yaml, write_yaml_atomic
-from planner.errors import PlanError, near_matches
+from planner.errors import PlanError
 
 SCHEMA_VERSION = 1
 METHODS = ("autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
@@ -112,7 +111,7 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        data = _to_plain(self)
+        data = to_plain(self)
         return {"schema_version": data.pop("schema_version"), **data}
 
     def save(self, path) -> None:
@@ -162,6 +161,13 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
     if decoding.exit_layer is not None and not 1 <= decoding.exit_layer < num_layers:
         raise PlanError(f"{path}.exit_layer: {decoding.exit_layer} is outside 1-{num_layers - 1} for a {num_layers}-layer model")
     method = decoding.method
+    ignored = {"skip_layers": method not in ("layer_skip", "s3d") and decoding.skip_layers,
+               "exit_layer": method != "early_exit" and decoding.exit_layer is not None,
+               "draft_model": method != "draft_model" and decoding.draft_model,
+               "gamma": method == "autoregressive" and decoding.gamma}
+    for name, given in ignored.items():
+        if given:  # a value the method would silently ignore
+            raise PlanError(f"{path}.{name}: method {method} has none")
     if method in ("layer_skip", "s3d") and not decoding.skip_layers:
         raise PlanError(f"{path}.skip_layers: method {method} needs at least one skipped layer")
     if method == "early_exit" and decoding.exit_layer is None:
@@ -182,75 +188,13 @@ def _check_plan(plan: Plan) -> None:
             raise PlanError(f"schedule[{i}]: batch_min {entry.batch_min} exceeds batch_max {entry.batch_max}")
 
 
-# -- generic (de)serialisation driven by the dataclass fields ---------------------------
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _convert(value, tp, path: str, name: str):
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], path, name)
-    if dataclasses.is_dataclass(tp):
-        return _from_mapping(tp, value, path)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise PlanError(f"{path}: expected a list, got {type(value).__name__}")
-        return tuple(_convert(v, args[0], f"{path}[{i}]", name) for i, v in enumerate(value))
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise PlanError(f"{path}: expected a mapping, got {type(value).__name__}")
-        return value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    else:
-        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
-    if not ok:
-        raise PlanError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    _check_range(name, path, value)
-    return value
-
-
-def _from_mapping(cls, data, path: str):
-    where = path or "plan"
-    if not isinstance(data, dict):
-        raise PlanError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    prefix = f"{path}." if path else ""
-    for key in data:
-        if key not in fields:
-            raise PlanError(f"{prefix}{key}: unknown field{near_matches(str(key), fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise PlanError(f"{prefix}{name}: missing")
-            continue
-        value = data[name]
-        if value is None and type(None) not in typing.get_args(hints[name]):
-            raise PlanError(f"{prefix}{name}: must not be empty")
-        kwargs[name] = _convert(value, hints[name], f"{prefix}{name}", name)
-    return cls(**kwargs)
-
-
-def _to_plain(obj):
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
 def plan_from_dict(data) -> Plan:
+    """A Plan from the mapping a plan file holds, every field checked.
+
+    Raises:
+        PlanError: the first field that is unknown, missing, of the wrong type, not finite or
+            out of range, or a set-up the model cannot run; the message names its dotted path.
+    """
     if not isinstance(data, dict):
         raise PlanError("plan: expected a YAML mapping at the top level")
     version = data.get("schema_version", None)
@@ -258,12 +202,19 @@ def plan_from_dict(data) -> Plan:
         raise PlanError("schema_version: missing")
     if isinstance(version, bool) or version != SCHEMA_VERSION:  # YAML `true` would equal 1
         raise PlanError(f"schema_version: {version!r} is not supported (this specplan reads version {SCHEMA_VERSION})")
-    plan = _from_mapping(Plan, data, "")
+    plan = from_mapping(Plan, data, check=_check_range, error=PlanError)
     _check_plan(plan)
     return plan
 
 
 def load_plan(path) -> Plan:
+    """The plan in the YAML file at `path`.
+
+    Raises:
+        NotFoundError: no such file.
+        InputError: unreadable, not UTF-8 or not YAML (with the line).
+        PlanError: a field that does not validate: "<path>: <field path>: <why>".
+    """
     data = read_yaml(path)
     try:
         return plan_from_dict(data)
@@ -272,5 +223,11 @@ def load_plan(path) -> Plan:
 
 
 def save_plan(plan: Plan, path) -> None:
-    _check_plan(plan)
+    """Write `plan` to `path` as YAML, atomically, after checking it reads back as written.
+
+    Raises:
+        PlanError: the plan would not load (e.g. a skipped layer beyond the model); nothing is written.
+        InputError: `path` cannot be written.
+    """
+    plan_from_dict(plan.to_dict())
     plan.save(path)

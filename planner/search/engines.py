@@ -18,6 +18,10 @@ def engine_space(engines: Iterable[str], methods=None) -> tuple[tuple[str, ...] 
 
     No engine: (methods, None), the search's defaults. A method asked for explicitly that an
     engine cannot run is refused with that engine's reason, not silently dropped.
+
+    Raises:
+        NotFoundError: an unknown engine.
+        InputError: a method an engine cannot run, or engines that share no quantization.
     """
     infos = [engine_info(name) for name in dict.fromkeys(engines)]
     if not infos:
@@ -26,7 +30,7 @@ def engine_space(engines: Iterable[str], methods=None) -> tuple[tuple[str, ...] 
         for method in methods or ():
             why = info.cannot_run(Decoding(method=method))
             if why:
-                raise InputError(f"{why} (drop it from --methods, or plan without --engine/--export {info.name})")
+                raise InputError(f"{why} (drop it from `methods`, or plan without `engine`/`exports` {info.name})")
     chosen = tuple(m for m in (methods or METHODS) if all(m in info.methods for info in infos))
     quants = tuple(q for q in QUANTIZATIONS if all(q in info.quants for info in infos))
     if not quants:

@@ -10,10 +10,10 @@ which no GPU fits is refused.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner._files import write_atomic
 from planner._yaml import write_yaml_atomic
 from planner.errors import BudgetError, InputError, near_matches
 from planner.hardware import load_profile, shipped_profile_names
@@ -56,20 +56,28 @@ class FleetSummary:
 
 
 def parse_gpus(text: str) -> tuple[str, ...]:
-    """'a10g,l4,h100-sxm' or 'all' (every shipped profile)."""
+    """'a10g,l4,h100-sxm' or 'all' (every shipped profile).
+
+    Raises:
+        InputError: an empty list, or a GPU listed twice.
+    """
     if text.strip() == "all":
         return tuple(shipped_profile_names())
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise InputError("--gpus: expected a comma-separated list of GPU profiles, or all")
+        raise InputError("`gpus`: expected a comma-separated list of GPU profiles, or all")
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise InputError(f"--gpus: {', '.join(twice)} listed twice")
+        raise InputError(f"`gpus`: {', '.join(twice)} listed twice")
     return tuple(names)
 
 
 def parse_prices(text: str | None) -> dict[str, float]:
-    """'a10g=1.0,h100-sxm=4.5' -> USD per GPU-hour."""
+    """'a10g=1.0,h100-sxm=4.5' -> USD per GPU-hour.
+
+    Raises:
+        InputError: an entry that is not GPU=PRICE with a positive price.
+    """
     prices: dict[str, float] = {}
     for part in (text or "").split(","):
         if not part.strip():
@@ -80,7 +88,7 @@ def parse_prices(text: str | None) -> dict[str, float]:
         except ValueError:
             price = float("nan")
         if not price > 0:
-            raise InputError(f"--usd-per-hour {part.strip()!r}: expected GPU=PRICE with a positive price, e.g. a10g=1.0")
+            raise InputError(f"`usd_per_hour` {part.strip()!r}: expected GPU=PRICE with a positive price, e.g. a10g=1.0")
         prices[name.strip()] = price
     return prices
 
@@ -106,17 +114,24 @@ def plan_fleet(
 ) -> FleetSummary:
     """Plan `spec` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml, DIR/<gpu>/<engine>.<ext>,
     DIR/summary.md and DIR/summary.png. The search is restricted to what `engine` and every
-    engine in `exports` can run, so each export is the best those engines can do."""
+    engine in `exports` can run, so each export is the best those engines can do.
+
+    Raises:
+        InputError: out_dir is a file or cannot be created, a price for a GPU not in `gpus`,
+            or a method the engines cannot run; files that cannot be written.
+        NotFoundError: an unknown GPU profile or engine.
+        BudgetError: the model fits none of the GPUs.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out-dir {out_dir}: exists and is not a directory")
+        raise InputError(f"`out_dir` {out_dir}: exists and is not a directory")
     profiles = {gpu: load_profile(gpu) for gpu in gpus}
     exports = tuple(dict.fromkeys(exports))
     methods, quants = engine_space(([engine] if engine else []) + list(exports), methods)
     prices = usd_per_hour or {}
     for name in prices:
         if name not in profiles:
-            raise InputError(f"--usd-per-hour: {name} is not in --gpus{near_matches(name, profiles)}")
+            raise InputError(f"`usd_per_hour`: {name} is not in `gpus`{near_matches(name, profiles)}")
     options = dict(context=context, trials=trials, seed=seed, methods=methods, quants=quants,
                    model_source=model_source, priors=priors)
     rows = tuple(_row(gpu, profile, spec, batch_sizes=batch_sizes, vram_gib=vram_gib, prices=prices,
@@ -135,16 +150,13 @@ def plan_fleet(
 
 
 def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str, chart: bytes) -> tuple[Path, ...]:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"--out-dir {out_dir}: cannot create ({exc.strerror})") from None
-    written = [_write_bytes(out_dir / "summary.md", markdown.encode()), _write_bytes(out_dir / "summary.png", chart)]
+    _mkdir(out_dir)
+    written = [write_atomic(out_dir / "summary.md", markdown), write_atomic(out_dir / "summary.png", chart)]
     for row in rows:
         if row.plan is None:
             continue
         gpu_dir = out_dir / row.gpu
-        gpu_dir.mkdir(exist_ok=True)
+        _mkdir(gpu_dir)
         write_yaml_atomic(gpu_dir / "plan.yaml", row.plan.to_dict())
         written.append(gpu_dir / "plan.yaml")
         for export in exports[row.gpu]:
@@ -154,15 +166,11 @@ def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str,
     return tuple(written)
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _mkdir(path: Path) -> None:
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
-    return path
+        raise InputError(f"{path}: cannot create the directory ({exc.strerror})") from None
 
 
 # -- the summary ----------------------------------------------------------------------------

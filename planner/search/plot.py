@@ -3,8 +3,10 @@ with --batch-sizes, total tokens/s against batch size for every gamma and the sc
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from planner._files import write_atomic
 from planner.errors import InputError
 
 
@@ -28,26 +30,40 @@ def _pyplot():
     return plt
 
 
-def _checked(path) -> Path:
+def check_plot_path(path) -> Path:
+    """`path` as a Path, its suffix naming a format matplotlib writes.
+
+    Raises:
+        InputError: not a .png, .svg or .pdf name.
+    """
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise InputError(f"--plot {path}: expected a .png, .svg or .pdf file name")
+        raise InputError(f"{path}: expected a .png, .svg or .pdf file name for the chart")
     return path
 
 
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
+def _rendered(fig, fmt: str) -> bytes:
+    """The figure as `fmt` (png, svg or pdf) bytes, closed: nothing touches a file until it is whole."""
+    buffer = io.BytesIO()
     try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise InputError(f"--plot {path}: cannot write ({exc.strerror})") from None
+        fig.savefig(buffer, format=fmt, dpi=110)
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _save(fig, path: Path) -> None:
+    write_atomic(path, _rendered(fig, path.suffix.lower().lstrip(".")))
 
 
 def plot_search(result, path) -> None:
+    """Draw a SearchResult (tokens/s against VRAM, the Pareto front, the chosen plan) to `path`.
+
+    Raises:
+        InputError: `path` is not a .png, .svg or .pdf name, or cannot be written.
+    """
     plt = _pyplot()
-    path = _checked(path)
+    path = check_plot_path(path)
     candidates = result.evaluated
     fig, ax = plt.subplots(figsize=(8, 5))
     methods = sorted({c.decoding.method for c in candidates})
@@ -71,9 +87,14 @@ def plot_search(result, path) -> None:
 
 
 def plot_schedule(result, path) -> None:
-    """A ScheduleResult: one line per gamma (0 = autoregressive), the chosen envelope on top."""
+    """Draw a ScheduleResult to `path`: one line per gamma (0 = autoregressive), the chosen
+    envelope on top.
+
+    Raises:
+        InputError: `path` is not a .png, .svg or .pdf name, or cannot be written.
+    """
     plt = _pyplot()
-    path = _checked(path)
+    path = check_plot_path(path)
     sizes = result.batch_sizes
     method = next((e.method for e in result.plan.schedule if e.gamma), result.plan.decoding.method)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -99,8 +120,6 @@ def plot_schedule(result, path) -> None:
 def fleet_chart_png(model: str, rows) -> bytes:
     """Bars per GPU: tokens/s per sequence at the smallest batch, total at the largest, and USD
     per million tokens where priced. PNG bytes, so a fleet writes nothing until all is ready."""
-    import io
-
     plt = _pyplot()
     planned = [row for row in rows if row.plan is not None]
     priced = [row for row in planned if row.usd_per_million_tokens is not None]
@@ -119,7 +138,4 @@ def fleet_chart_png(model: str, rows) -> bytes:
         ax.tick_params(axis="x", labelrotation=60, labelsize=8)
     fig.suptitle(f"{model}: predicted, per GPU", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _rendered(fig, "png")

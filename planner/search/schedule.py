@@ -38,20 +38,24 @@ _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """'1,2,4,8' as given; '1-256' as the powers of two from 1 to 256 (ends included)."""
+    """'1,2,4,8' as given; '1-256' as the powers of two from 1 to 256 (ends included).
+
+    Raises:
+        InputError: not a list of positive numbers or a range LOW-HIGH with 1 <= LOW <= HIGH.
+    """
     match = _RANGE.match(text.strip())
     if match:
         low, high = int(match.group(1)), int(match.group(2))
         if not 1 <= low <= high:
-            raise InputError(f"--batch-sizes {text}: expected LOW-HIGH with 1 <= LOW <= HIGH")
+            raise InputError(f"`batch_sizes` {text}: expected LOW-HIGH with 1 <= LOW <= HIGH")
         sizes = {low, high} | {2**k for k in range(high.bit_length()) if low <= 2**k <= high}
         return tuple(sorted(sizes))
     try:
         sizes = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise InputError(f"--batch-sizes {text!r}: expected numbers like 1,2,4 or a range like 1-256") from None
+        raise InputError(f"`batch_sizes` {text!r}: expected numbers like 1,2,4 or a range like 1-256") from None
     if not sizes or sizes[0] < 1:
-        raise InputError(f"--batch-sizes {text!r}: batch sizes must be positive")
+        raise InputError(f"`batch_sizes` {text!r}: batch sizes must be positive")
     return tuple(sizes)
 
 
@@ -117,7 +121,11 @@ def build_schedule(
     vram_gib: float,
     max_gamma: int = MAX_GAMMA,
 ) -> tuple[ScheduleEntry, ...]:
-    """The schedule of the speculative method with the highest mean speedup over batch sizes."""
+    """The schedule of the speculative method with the highest mean speedup over batch sizes.
+
+    Raises:
+        BudgetError: the largest batch size does not fit `vram_gib` even without speculation.
+    """
     sizes = tuple(sorted(set(batch_sizes)))
     _check_budget(evaluate, sizes, vram_gib)  # speculative draft lengths are kept to those that fit (_best_gammas)
     baseline = [(0, evaluate("autoregressive", 0, b)) for b in sizes]
@@ -164,7 +172,7 @@ def _require_batch_range(spec, profile, sizes, *, budget, quants, context, execu
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
         f"batch size {sizes[-1]} does not fit {budget:.1f} GiB on {profile.name}: even autoregressive {quant} needs "
-        f"{needed:.1f} GiB at context {context}; {hint} (use smaller --batch-sizes or a shorter --context)"
+        f"{needed:.1f} GiB at context {context}; {hint} (use smaller `batch_sizes` or a shorter `context`)"
     )
 
 
@@ -187,7 +195,12 @@ def schedule_search(
 ) -> ScheduleResult:
     """The fastest set-up per batch-size range, gamma = 0 where speculating stops paying.
 
-    One batch size gives a plan without a schedule (its gamma swept all the same)."""
+    One batch size gives a plan without a schedule (its gamma swept all the same).
+
+    Raises:
+        BudgetError: the largest batch size does not fit even autoregressive decoding.
+        InputError, NotFoundError: as `search`.
+    """
     from planner.models import load_model_spec
 
     sizes = tuple(sorted(set(batch_sizes)))
@@ -231,8 +244,3 @@ def schedule_search(
     curves = {g: tuple(evaluate(method if g else "autoregressive", g, b) for b in sizes) for g in curve_gammas}
     chosen = tuple(curves[g][i] for i, g in enumerate(gammas))
     return ScheduleResult(plan, sizes, curves, chosen, budget)
-
-
-def plan_schedule(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:
-    """The load-aware plan (see `schedule_search` for options)."""
-    return schedule_search(spec, profile, **kwargs).plan

@@ -7,10 +7,12 @@ load_if_exists): nothing here re-implements them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
 
+from planner._signals import sigint_handler
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
@@ -21,6 +23,7 @@ from planner.plan.schema import (
     Candidate, Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
 from planner.search.space import Space, seeds, suggest
+from planner.search.storage import open_study, storage_errors
 
 ALTERNATIVES = 5
 
@@ -33,19 +36,38 @@ class SearchResult:
     budget_gib: float
 
 
+def check_draft(spec: ModelSpec, draft: ModelSpec) -> ModelSpec:
+    """`draft`, when it can draft for `spec`: the runtime verifies draft tokens against the
+    target's logits, so both must have the same vocabulary.
+
+    Raises:
+        InputError: the vocabularies differ.
+    """
+    if draft.vocab_size != spec.vocab_size:
+        raise InputError(f"draft model {draft.name} has a vocabulary of {draft.vocab_size} tokens and {spec.name} "
+                         f"one of {spec.vocab_size}: a draft must share the target's vocabulary")
+    return draft
+
+
 def draft_candidates(spec: ModelSpec, names=None) -> dict[str, ModelSpec]:
     """Draft models for method draft_model: the given names, else shipped cards with the same
-    tokenizer and at most a quarter of the target's parameters."""
+    tokenizer and vocabulary and at most a quarter of the target's parameters.
+
+    Raises:
+        NotFoundError: a name that is no card, directory or config.
+        InputError: a named draft whose vocabulary differs from the target's.
+    """
     from planner.models import load_model_spec, shipped_model_names
 
     if names:
-        return {name: load_model_spec(name) for name in names}
+        return {name: check_draft(spec, load_model_spec(name)) for name in names}
     if not spec.tokenizer_family:
         return {}
     found = {}
     for name in shipped_model_names():
         card = load_model_spec(name)
-        if card.tokenizer_family == spec.tokenizer_family and card.param_count <= spec.param_count / 4:
+        if (card.tokenizer_family, card.vocab_size) == (spec.tokenizer_family, spec.vocab_size) \
+                and card.param_count <= spec.param_count / 4:
             found[name] = card
     return found
 
@@ -63,20 +85,38 @@ def search(
     acceptance=None, priors=None, model_source: str | None = None, progress: bool = False,
     execution: Execution | None = None,
 ) -> SearchResult:
+    """The Optuna search over decoding set-ups of `spec` on `profile`, each trial scored by the
+    performance model, and the fastest that fits as a Plan with up to five alternatives.
+
+    vram_gib is the budget (default: the device's memory); context and batch_size are what
+    the KV cache must hold; objective "speed" maximises tokens/s, "pareto" also minimises
+    VRAM; methods, quants and drafts (draft model names) narrow the space, skip_pattern is
+    "middle" (a centred block) or "any" (arbitrary subsets); storage and study_name share the
+    study between workers (planner.search.storage); acceptance (one float, or per method) and
+    priors replace the acceptance priors; execution is how the engine runs (default: the
+    profile's). The result also holds every evaluated set-up.
+
+    Raises:
+        InputError: an unknown objective, trials below 1, a storage without a study name or one
+            that cannot be opened, no method left to search, or a draft with another vocabulary.
+        NotFoundError: a draft name that is no model.
+        BudgetError: nothing fits the budget (the message names the smallest that would).
+        MissingDependencyError: the storage's database driver is not installed.
+    """
     import optuna
 
     if objective not in ("speed", "pareto"):
         raise InputError(f"unknown objective '{objective}': expected speed or pareto")
     if trials < 1:
-        raise InputError(f"--trials must be at least 1, got {trials}")
+        raise InputError(f"`trials` must be at least 1, got {trials}")
     if storage and not study_name:
-        raise InputError("--storage needs --study NAME (the study many workers share)")
+        raise InputError("`storage` needs `study_name`: the study many workers share")
     budget = profile.memory_gib if vram_gib is None else vram_gib
     prior_table = resolve_priors(priors)
     draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
     space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern)
     if not space.methods:
-        raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer)")
+        raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
     execution = execution or Execution.default_for(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
@@ -92,20 +132,17 @@ def search(
         total = prediction.tokens_per_s * batch_size
         return total if objective == "speed" else (total, prediction.vram_gib)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by the CLI, not logged too
     with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(20, trials), multivariate=True, group=True)
-    study = optuna.create_study(
-        study_name=study_name, storage=storage, load_if_exists=bool(storage), sampler=sampler,
-        directions=["maximize"] if objective == "speed" else ["maximize", "minimize"],
-    )
-    if len(study.trials) == 0:
-        for point in seeds(space):
-            study.enqueue_trial(point, skip_if_exists=True)
-    study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress)
+    fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": context,
+                   "batch_size": batch_size, "space": repr(space)}
+    completed, finished = _run_study(storage, study_name, sampler=sampler, fingerprint=fingerprint, space=space,
+                                     directions=["maximize"] if objective == "speed" else ["maximize", "minimize"],
+                                     objective_fn=objective_fn, trials=trials, progress=progress)
     # Every completed trial of the study, this worker's and any other's sharing the storage.
-    evaluated = [_recorded(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    evaluated = [_recorded(t) for t in completed]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
     chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
     if not chosen:
@@ -119,10 +156,50 @@ def search(
         prediction=winner.prediction,
         constraints=Constraints(context=context, vram_gib=vram_gib, batch_size=batch_size),
         alternatives=alternatives,
-        search=SearchSettings(sampler="TPESampler", seed=seed, trials=len(study.trials), objective=objective,
+        search=SearchSettings(sampler="TPESampler", seed=seed, trials=finished, objective=objective,
                               methods=space.methods, storage=storage, study=study_name),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def _run_study(storage, study_name, *, sampler, directions, fingerprint, space, objective_fn, trials, progress):
+    """Open (or resume) the study, queue the seeds into a new one and run `trials` trials.
+    Returns the study's completed trials and how many trials have finished (not the seeds
+    still queued)."""
+    import optuna
+
+    with _interrupt_between_trials() as interrupted:
+        study = open_study(storage, study_name, sampler=sampler, directions=directions, fingerprint=fingerprint)
+        with storage_errors(storage):
+            if len(study.trials) == 0 and not interrupted:
+                for point in seeds(space):
+                    study.enqueue_trial(point, skip_if_exists=True)
+            if not interrupted:
+                study.optimize(objective_fn, n_trials=trials, show_progress_bar=progress,
+                               callbacks=[lambda study, _: interrupted and study.stop()])
+            every = study.get_trials(deepcopy=False)
+    completed = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
+    return completed, sum(t.state.is_finished() for t in every)
+
+
+@contextlib.contextmanager
+def _interrupt_between_trials():
+    """Ctrl-C while a study talks to its storage takes effect at the next safe point: a
+    KeyboardInterrupt raised inside Optuna's or SQLAlchemy's code can leave a trial
+    half-recorded or a lock held (the process then hangs). The first SIGINT is noted (the
+    study stops after the current trial) and raised when the block ends; a second one
+    interrupts at once."""
+    came = []
+
+    def on_sigint(signum, frame):
+        if came:
+            raise KeyboardInterrupt
+        came.append(signum)
+
+    with sigint_handler(on_sigint):
+        yield came
+    if came:
+        raise KeyboardInterrupt
 
 
 def _record(trial, candidate: Candidate) -> None:
@@ -138,7 +215,11 @@ def _recorded(trial) -> Candidate:
 
 
 def plan(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:
-    """The fastest lossless set-up that fits the budget, as a Plan (see `search` for options)."""
+    """The fastest lossless set-up that fits the budget, as a Plan (see `search` for options).
+
+    Raises:
+        InputError, NotFoundError, BudgetError, MissingDependencyError: as `search`.
+    """
     return search(spec, profile, **kwargs).plan
 
 
@@ -167,4 +248,4 @@ def _nothing_fits(spec, profile, budget, context, batch_size, space, execution) 
     )
     return (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {smallest[1]}) needs "
             f"{smallest[0]:.1f} GiB at context {context} and batch {batch_size}; "
-            f"use --vram-gib {smallest[0] + 0.05:.1f} or more, or a shorter --context")
+            f"use `vram_gib` {smallest[0] + 0.05:.1f} or more, or a shorter `context`")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from planner.errors import InputError
+from planner._files import write_atomic
 from planner.plan.export import hf, llamacpp, sglang, trtllm, vllm
 from planner.plan.export._header import header_lines
 from planner.plan.export._resolve import ExportError, resolve
@@ -55,6 +54,15 @@ def _loadable(plan: Plan) -> Plan:
 
 
 def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, plan_label: str = "plan") -> Export:
+    """`plan` as the file `engine` (vllm, sglang, trtllm, hf or llamacpp) takes, for
+    `engine_version` or the whole version range the exporter knows; `plan_label` names the
+    plan in the file's header.
+
+    Raises:
+        NotFoundError: an unknown engine (with the near names).
+        InputError: an engine_version that is not a version or outside the known range.
+        ExportError: a set-up the engine cannot run (with the nearest one in the plan it can).
+    """
     info = engine_info(engine)
     version = check_version(info, engine_version)
     renderer = _RENDERERS[engine]
@@ -70,14 +78,9 @@ def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, p
 
 
 def write_export(export: Export, path: str | os.PathLike) -> None:
-    """Write to a temporary file beside `path`, then rename: never half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(export.text)
-        if export.suffix == ".sh":
-            tmp.chmod(0o755)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
+    """Write `export` to `path`, never half-written; a shell script is made executable.
+
+    Raises:
+        InputError: `path` cannot be written.
+    """
+    write_atomic(path, export.text, executable=export.suffix == ".sh")

@@ -42,7 +42,7 @@ def _nearest(plan: Plan, info: EngineInfo) -> str:
 def _refuse(plan: Plan, info: EngineInfo, why: str) -> ExportError:
     return ExportError(
         f"{why}; nearest set-up in this plan that {info.display} can run: {_nearest(plan, info)}"
-        f" (re-plan with `specplan plan --engine {info.name}` for its best)"
+        f" (plan for engine {info.name} for its best)"
     )
 
 
@@ -59,7 +59,7 @@ def _schedule_method(plan: Plan) -> str:
     if len(methods) > 1:
         raise ExportError(
             f"schedule: speculates with {', '.join(sorted(methods))}; an engine switches draft length "
-            "by batch size, not method (re-plan with --engine)"
+            "by batch size, not method (plan for one engine)"
         )
     return methods.pop() if methods else "autoregressive"
 

@@ -86,10 +86,16 @@ def _table() -> dict[str, EngineInfo]:
 
 
 def engine_names() -> list[str]:
+    """The engines specplan exports to, as profiles/engines.yaml lists them."""
     return list(_table())
 
 
 def engine_info(name: str) -> EngineInfo:
+    """What engine `name` can run and which versions its exporter knows.
+
+    Raises:
+        NotFoundError: an unknown engine (with the near names).
+    """
     table = _table()
     if name not in table:
         raise NotFoundError(f"unknown engine '{name}'{near_matches(name, table)} (engines: {', '.join(table)})")
@@ -97,21 +103,26 @@ def engine_info(name: str) -> EngineInfo:
 
 
 def check_version(info: EngineInfo, version: str | None) -> str | None:
-    """The version to write for (None: the whole known range); refuses versions outside it."""
+    """The version to write for (None: the whole known range).
+
+    Raises:
+        InputError: `version` is not a version number, is outside the known range, or the
+            engine's build numbers are not pinned.
+    """
     if version is None:
         return None
     if info.version_min is None:
         raise InputError(
-            f"--engine-version {version}: specplan has not pinned {info.display} build numbers; "
-            "leave --engine-version out (the header names the flags' source)"
+            f"`engine_version` {version}: specplan has not pinned {info.display} build numbers; "
+            "leave `engine_version` out (the header names the flags' source)"
         )
     try:
         asked = Version(version)
     except InvalidVersion:
-        raise InputError(f"--engine-version {version!r} is not a version number") from None
+        raise InputError(f"`engine_version` {version!r} is not a version number") from None
     if not Version(info.version_min) <= asked <= Version(info.version_max):
         raise InputError(
-            f"--engine-version {version}: the {info.display} exporter knows "
+            f"`engine_version` {version}: the {info.display} exporter knows "
             f"{info.version_min} to {info.version_max} only"
         )
     return version

@@ -1,0 +1,67 @@
+"""Writing files the user will read back: checked before the work, replaced atomically after it.
+
+`write_atomic` is the one way specplan writes a plan, a profile, an export, a fleet summary
+or a chart: the bytes go to a uniquely named temporary file in the target's directory, are
+flushed to disk, and replace the target in one rename. A reader sees the old file or the new
+one, never an empty or half-written one, and concurrent writers of the same path each
+replace it whole (the last rename wins); an interrupted write leaves no temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from planner.errors import InputError
+
+
+def ensure_writable(path: str | os.PathLike) -> None:
+    """Fail before a long computation, not after it, when `path` could not be written.
+
+    Raises:
+        InputError: `path` is a directory, its directory does not exist, or it is not writable.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"{path}: cannot write (it is a directory)")
+    if not parent.is_dir():
+        raise InputError(f"{path}: cannot write (no directory {parent})")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: cannot write (permission denied)")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, *, executable: bool = False) -> Path:
+    """Write `data` (str as UTF-8) to `path` through a unique temporary file beside it, fsync'd,
+    then os.replace()d over `path`. The file gets the usual permissions (0666, or 0777 when
+    `executable`, less the umask), not the temporary file's 0600. Returns `path`.
+
+    Raises:
+        InputError: the directory does not exist or the file cannot be written (one line: why).
+    """
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, (0o777 if executable else 0o666) & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:  # Ctrl-C included: never leave the temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InputError(f"{path}: cannot write ({exc.strerror})") from None
+        raise
+    return path

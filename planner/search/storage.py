@@ -1,0 +1,118 @@
+"""Where a shared study lives: one string names an Optuna storage, and its failures are one line.
+
+    sqlite:///study.db              a database URL (SQLite, PostgreSQL, MySQL: any SQLAlchemy URL)
+    studies/plan.log                a journal file (.log or .journal) that many processes append to
+
+Optuna and SQLAlchemy report a bad URL, a missing driver or an unreachable database as long
+tracebacks; here each becomes one InputError naming the storage. A study remembers what it
+searches (model, GPU, budget, space): another search cannot add its trials to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from planner.errors import InputError, MissingDependencyError
+
+JOURNAL_SUFFIXES = (".log", ".journal")
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_EXAMPLES = "sqlite:///study.db, postgresql://user@host/db, or a journal file such as study.log"
+
+
+def open_study(storage: str | None, study_name: str | None, *, sampler, directions: list[str], fingerprint: dict):
+    """The Optuna study `study_name` in `storage` (created, or loaded to resume), in memory
+    when `storage` is None.
+
+    Raises:
+        InputError: `storage` is no URL or journal file name, names a directory that does not
+            exist, an unknown database, one that cannot be opened, or holds a study of this
+            name made by another search (`fingerprint` differs) or for other objectives.
+        MissingDependencyError: the database's driver is not installed.
+    """
+    import optuna
+
+    with storage_errors(storage):
+        try:
+            study = optuna.create_study(study_name=study_name, storage=_backend(storage),
+                                        load_if_exists=storage is not None, sampler=sampler, directions=directions)
+        except ImportError as exc:
+            missing = exc.__cause__ or exc.__context__ or exc
+            raise MissingDependencyError(f"`storage` {storage}: its database driver is not installed ({missing})") from None
+        except (OSError, ValueError) as exc:  # a journal file that cannot be written, or is not a journal
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not an Optuna journal ({exc})"
+            raise InputError(f"`storage` {storage}: {reason}") from None
+        if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+            raise InputError(f"`study_name` {study_name} in {storage} was made for {len(study.directions)} objective(s), "
+                             f"not {len(directions)}: use another study name")
+        made_for = study.user_attrs.get("fingerprint")
+        if made_for is None:
+            study.set_user_attr("fingerprint", fingerprint)
+        elif made_for != fingerprint:
+            changed = [key for key in fingerprint if made_for.get(key) != fingerprint[key]]
+            raise InputError(f"`study_name` {study_name} in {storage} holds another search "
+                             f"({', '.join(f'{k} {made_for.get(k)!r}, not {fingerprint[k]!r}' for k in changed)}): "
+                             "use another study name")
+    return study
+
+
+def _backend(storage: str | None):
+    """What optuna.create_study takes for `storage`: None, a URL, or a JournalStorage."""
+    if storage is None:
+        return None
+    if "://" in storage:
+        if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+            _check_directory(storage, Path(storage[len("sqlite:///"):]))
+        return storage
+    path = Path(storage)
+    if path.suffix in _SQLITE_SUFFIXES:
+        raise InputError(f"`storage` {storage}: a database needs a URL: sqlite:///{storage}")
+    if path.suffix not in JOURNAL_SUFFIXES:
+        raise InputError(f"`storage` {storage!r}: neither a database URL nor a journal file name (e.g. {_EXAMPLES})")
+    _check_directory(storage, path)
+    _check_journal(storage, path)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _check_journal(storage: str, path: Path) -> None:
+    """A journal is JSON lines: a file whose first line is no JSON object is not one, and
+    Optuna would append to it before noticing."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with path.open("rb") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, ValueError) as exc:
+        first = exc
+    if not isinstance(first, dict):
+        raise InputError(f"`storage` {storage}: not an Optuna journal (its first line is no JSON object)")
+
+
+def _check_directory(storage: str, path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"`storage` {storage}: {path} is a directory")
+    if not parent.is_dir():
+        raise InputError(f"`storage` {storage}: no directory {parent}")
+
+
+@contextlib.contextmanager
+def storage_errors(storage: str | None):
+    """SQLAlchemy's failures (a bad URL, an unknown database, one that cannot be opened or is
+    locked) as one InputError naming the storage."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        yield
+    except NoSuchModuleError:
+        scheme = str(storage).split("://")[0]
+        raise InputError(f"`storage` {storage}: SQLAlchemy knows no database '{scheme}' ({_EXAMPLES})") from None
+    except ArgumentError:
+        raise InputError(f"`storage` {storage!r}: not a database URL ({_EXAMPLES})") from None
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise InputError(f"`storage` {storage}: {reason}") from None

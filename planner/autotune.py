@@ -28,6 +28,7 @@ from planner._files import ensure_writable
 from planner.errors import InputError
 from planner.perf.cost import KERNELS_PER_HEAD, KERNELS_PER_LAYER, Execution, forward_latency_s
 from planner.plan.schema import Candidate, Decoding
+from planner.search.space import MAX_PREDICTORS  # the draft lengths the search proposes, and autotune measures
 from planner.train.demo import DRAFT_DIR
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "profiles" / "demo"
@@ -37,7 +38,6 @@ CALIBRATION_PROMPTS = 3
 CALIBRATION_TOKENS = 32
 CALIBRATION_ROUNDS = 3
 MIN_NEW_TOKENS = 8  # a few speculative iterations at least, in the calibration and the final run
-MAX_GAMMA_TRIED = 8  # draft lengths autotune proposes and measures: 1-8
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _draft_decoding(spec, profile, draft: Path, draft_spec, *, context: int, pri
     """draft_model with the gamma the performance model prefers for this draft."""
     from planner.perf.speedup import predict
 
-    options = [Decoding(method="draft_model", gamma=g, draft_model=str(draft.resolve())) for g in range(1, MAX_GAMMA_TRIED + 1)]
+    options = [Decoding(method="draft_model", gamma=g, draft_model=str(draft.resolve())) for g in range(1, MAX_PREDICTORS + 1)]
     return max(options, key=lambda d: predict(spec, profile, d, context=context, draft_spec=draft_spec, priors=priors).tokens_per_s)
 
 
@@ -131,7 +131,7 @@ def autotune(
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
     s3d = _s3d_decoding(source)
     bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
-                          max_gamma=max(MAX_GAMMA_TRIED, s3d.gamma if s3d else 0))
+                          max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0))
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
         f" x {tokens} tokens")
     step_s = bench.compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
@@ -185,10 +185,10 @@ def _measure(bench, candidates: list[Decoding], log) -> list:
 
 
 def _neighbours(d: Decoding) -> list[Decoding]:
-    """The set-up at gamma - 1 and gamma + 1 (1-MAX_GAMMA_TRIED); none for s3d, whose gamma is the adapted one."""
+    """The set-up at gamma - 1 and gamma + 1 (1-MAX_PREDICTORS); none for s3d, whose gamma is the adapted one."""
     if d.method == "s3d":
         return []
-    return [replace(d, gamma=g) for g in (d.gamma - 1, d.gamma + 1) if 1 <= g <= MAX_GAMMA_TRIED]
+    return [replace(d, gamma=g) for g in (d.gamma - 1, d.gamma + 1) if 1 <= g <= MAX_PREDICTORS]
 
 
 def _with_measured_speedup(model, speedup: float):

@@ -20,8 +20,8 @@ NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def rt_targets(rt_models, rt_draft_model):
-    targets = {arch: load_target(path, device=CPU, max_seq_len=96) for arch, path in rt_models.items()}
-    targets["draft"] = load_target(rt_draft_model, device=CPU, max_seq_len=96)
+    targets = {arch: load_target(path, device=CPU, max_seq_len=96, dtype=torch.float32) for arch, path in rt_models.items()}
+    targets["draft"] = load_target(rt_draft_model, device=CPU, max_seq_len=96, dtype=torch.float32)
     return targets
 
 

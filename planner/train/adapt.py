@@ -121,15 +121,17 @@ def adapt(
     device: str = "cpu",
     held_out_files=None,
 ) -> AdaptResult:
-    """Adapt the model at model_path for S3D drafting and save it, with s3d.json, to `out`.
+    """Adapt the model at model_path (a directory, a .gguf file or a hub id) for S3D drafting
+    and save it, with s3d.json, to `out`; the AdaptResult says what was saved.
 
     The full model's loss is checked on held_out_files, or on the last 10% of `data`'s
-    tokens (then never trained on)."""
+    tokens (then never trained on). Raises InputError for bad options, a checkpoint that
+    cannot be loaded (see planner.runtime.checkpoint), too little data, or a full-model
+    loss that rose by more than MAX_LOSS_RISE (then nothing is saved)."""
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from planner.runtime.load import read_hf_config
+    from planner.runtime.checkpoint import load_causal_lm, load_tokenizer, read_hf_config
     from planner.train._loss import consecutive_windows, next_token_loss
     from planner.train.data import text_files
     from planner.train.demo import sample_windows, token_stream
@@ -140,13 +142,13 @@ def adapt(
     files = text_files(data)
     config = read_hf_config(model_path)
     skip_layers = parse_layers(skip, config.num_hidden_layers)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     stream = token_stream(tokenizer, files)
     held_tokens = token_stream(tokenizer, text_files(held_out_files)) if held_out_files else None
     train_stream, held_stream = _split_stream(stream, 128, held_tokens)
     held = consecutive_windows(held_stream, seq_len=128, max_windows=32).to(device)
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    model = load_causal_lm(model_path, dtype=torch.float32).to(device)
     saved_dtype = getattr(config, "dtype", None)
     mask_id = _mask_token_id(tokenizer, model)
     loss_before = next_token_loss(model, held)

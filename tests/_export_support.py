@@ -84,7 +84,7 @@ def run_script(text: str, tmp_path: Path, env: dict[str, str] | None = None,
 
 def engine_args(tmp_path: Path, binary: str) -> list[str]:
     """The arguments the stub `binary` received."""
-    return (tmp_path / "bin" / f"{binary}.args").read_text().split("\0")[:-1]
+    return (tmp_path / "bin" / f"{binary}.args").read_bytes().decode().split("\0")[:-1]
 
 
 def launched_args(text: str, engine: str, tmp_path: Path, env: dict[str, str] | None = None) -> list[str]:

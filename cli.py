@@ -604,22 +604,30 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
 @click.option("--to", "engine", required=True, help="Engine: vllm, sglang, trtllm, hf or llamacpp.")
 @click.option("--engine-version", default=None, help="Engine version to write for (default: the whole known range).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="File to write (default: stdout).")
-def export_command(plan_path, engine, engine_version, out):
-    """Write a plan as the file a serving engine takes.
+@click.option("--compose", is_flag=True, help="Also write NAME.compose.yaml beside --out: the script in the engine's image.")
+def export_command(plan_path, engine, engine_version, out, compose):
+    """Write a plan as a complete launch for a serving engine.
 
     \b
     Example:
-      specplan export --plan plan.yaml --to vllm --out serve_vllm.sh
+      specplan export --plan plan.yaml --to vllm --out serve_vllm.sh --compose
     """
     from planner.plan import load_plan
-    from planner.plan.export import export_plan, write_export
+    from planner.plan.export import export_plan, write_compose, write_export
 
+    if compose and out is None:
+        raise click.UsageError("--compose needs --out (the compose file runs the script written there)")
     result = export_plan(load_plan(plan_path), engine, engine_version=engine_version, plan_label=plan_path)
     if out is None:
         click.echo(result.text, nl=False)
         return
     write_export(result, out)
     click.echo(f"wrote {out} ({result.version_range})")
+    written = write_compose(result, out) if compose else None
+    if written is not None:
+        click.echo(f"wrote {written} ({result.image})")
+    elif compose:
+        click.echo(f"no compose file: {engine} publishes no container image")
 
 
 def main(argv=None) -> None:

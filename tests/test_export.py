@@ -1,146 +1,309 @@
-"""Exports: every file parses, holds only the fields its engine version accepts, refuses what
-the engine cannot run; the transformers export decodes exactly like plain greedy generate."""
+"""Exports: each engine's file is a complete launch (run here with the engine binary stubbed),
+serves the plan's concurrency with its memory share, holds only names from the field table
+of the version it targets, writes TensorRT-LLM's schedule for that version's reading,
+cites only what it read, and refuses what the engine cannot run."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import shlex
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from cli import cli, main
-from planner.plan.export import ExportError, engine_info, export_plan, write_export
-from planner.plan.schema import (
-    Candidate, Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction, ScheduleEntry, save_plan,
-)
+from planner.plan.export import ExportError, compose_path, engine_info, export_plan, write_compose, write_export
+from planner.plan.export._launch import launch_for
+from planner.plan.export._resolve import resolve
+from planner.plan.export.trtllm import draft_len_schedule, llm_api_options
+from planner.plan.schema import Candidate, Decoding, HardwareRef, save_plan
 from planner.errors import InputError, NotFoundError
+from tests._export_support import (
+    DRAFT, EARLY, LOOKUP, SCHEDULE, SKIP, engine_args, entry, flag_value, launched_args, make_plan, prediction,
+    run_script,
+)
+
+SERVERS = ("vllm", "sglang", "trtllm", "llamacpp")
+LLAMACPP_ENV_KEYS = ("MODEL", "DRAFT_MODEL")
 
 
-def _prediction(tokens_per_s: float) -> Prediction:
-    return Prediction(basis="analytical", tokens_per_s=tokens_per_s, speedup=1.5, tokens_per_iteration=2.5,
-                      acceptance=0.7, target_latency_ms=10.0, draft_latency_ms=2.0, iteration_ms=12.0, vram_gib=20.0)
+def _local_models(tmp_path) -> dict[str, str]:
+    """Checkpoint directories for llama.cpp's converter (a hub id would be downloaded)."""
+    env = {}
+    for key in LLAMACPP_ENV_KEYS:
+        (tmp_path / key.lower()).mkdir()
+        env[key] = str(tmp_path / key.lower())
+    return env
 
 
-DRAFT = Decoding(method="draft_model", gamma=4, draft_model="meta-llama/Llama-3.2-1B")
-LOOKUP = Decoding(method="prompt_lookup", gamma=3, ngram=4)
-SKIP = Decoding(method="layer_skip", gamma=3, skip_layers=(10, 11, 12))
+def _launch(plan, engine, tmp_path, **kwargs) -> list[str]:
+    tmp_path.mkdir(exist_ok=True)
+    text = export_plan(plan, engine, **kwargs).text
+    env = _local_models(tmp_path) if engine == "llamacpp" else {}
+    return launched_args(text, engine, tmp_path, env)
 
 
-def make_plan(decoding=DRAFT, schedule=(), alternatives=(), batch_size=1) -> Plan:
-    return Plan(
-        model=ModelRef(name="llama-3.1-8b", source="meta-llama/Llama-3.1-8B-Instruct", num_layers=32, vocab_size=128256),
-        hardware=HardwareRef(profile="h100-sxm", device_name="NVIDIA H100 80GB HBM3"),
-        decoding=decoding, prediction=_prediction(150.0),
-        constraints=Constraints(context=4096, batch_size=batch_size),
-        alternatives=alternatives, schedule=schedule,
-    )
+def _vllm_config(args: list[str]) -> dict:
+    """--speculative-config.KEY VALUE words back into the dict vLLM builds from them."""
+    config = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--speculative-config."):
+            value = args[i + 1]
+            config[arg.split(".", 1)[1]] = value if not value[:1].isdigit() and value[:1] != "[" else json.loads(value)
+    return config
 
 
-def entry(lo, hi, gamma, method="draft_model"):
-    return ScheduleEntry(batch_min=lo, batch_max=hi, method=method if gamma else "autoregressive", gamma=gamma,
-                         tokens_per_s_per_sequence=100.0, tokens_per_s_total=100.0 * lo)
+# -- every engine: a complete launch --------------------------------------------------
+
+@pytest.mark.parametrize("engine", SERVERS)
+def test_every_server_export_runs_and_serves_the_schedules_largest_batch(engine, tmp_path):
+    args = _launch(make_plan(schedule=SCHEDULE), engine, tmp_path)
+    concurrency = {"vllm": "--max-num-seqs", "sglang": "--max-running-requests", "trtllm": "--max_batch_size",
+                   "llamacpp": "-np"}[engine]
+    assert flag_value(args, concurrency) == "128"
+    assert flag_value(args, "--host") == "0.0.0.0" and flag_value(args, "--port") == str(engine_info(engine).port)
 
 
-SCHEDULE = (entry(1, 3, 4), entry(4, 15, 2), entry(16, 63, 1), entry(64, 128, 0))
+@pytest.mark.parametrize("engine", SERVERS)
+def test_autoregressive_plan_keeps_its_batch_size(engine, tmp_path):
+    """A plan over batch sizes 1-16 that never speculates still serves 16 sequences."""
+    plan = make_plan(Decoding(method="autoregressive"), schedule=(entry(1, 16, 0),))
+    args = _launch(plan, engine, tmp_path)
+    assert "16" in args and not any("speculative" in a or "draft" in a for a in args)
 
 
-def _shell_args(text: str) -> list[str]:
-    command = [line for line in text.splitlines() if line.startswith("exec ")]
-    assert len(command) == 1
-    return shlex.split(command[0])[1:]
+@pytest.mark.parametrize("engine", SERVERS)
+def test_model_is_a_variable_defaulting_to_the_hub_id(engine, tmp_path):
+    text = export_plan(make_plan(LOOKUP if engine != "llamacpp" else DRAFT), engine).text
+    assert "[ -n \"${MODEL:-}\" ] || MODEL=meta-llama/Llama-3.1-8B-Instruct" in text
+    local = tmp_path / "my model"
+    local.mkdir()
+    env = {**(_local_models(tmp_path) if engine == "llamacpp" else {}), "MODEL": str(local), "PORT": "9001"}
+    args = launched_args(text, engine, tmp_path, env)
+    assert flag_value(args, "--port") == "9001"
+    if engine == "llamacpp":
+        assert flag_value(args, "-m") == f"{tmp_path}/my model-F16.gguf"
+    else:
+        assert str(local) in args
 
 
-def _flags(args: list[str]) -> list[str]:
-    return [a for a in args if a.startswith("-")]
-
-
-def _vllm_config(text: str) -> dict:
-    args = _shell_args(text)
-    return json.loads(args[args.index("--speculative-config") + 1])
+def test_memory_share_follows_the_budget_or_the_prediction(tmp_path):
+    # no budget: the engines' usual 90%
+    assert launch_for(make_plan()).memory_share == 0.90
+    # a budget of 40 of the H100's 79.6 GiB
+    assert launch_for(make_plan(vram_budget=40.0)).memory_share == pytest.approx(0.51)
+    # a budget below the prediction plus headroom gives way to the prediction (20 GiB x 1.1 / 79.6)
+    assert launch_for(make_plan(vram_budget=10.0)).memory_share == pytest.approx(0.28)
+    args = _launch(make_plan(vram_budget=40.0), "vllm", tmp_path)
+    assert flag_value(args, "--gpu-memory-utilization") == "0.51"
+    unknown = make_plan(hardware=HardwareRef(profile="/nowhere/gpu.yaml", device_name="GPU"))
+    text = export_plan(unknown, "vllm").text
+    assert "--gpu-memory-utilization" not in text and "memory: engine default (profile not readable" in text
 
 
 # -- vLLM ------------------------------------------------------------------------------
 
-def test_vllm_schedule_is_the_per_batch_table_with_speculation_off_at_large_batch():
-    text = export_plan(make_plan(schedule=SCHEDULE), "vllm").text
-    config = _vllm_config(text)
-    assert config == {"num_speculative_tokens": 4, "method": "draft_model", "model": "meta-llama/Llama-3.2-1B",
-                      "num_speculative_tokens_per_batch_size": [[1, 3, 4], [4, 15, 2], [16, 63, 1], [64, 128, 0]]}
-    assert set(config) <= set(engine_info("vllm").fields)
-    assert "--max-num-seqs 128" in text
+def test_vllm_schedule_is_the_per_batch_table_with_speculation_off_at_large_batch(tmp_path):
+    args = _launch(make_plan(schedule=SCHEDULE), "vllm", tmp_path)
+    assert args[:2] == ["serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert _vllm_config(args) == {
+        "num_speculative_tokens": 4, "method": "draft_model", "model": "meta-llama/Llama-3.2-1B",
+        "num_speculative_tokens_per_batch_size": [[1, 3, 4], [4, 15, 2], [16, 63, 1], [64, 128, 0]]}
 
 
-def test_vllm_prompt_lookup_and_autoregressive():
-    config = _vllm_config(export_plan(make_plan(LOOKUP), "vllm").text)
+def test_vllm_prompt_lookup_and_first_range_at_one(tmp_path):
+    config = _vllm_config(_launch(make_plan(LOOKUP), "vllm", tmp_path))
     assert config == {"num_speculative_tokens": 3, "method": "ngram", "prompt_lookup_min": 1, "prompt_lookup_max": 4}
-    text = export_plan(make_plan(Decoding(method="autoregressive")), "vllm").text
-    assert "--speculative-config" not in _shell_args(text)
+    plan = make_plan(schedule=(entry(2, 7, 3), entry(8, 8, 0)), batch_size=2)
+    assert export_plan(plan, "vllm").text.count("'[[1,7,3],[8,8,0]]'") == 1
 
 
-def test_vllm_table_first_range_starts_at_one():
-    config = _vllm_config(export_plan(make_plan(schedule=(entry(2, 7, 3), entry(8, 8, 0))), "vllm").text)
-    assert config["num_speculative_tokens_per_batch_size"][0][:2] == [1, 7]
+# -- SGLang ----------------------------------------------------------------------------
+
+def test_sglang_uses_sglang_serve_with_standalone_flags_and_says_what_it_dropped(tmp_path):
+    plan = make_plan(schedule=SCHEDULE, batch_size=8)
+    args = _launch(plan, "sglang", tmp_path)
+    assert args[0] == "serve" and flag_value(args, "--model-path") == "meta-llama/Llama-3.1-8B-Instruct"
+    assert flag_value(args, "--speculative-algorithm") == "STANDALONE"
+    assert flag_value(args, "--speculative-num-steps") == "2"  # batch 8 lies in the 4-15 range
+    assert flag_value(args, "--speculative-num-draft-tokens") == "3"
+    assert flag_value(args, "--tp-size") == "1" and flag_value(args, "--mem-fraction-static") == "0.90"
+    assert "# dropped: per-batch-size schedule" in export_plan(plan, "sglang").text
 
 
-def test_header_names_plan_gpu_versions_and_sources():
-    text = export_plan(make_plan(), "vllm", engine_version="0.30.0", plan_label="deploy/h100.yaml").text
-    header = [line for line in text.splitlines() if line.startswith("# ")]
-    joined = "\n".join(header)
-    assert "deploy/h100.yaml" in joined and "NVIDIA H100 80GB HBM3" in joined
-    assert "written for: vLLM 0.30.0" in joined and "vllm/config/speculative.py" in joined
-
-
-# -- SGLang, TensorRT-LLM, llama.cpp ---------------------------------------------------
-
-def test_sglang_standalone_flags_and_dropped_schedule():
-    text = export_plan(make_plan(schedule=SCHEDULE, batch_size=8), "sglang").text
-    args = _shell_args(text)
-    assert set(_flags(args[3:])) <= set(engine_info("sglang").fields)  # after `python -m sglang.launch_server`
-    assert args[args.index("--speculative-algorithm") + 1] == "STANDALONE"
-    assert args[args.index("--speculative-num-steps") + 1] == "2"  # batch 8 lies in the 4-15 range
-    assert args[args.index("--speculative-num-draft-tokens") + 1] == "3"
-    assert "# dropped: per-batch-size schedule" in text
-
-
-def test_sglang_ngram_and_speculation_off_at_plan_batch():
-    args = _shell_args(export_plan(make_plan(LOOKUP), "sglang").text)
-    assert args[args.index("--speculative-algorithm") + 1] == "NGRAM"
-    off = _shell_args(export_plan(make_plan(schedule=SCHEDULE, batch_size=100), "sglang").text)
+def test_sglang_ngram_and_speculation_off_at_plan_batch(tmp_path):
+    args = _launch(make_plan(LOOKUP), "sglang", tmp_path)
+    assert flag_value(args, "--speculative-algorithm") == "NGRAM"
+    off = _launch(make_plan(schedule=SCHEDULE, batch_size=100), "sglang", tmp_path / "off")
     assert "--speculative-algorithm" not in off
 
 
-def test_trtllm_yaml_schedule_uses_upper_bounds_and_implicit_zero():
-    text = export_plan(make_plan(schedule=SCHEDULE), "trtllm").text
-    body = yaml.safe_load(text)
-    spec = body["speculative_config"]
-    assert spec == {"decoding_type": "Draft_Target", "max_draft_len": 4, "speculative_model": "meta-llama/Llama-3.2-1B",
-                    "draft_len_schedule": {3: 4, 15: 2, 63: 1}}
-    fields = set(engine_info("trtllm").fields)
-    assert set(body) <= fields and set(spec) <= fields
-    assert body["max_batch_size"] == 128
+# -- TensorRT-LLM: both readings of draft_len_schedule ---------------------------------
+
+def _read_upper(schedule: dict[int, int], batch: int) -> int:
+    """1.3.0rc27 on (PR #10860): the first key >= batch size; none left: 0."""
+    return next((schedule[k] for k in sorted(schedule) if batch <= k), 0)
+
+
+def _read_lower(schedule: dict[int, int], batch: int) -> int:
+    """1.2: the largest key <= batch size (Drafter.get_draft_len_for_batch_size, bisect_right); none: 0."""
+    keys = [k for k in sorted(schedule) if k <= batch]
+    return schedule[keys[-1]] if keys else 0
+
+
+READERS = {"1.3.0rc27": _read_upper, "1.4.0rc1": _read_upper, "1.2.1": _read_lower, "1.2.0": _read_lower}
+
+
+@pytest.mark.parametrize("version", READERS)
+def test_trtllm_schedule_drafts_the_plans_gamma_at_every_batch_size_in_the_targeted_reading(version):
+    schedule = yaml.safe_load(_trtllm_yaml(make_plan(schedule=SCHEDULE), version))["speculative_config"]
+    read = READERS[version]
+    for lo, hi, gamma in [(e.batch_min, e.batch_max, e.gamma) for e in SCHEDULE]:
+        assert all(read(schedule["draft_len_schedule"], b) == gamma for b in range(lo, hi + 1)), (version, lo)
+    if read is _read_lower:
+        assert schedule["draft_len_schedule"] == {1: 4, 4: 2, 16: 1, 64: 0}  # key 1 required, 0 written
+    else:
+        assert schedule["draft_len_schedule"] == {3: 4, 15: 2, 63: 1}  # 0 above the largest key is implicit
+
+
+def test_trtllm_schedules_misread_by_the_other_version_is_caught():
+    """Negative control: the reading matters, so each version's check can fail."""
+    upper = yaml.safe_load(_trtllm_yaml(make_plan(schedule=SCHEDULE), "1.4.0rc1"))["speculative_config"]
+    lower = yaml.safe_load(_trtllm_yaml(make_plan(schedule=SCHEDULE), "1.2.1"))["speculative_config"]
+    assert _read_lower(upper["draft_len_schedule"], 1) == 0  # no speculation at batch 1-2
+    assert _read_upper(lower["draft_len_schedule"], 2) == 2  # batch 2 would draft 2, not 4
+
+
+def _trtllm_yaml(plan, version) -> str:
+    """The YAML the exported script writes, the draft model filled in as the shell would."""
+    text = export_plan(plan, "trtllm", engine_version=version).text
+    body = text.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    return body.replace("${DRAFT_MODEL}", "meta-llama/Llama-3.2-1B")
+
+
+def test_trtllm_script_writes_its_yaml_and_runs_trtllm_serve(tmp_path):
+    plan = make_plan(schedule=SCHEDULE)
+    config = tmp_path / "options.yaml"
+    args = launched_args(export_plan(plan, "trtllm").text, "trtllm", tmp_path, {"CONFIG": str(config)})
+    assert args[0] == "meta-llama/Llama-3.1-8B-Instruct" and flag_value(args, "--extra_llm_api_options") == str(config)
+    assert flag_value(args, "--max_batch_size") == "128" and flag_value(args, "--backend") == "pytorch"
+    written = yaml.safe_load(config.read_text())
+    info = engine_info("trtllm")
+    assert written == llm_api_options(resolve(plan, info), info.table(None))
+    header = export_plan(plan, "trtllm", engine_version="1.2.1").text
+    assert "# written for: TensorRT-LLM 1.2.1" in header and "first batch size of its range" in header
 
 
 def test_trtllm_caps_lengths_above_the_first_range_and_says_so():
-    text = export_plan(make_plan(schedule=(entry(1, 3, 2), entry(4, 8, 3))), "trtllm").text
-    assert yaml.safe_load(text)["speculative_config"]["draft_len_schedule"] == {3: 2, 8: 2}
-    assert "# dropped: draft lengths above" in text
+    plan = make_plan(schedule=(entry(1, 3, 2), entry(4, 8, 3)))
+    assert yaml.safe_load(_trtllm_yaml(plan, "1.4.0rc1"))["speculative_config"]["draft_len_schedule"] == {8: 2}
+    assert "# dropped: draft lengths above" in export_plan(plan, "trtllm").text
 
 
-def test_llamacpp_flags():
-    args = _shell_args(export_plan(make_plan(dataclasses.replace(DRAFT, quant="int4")), "llamacpp").text)
-    assert set(_flags(args)) <= set(engine_info("llamacpp").fields)
-    assert args[args.index("--draft-max") + 1] == "4"
-    assert args[args.index("-m") + 1] == "Llama-3.1-8B-Instruct-Q4_0.gguf"
+def test_trtllm_versions_between_the_readings_are_refused():
+    with pytest.raises(InputError, match="knows 1.2.0 to 1.2.1 and 1.3.0rc27 to 1.4.0rc1 only"):
+        export_plan(make_plan(schedule=SCHEDULE), "trtllm", engine_version="1.3.0rc10")
+
+
+# -- llama.cpp -------------------------------------------------------------------------
+
+def test_llamacpp_converts_quantizes_and_serves_on_the_gpu(tmp_path):
+    plan = make_plan(dataclasses.replace(DRAFT, quant="int4"), schedule=(entry(1, 4, 4), entry(5, 8, 2)))
+    text = export_plan(plan, "llamacpp").text
+    env = _local_models(tmp_path)
+    args = launched_args(text, "llamacpp", tmp_path, env)
+    assert flag_value(args, "-m") == f"{tmp_path}/model-Q4_0.gguf" and flag_value(args, "-md") == f"{tmp_path}/draft_model-F16.gguf"
+    assert (tmp_path / "model-F16.gguf").read_text() == f"gguf of {env['MODEL']}"  # converted, then quantized
+    assert engine_args(tmp_path, "llama-quantize") == [f"{tmp_path}/model-F16.gguf", f"{tmp_path}/model-Q4_0.gguf", "Q4_0"]
+    assert flag_value(args, "-np") == "8" and flag_value(args, "-c") == str(4096 * 8)  # -c is shared by the slots
+    assert flag_value(args, "-ngl") == flag_value(args, "-ngld") == "999" and flag_value(args, "--draft-max") == "4"
+    (tmp_path / "bin" / "llama-server.args").unlink()
+    assert run_script(text, tmp_path, env, args=("convert",)).returncode == 0
+    assert not (tmp_path / "bin" / "llama-server.args").exists()  # `convert` stops before serving
+
+
+# -- field tables: every name written is in the table of the version targeted ----------
+
+def _names(args: list[str]) -> set[str]:
+    return {a for a in args if a.startswith("-")} | {a for a in args[:1] if not a.startswith("-") and "/" not in a}
+
+
+@pytest.mark.parametrize("engine, version", [("vllm", None), ("sglang", None), ("trtllm", "1.2.1"),
+                                             ("trtllm", None), ("llamacpp", None)])
+def test_every_flag_and_key_written_is_in_the_targeted_field_table(engine, version, tmp_path):
+    fields = set(engine_info(engine).table(version).fields)
+    for i, decoding in enumerate((DRAFT, LOOKUP) if engine != "llamacpp" else (DRAFT,)):
+        run_dir = tmp_path / str(i)
+        run_dir.mkdir()
+        config = run_dir / "options.yaml"
+        env = {**(_local_models(run_dir) if engine == "llamacpp" else {}), "CONFIG": str(config)}
+        schedule = tuple(entry(e.batch_min, e.batch_max, e.gamma, decoding.method) for e in SCHEDULE)
+        text = export_plan(make_plan(decoding, schedule=schedule), engine, engine_version=version).text
+        args = launched_args(text, engine, run_dir, env)
+        assert _names(args) <= fields, _names(args) - fields
+        if engine == "trtllm":
+            options = yaml.safe_load(config.read_text())
+            assert set(options) | set(options["speculative_config"]) <= fields
+    if engine == "llamacpp":
+        assert {"llama-quantize", "convert_hf_to_gguf.py", "--outfile", "--outtype"} <= fields
+        assert all(name in text for name in ("convert_hf_to_gguf.py", "--outtype", "--outfile"))
+
+
+def test_field_table_check_fails_on_a_name_the_table_lacks(tmp_path):
+    """Negative control: a flag the table does not hold is reported."""
+    args = _launch(make_plan(), "vllm", tmp_path) + ["--speculative-model"]
+    assert _names(args) - set(engine_info("vllm").table(None).fields) == {"--speculative-model"}
+
+
+def test_transformers_file_writes_only_table_names():
+    from planner.plan.export.hf import drafter_settings, generate_kwargs
+
+    for version in ("4.47.0", "5.24.0"):
+        table = engine_info("hf").table(version)
+        for decoding in (DRAFT, LOOKUP, EARLY):
+            resolved = resolve(make_plan(decoding), engine_info("hf"))
+            assert set(drafter_settings(resolved)) | set(generate_kwargs(resolved)) <= set(table.fields)
+        text = export_plan(make_plan(DRAFT), "hf", engine_version=version).text
+        dtype = "dtype" if version.startswith("5") else "torch_dtype"
+        assert f'{dtype}="auto"' in text and dtype in table.fields
+
+
+# -- headers ---------------------------------------------------------------------------
+
+def test_header_names_plan_gpu_setup_and_what_it_was_written_for():
+    text = export_plan(make_plan(LOOKUP, schedule=tuple(entry(lo, hi, g, "prompt_lookup") for lo, hi, g in
+                                                         [(1, 31, 3), (32, 63, 2), (64, 128, 0)])), "vllm",
+                       engine_version="0.30.0", plan_label="deploy/h100.yaml").text
+    header = "\n".join(line for line in text.splitlines() if line.startswith("# "))
+    assert "deploy/h100.yaml" in header and "NVIDIA H100 80GB HBM3" in header
+    assert "draft length by batch size 1-31: 3, 32-63: 2, 64-128: 0" in header and "see the table" not in header
+    assert "written for: vLLM 0.30.0" in header and "vllm/config/speculative.py" in header
+    assert "up to 128 sequences at once" in header
+
+
+def test_early_exit_is_written_for_the_versions_that_have_it():
+    text = export_plan(make_plan(EARLY), "hf", engine_version="4.47.0").text
+    assert "# written for: transformers 4.47.0" in text
+    with pytest.raises(ExportError, match="added in 4.47.0"):
+        export_plan(make_plan(EARLY), "hf", engine_version="4.46.0")
+
+
+def test_header_sources_cite_what_was_read():
+    """Citations are wheels, files at commits, or pages; no commit cited for TensorRT-LLM field names."""
+    for name in ("vllm", "sglang", "trtllm", "hf", "llamacpp"):
+        for table in engine_info(name).tables:
+            assert table.sources
+            for source in table.sources:
+                assert any(kind in source for kind in ("wheel", "@ ", "github.com/", "nvidia.github.io", "installed",
+                                                       "stored copies", "not pinned")), source
+    assert not any("@ " in s for t in engine_info("trtllm").tables for s in t.sources)
 
 
 # -- refusals --------------------------------------------------------------------------
 
 def test_layer_skip_is_refused_naming_the_nearest_expressible_setup():
-    plan = make_plan(SKIP, alternatives=(Candidate(DRAFT, _prediction(120.0)), Candidate(LOOKUP, _prediction(90.0))))
+    plan = make_plan(SKIP, alternatives=(Candidate(DRAFT, prediction(120.0)), Candidate(LOOKUP, prediction(90.0))))
     for engine in ("vllm", "sglang", "trtllm", "hf", "llamacpp"):
         with pytest.raises(ExportError, match="cannot run layer_skip: no serving engine has layer skipping"):
             export_plan(plan, engine)
@@ -155,20 +318,23 @@ def test_quantization_and_version_refusals():
         export_plan(make_plan(), "vllm", engine_version="0.20.0")
     with pytest.raises(InputError, match="not pinned"):
         export_plan(make_plan(), "llamacpp", engine_version="b5000")
-    early = Decoding(method="early_exit", gamma=3, exit_layer=8)
-    with pytest.raises(ExportError, match="added in 4.47.0"):
-        export_plan(make_plan(early), "hf", engine_version="4.46.0")
     with pytest.raises(NotFoundError, match="unknown engine 'vlm'"):
         export_plan(make_plan(), "vlm")
 
 
-def test_cli_export_writes_file_and_errors_in_one_line(tmp_path, capsys):
+# -- files: the CLI, compose -----------------------------------------------------------
+
+def test_cli_export_writes_script_and_compose_and_errors_in_one_line(tmp_path, capsys):
     plan_path = tmp_path / "plan.yaml"
     save_plan(make_plan(schedule=SCHEDULE), plan_path)
-    out = tmp_path / "vllm.sh"
-    result = CliRunner().invoke(cli, ["export", "--plan", str(plan_path), "--to", "vllm", "--out", str(out)])
+    out = tmp_path / "serve.sh"
+    result = CliRunner().invoke(cli, ["export", "--plan", str(plan_path), "--to", "vllm", "--out", str(out),
+                                      "--compose"])
     assert result.exit_code == 0, result.output
-    assert _vllm_config(out.read_text())["num_speculative_tokens"] == 4
+    assert out.stat().st_mode & 0o111 and "--max-num-seqs 128" in out.read_text()
+    compose = yaml.safe_load((tmp_path / "serve.compose.yaml").read_text())["services"]["vllm"]
+    assert compose["image"] == "vllm/vllm-openai:v0.33.0" and compose["entrypoint"] == ["sh", "/specplan/launch.sh"]
+    assert compose["volumes"][0]["source"] == "./serve.sh" and compose["ports"] == ["8000:8000"]
     save_plan(make_plan(SKIP), plan_path)
     with pytest.raises(SystemExit) as exited:
         main(["export", "--plan", str(plan_path), "--to", "sglang", "--out", str(tmp_path / "x.sh")])
@@ -177,68 +343,18 @@ def test_cli_export_writes_file_and_errors_in_one_line(tmp_path, capsys):
     assert len(error) == 1 and "SGLang cannot run layer_skip" in error[0]
 
 
-# -- engines' own config classes -------------------------------------------------------
-
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (large CUDA package)")
-def test_vllm_config_class_accepts_export():
-    from vllm.config import SpeculativeConfig
-
-    assert set(_vllm_config(export_plan(make_plan(LOOKUP), "vllm").text)) <= set(SpeculativeConfig.__dataclass_fields__)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is None, reason="tensorrt_llm is not installed (large CUDA package)")
-def test_trtllm_config_class_accepts_export():
-    from tensorrt_llm.llmapi import NGramDecodingConfig
-
-    spec = yaml.safe_load(export_plan(make_plan(LOOKUP), "trtllm").text)["speculative_config"]
-    spec.pop("decoding_type")
-    NGramDecodingConfig(**spec)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("sglang") is None, reason="sglang is not installed (large CUDA package)")
-def test_sglang_parser_accepts_export():
-    import argparse
-
-    from sglang.srt.server_args import ServerArgs
-
-    parser = argparse.ArgumentParser()
-    ServerArgs.add_cli_args(parser)
-    parser.parse_args(_shell_args(export_plan(make_plan(LOOKUP), "sglang").text)[3:])
-
-
-def test_transformers_generation_config_accepts_every_kwarg():
-    from transformers import GenerationConfig
-
-    for decoding in (DRAFT, LOOKUP, Decoding(method="early_exit", gamma=3, exit_layer=1)):
-        kwargs = json.loads(export_plan(make_plan(decoding), "hf").text)["generate_kwargs"]
-        assert set(kwargs) <= set(engine_info("hf").fields)
-        config = GenerationConfig(**kwargs)
-        assert all(getattr(config, key) == value for key, value in kwargs.items())
-
-
-# -- transformers end to end -----------------------------------------------------------
-
-def _tiny_llama(layers: int, seed: int):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return LlamaForCausalLM(config).eval()
-
-
-@pytest.mark.parametrize("decoding", [DRAFT, LOOKUP], ids=["draft_model", "prompt_lookup"])
-def test_transformers_export_decodes_exactly_like_greedy(decoding):
-    import torch
-
-    target, assistant = _tiny_llama(2, seed=0), _tiny_llama(1, seed=1)
-    document = json.loads(export_plan(make_plan(decoding), "hf").text)
-    kwargs = dict(document["generate_kwargs"])
-    if document["assistant_model"] is not None:
-        kwargs["assistant_model"] = assistant  # the file names it; the caller loads it
-    prompt = torch.tensor([[5, 17, 33, 5, 17, 33, 8, 2, 5, 17]])
-    with torch.no_grad():
-        plain = target.generate(prompt, do_sample=False, max_new_tokens=24, pad_token_id=0)
-        speculative = target.generate(prompt, max_new_tokens=24, pad_token_id=0, **kwargs)
-    assert torch.equal(plain, speculative)
+def test_compose_per_engine_with_an_image(tmp_path):
+    for engine in ("vllm", "sglang", "trtllm", "llamacpp", "hf"):
+        export = export_plan(make_plan(), engine, engine_version="1.2.1" if engine == "trtllm" else None)
+        script = tmp_path / f"{engine}$x{export.suffix}"
+        write_export(export, script)
+        written = write_compose(export, script)
+        if engine == "hf":
+            assert written is None and not compose_path(script).exists()
+            continue
+        service = yaml.safe_load(written.read_text())["services"][engine]
+        assert service["volumes"][0]["source"] == f"./{engine}$$x.sh"  # compose would interpolate a lone $
+        assert service["environment"]["PORT"] == str(export.port)
+    assert "tensorrt-llm/release:1.2.1" in (tmp_path / "trtllm$x.compose.yaml").read_text()
+    llama = yaml.safe_load((tmp_path / "llamacpp$x.compose.yaml").read_text())["services"]["llamacpp"]
+    assert llama["environment"]["LLAMA_SERVER"] == "/app/llama-server" and llama["volumes"][-1]["target"] == "/models"

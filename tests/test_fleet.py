@@ -111,10 +111,10 @@ def test_fleet_writes_plans_exports_and_a_costed_summary(tmp_path):
     for gpu in gpus:
         plan = load_plan(out_dir / gpu / "plan.yaml")
         assert plan.hardware.profile == gpu and plan.schedule[-1].batch_max == 16
-        for name in ("vllm.sh", "sglang.sh", "hf.json"):
+        for name in ("vllm.sh", "sglang.sh", "hf.py"):
             assert f"profile {gpu}" in (out_dir / gpu / name).read_text()
         # engines load hub ids, not the card names the plan was made from
-        assert "exec vllm serve meta-llama/Llama-3.1-8B " in (out_dir / gpu / "vllm.sh").read_text()
+        assert "MODEL=meta-llama/Llama-3.1-8B " in (out_dir / gpu / "vllm.sh").read_text()
         row = next(line for line in summary.splitlines() if line.startswith(f"| {gpu} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == plan.decoding.method and cells[3] == plan.decoding.quant

@@ -1,8 +1,9 @@
 """Serving engines as data: what each can express and which versions its exporter knows.
 
-The table lives in profiles/engines.yaml; this module reads it and answers three
-questions: is a name an engine, is a version inside the known range, and can the engine
-run a given decoding set-up (and if not, why not).
+The table lives in profiles/engines.yaml; this module reads it and answers four
+questions: is a name an engine, is a version inside a known range, which field table
+(names and their sources) applies to that version, and can the engine run a given
+decoding set-up (and if not, why not).
 """
 
 from __future__ import annotations
@@ -28,30 +29,55 @@ _NEVER_SERVED = {
 
 
 @dataclass(frozen=True)
+class FieldTable:
+    """The names an exporter may write for one range of engine versions, and where they were read."""
+
+    version_min: str | None  # None: build numbers not pinned
+    version_max: str | None
+    fields: tuple[str, ...]
+    sources: tuple[str, ...]
+    draft_len_schedule: str | None = None  # TensorRT-LLM: how its keys are read (lower_bound, upper_bound)
+
+    def covers(self, version: str) -> bool:
+        return Version(self.version_min) <= Version(version) <= Version(self.version_max)
+
+    def range_text(self, display: str) -> str:
+        if self.version_min is None:
+            return f"{display} (build numbers not pinned)"
+        return f"{display} {self.version_min} to {self.version_max}"
+
+
+@dataclass(frozen=True)
 class EngineInfo:
     name: str  # key: vllm, sglang, trtllm, hf, llamacpp
     display: str
-    version_min: str | None  # None: range not pinned
-    version_max: str | None
     methods: tuple[str, ...]
     quants: tuple[str, ...]
     schedule: bool  # takes a per-batch-size draft-length table
     features: dict[str, str]  # feature -> first version that has it
-    fields: tuple[str, ...]  # every name the exporter may write
-    sources: tuple[str, ...]
+    image: str | None  # published container image, {version} to fill; None: none published
+    port: int | None  # the engine's default port
+    tables: tuple[FieldTable, ...]  # oldest first
 
     @property
     def version_range(self) -> str:
-        if self.version_min is None:
-            return f"{self.display} (version range not pinned)"
-        return f"{self.display} {self.version_min} to {self.version_max}"
+        first, last = self.tables[0], self.tables[-1]
+        if first.version_min is None:
+            return first.range_text(self.display)
+        return f"{self.display} {first.version_min} to {last.version_max}"
+
+    def table(self, version: str | None) -> FieldTable:
+        """The table for `version` (checked by check_version); None: the newest."""
+        if version is None:
+            return self.tables[-1]
+        return next(t for t in self.tables if t.covers(version))
 
     def has_feature(self, feature: str, version: str | None) -> bool:
         """Whether `version` (None: the newest known) has a feature newer than the range start."""
         first = self.features.get(feature)
         if first is None:
             return True
-        return Version(version or self.version_max) >= Version(first)
+        return Version(version or self.tables[-1].version_max) >= Version(first)
 
     def cannot_run(self, decoding: Decoding) -> str | None:
         """Why this engine cannot run `decoding`, or None when it can."""
@@ -63,19 +89,23 @@ class EngineInfo:
         return None
 
 
-def _info(name: str, row: dict) -> EngineInfo:
+def _table_of(row: dict) -> FieldTable:
     versions = row["versions"] or {"min": None, "max": None}
+    return FieldTable(versions["min"], versions["max"], tuple(row["fields"]), tuple(row["sources"]),
+                      row.get("draft_len_schedule"))
+
+
+def _info(name: str, row: dict) -> EngineInfo:
     return EngineInfo(
         name=name,
         display=row["display"],
-        version_min=versions["min"],
-        version_max=versions["max"],
         methods=tuple(row["methods"]),
         quants=tuple(row["quants"]),
         schedule=bool(row["schedule"]),
         features=dict(row["features"]),
-        fields=tuple(row["fields"]),
-        sources=tuple(row["sources"]),
+        image=row["image"],
+        port=row["port"],
+        tables=tuple(_table_of(t) for t in row["tables"]),
     )
 
 
@@ -103,26 +133,23 @@ def engine_info(name: str) -> EngineInfo:
 
 
 def check_version(info: EngineInfo, version: str | None) -> str | None:
-    """The version to write for (None: the whole known range).
+    """The version to write for (None: the newest table's range); refuses versions no table covers.
 
     Raises:
-        InputError: `version` is not a version number, is outside the known range, or the
-            engine's build numbers are not pinned.
+        InputError: `version` is not a version number, or no table covers it.
     """
     if version is None:
         return None
-    if info.version_min is None:
+    if info.tables[0].version_min is None:
         raise InputError(
             f"`engine_version` {version}: specplan has not pinned {info.display} build numbers; "
             "leave `engine_version` out (the header names the flags' source)"
         )
     try:
-        asked = Version(version)
+        Version(version)
     except InvalidVersion:
         raise InputError(f"`engine_version` {version!r} is not a version number") from None
-    if not Version(info.version_min) <= asked <= Version(info.version_max):
-        raise InputError(
-            f"`engine_version` {version}: the {info.display} exporter knows "
-            f"{info.version_min} to {info.version_max} only"
-        )
+    if not any(t.covers(version) for t in info.tables):
+        known = " and ".join(f"{t.version_min} to {t.version_max}" for t in info.tables)
+        raise InputError(f"`engine_version` {version}: the {info.display} exporter knows {known} only")
     return version

@@ -1,29 +1,31 @@
-"""SGLang: a `python -m sglang.launch_server` command line with speculative flags.
+"""SGLang: a `sglang serve` script with speculative flags.
 
-Flags from sglang's server arguments (0.5.5 server_args.py; 0.5.23 arg_groups/fields/spec.py
-and speculative_hook.py — sources in profiles/engines.yaml):
+Flags from the field table in profiles/engines.yaml (sglang 0.5.5 and 0.5.23 wheels);
+`sglang serve` is the entrypoint in the whole range (0.5.23 warns on the older
+`python -m sglang.launch_server`):
 - a separate draft model is algorithm STANDALONE: --speculative-num-steps gamma,
   --speculative-eagle-topk 1 (a chain, not a tree), --speculative-num-draft-tokens gamma+1
   (the verified window counts the last accepted token, as STANDALONE's own defaults 3/1/4 do);
 - prompt lookup is algorithm NGRAM: --speculative-num-draft-tokens gamma+1 (its draft tree
   counts the root token) and --speculative-ngram-max-bfs-breadth 1 for a chain;
-- --speculative-draft-model-quantization (0.5.23, absent in 0.5.5) names a method for a
-  pre-quantized draft, not a bit width: a planned draft_quant is reported as dropped.
+- a quantization flag for the draft names a method for a pre-quantized draft, not a bit
+  width: a planned draft_quant is reported as dropped.
 SGLang has no per-batch-size draft length: one gamma is written.
 """
 
 from __future__ import annotations
 
-import shlex
-
-from planner.plan.export._header import comment_block
+from planner.plan.export._launch import Launch
 from planner.plan.export._resolve import Resolved
+from planner.plan.export._shell import Ref, script, serving_variables, words
+from planner.plan.export.engines import EngineInfo, FieldTable
 from planner.plan.schema import Plan
 
 SUFFIX = ".sh"
+COMPOSE_ENV: dict[str, str] = {}
 
 
-def dropped(resolved: Resolved, info, version) -> tuple[str, ...]:
+def dropped(resolved: Resolved, table: FieldTable) -> tuple[str, ...]:
     d = resolved.decoding
     if d.method == "draft_model" and d.draft_quant != "none":
         return (f"draft quantization {d.draft_quant}: SGLang takes a quantization method for a "
@@ -31,22 +33,30 @@ def dropped(resolved: Resolved, info, version) -> tuple[str, ...]:
     return ()
 
 
-def speculative_args(resolved: Resolved) -> list[str]:
+def speculative_args(resolved: Resolved) -> list:
     d = resolved.decoding
     if d.method == "autoregressive":
         return []
     window = str(d.gamma + 1)
     if d.method == "draft_model":
-        return ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", d.draft_model,
+        return ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", Ref("DRAFT_MODEL"),
                 "--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", "1",
                 "--speculative-num-draft-tokens", window]
     return ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", window,
             "--speculative-ngram-max-bfs-breadth", "1"]
 
 
-def render(plan: Plan, resolved: Resolved, version: str | None, header: list[str]) -> str:
-    args = ["python", "-m", "sglang.launch_server", "--model-path", plan.model.source,
-            "--context-length", str(plan.constraints.context),
-            "--max-running-requests", str(plan.constraints.batch_size)]
+def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, table: FieldTable,
+           header: list[str]) -> str:
+    d = resolved.decoding
+    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+                                  info.port, launch.tensor_parallel)
+    args = ["sglang", "serve", "--model-path", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"),
+            "--tp-size", Ref("TP")]
+    if launch.memory_share is not None:
+        variables.append(("MEM_FRACTION_STATIC", f"{launch.memory_share:.2f}",
+                          "share of the GPU's memory for weights and KV cache"))
+        args += ["--mem-fraction-static", Ref("MEM_FRACTION_STATIC")]
+    args += ["--context-length", str(plan.constraints.context), "--max-running-requests", str(launch.max_batch)]
     args += speculative_args(resolved)
-    return "#!/bin/sh\n" + comment_block(header) + "exec " + shlex.join(args) + "\n"
+    return script(header, variables, "exec " + words(args) + "\n")

@@ -1,35 +1,52 @@
-"""TensorRT-LLM: an LLM-API YAML (trtllm-serve --config / --extra_llm_api_options, or LLM(**yaml)).
+"""TensorRT-LLM: a script that writes the LLM-API options YAML and runs `trtllm-serve` on it.
 
-Field names from tensorrt_llm/llmapi/llm_args.py (DecodingBaseConfig, DraftTargetDecodingConfig,
-NGramDecodingConfig), TensorRT-LLM 1.3.0rc27 to 1.4.0rc1 — sources in profiles/engines.yaml:
+Names from the field tables in profiles/engines.yaml:
 - speculative_config.decoding_type is "Draft_Target" (with speculative_model) or "NGram"
   (with max_matching_ngram_size), max_draft_len the largest draft;
-- draft_len_schedule maps inclusive upper batch-size bounds to draft lengths: {4: 4, 8: 2}
-  drafts 4 at batch 1-4, 2 at 5-8 and 0 above 8; its smallest key must map to
-  max_draft_len and no length may exceed it.
+- draft_len_schedule maps batch sizes to draft lengths, and what a key means depends on
+  the version: in 1.2 a key is the first batch size of its range (key 1 required, the last
+  length holds for every larger batch); from 1.3.0rc27 a key is the last batch size of its
+  range (batches above the largest key draft 0). Either way the smallest key holds
+  max_draft_len, so longer drafts at larger batch sizes are capped to it.
+The YAML is written by the script (a here-document), so the draft model stays a variable.
 """
 
 from __future__ import annotations
 
 import yaml
 
-from planner.plan.export._header import comment_block
+from planner.plan.export._launch import Launch
 from planner.plan.export._resolve import Resolved
+from planner.plan.export._shell import Ref, script, serving_variables, words
+from planner.plan.export.engines import EngineInfo, FieldTable
 from planner.plan.schema import Plan
 
-SUFFIX = ".yaml"
+SUFFIX = ".sh"
+COMPOSE_ENV: dict[str, str] = {}
 
 
-def _schedule(resolved: Resolved) -> dict[int, int]:
-    """Upper bound -> draft length; trailing zero ranges are left to TensorRT-LLM's implicit 0."""
+def _capped(resolved: Resolved) -> list[tuple[int, int, int]]:
     first = resolved.table[0][2]
-    schedule = {batch_max: min(gamma, first) for _, batch_max, gamma in resolved.table}
+    return [(lo, hi, min(gamma, first)) for lo, hi, gamma in resolved.table]
+
+
+def draft_len_schedule(resolved: Resolved, reading: str) -> dict[int, int]:
+    """The plan's (batch_min, batch_max, gamma) ranges as the keys `reading` expects."""
+    rows = _capped(resolved)
+    if reading == "lower_bound":  # a key starts its range; key 1 must exist
+        schedule: dict[int, int] = {}
+        for i, (lo, _, gamma) in enumerate(rows):
+            if i == 0 or gamma != rows[i - 1][2]:
+                schedule[1 if i == 0 else lo] = gamma
+        return schedule
+    # upper_bound: a key ends its range; runs of one length keep their last key; 0 above the largest key
+    schedule = {hi: gamma for i, (_, hi, gamma) in enumerate(rows) if i + 1 == len(rows) or rows[i + 1][2] != gamma}
     while len(schedule) > 1 and schedule[max(schedule)] == 0:
         del schedule[max(schedule)]
     return schedule
 
 
-def dropped(resolved: Resolved, info, version) -> tuple[str, ...]:
+def dropped(resolved: Resolved, table: FieldTable) -> tuple[str, ...]:
     notes = []
     if resolved.table and max(g for _, _, g in resolved.table) > resolved.table[0][2]:
         notes.append("draft lengths above the smallest batch range's were capped to it "
@@ -39,26 +56,57 @@ def dropped(resolved: Resolved, info, version) -> tuple[str, ...]:
     return tuple(notes)
 
 
-def speculative_config(resolved: Resolved) -> dict | None:
+def llm_api_options(resolved: Resolved, table: FieldTable) -> dict:
+    """The YAML's content (the draft model written as it is in the plan)."""
     d = resolved.decoding
     if d.method == "autoregressive":
-        return None
+        return {}
     max_draft_len = resolved.table[0][2] if resolved.table else d.gamma
     if d.method == "draft_model":
-        config = {"decoding_type": "Draft_Target", "max_draft_len": max_draft_len,
-                  "speculative_model": d.draft_model}
+        config: dict = {"decoding_type": "Draft_Target", "max_draft_len": max_draft_len}
     else:  # prompt_lookup
-        config = {"decoding_type": "NGram", "max_draft_len": max_draft_len,
-                  "max_matching_ngram_size": d.ngram}
+        config = {"decoding_type": "NGram", "max_draft_len": max_draft_len, "max_matching_ngram_size": d.ngram}
     if resolved.table:
-        config["draft_len_schedule"] = _schedule(resolved)
-    return config
+        config["draft_len_schedule"] = draft_len_schedule(resolved, table.draft_len_schedule)
+    if d.method == "draft_model":
+        config["speculative_model"] = d.draft_model
+    return {"speculative_config": config}
 
 
-def render(plan: Plan, resolved: Resolved, version: str | None, header: list[str]) -> str:
-    max_batch = max((row[1] for row in resolved.table), default=plan.constraints.batch_size)
-    body: dict = {"backend": "pytorch", "max_batch_size": max_batch, "max_seq_len": plan.constraints.context}
-    config = speculative_config(resolved)
-    if config is not None:
-        body["speculative_config"] = config
-    return comment_block(header) + yaml.safe_dump(body, sort_keys=False)
+def _write_options(options: dict) -> str:
+    """Shell lines writing `options` to "$CONFIG"; speculative_model becomes "${DRAFT_MODEL}"."""
+    config = dict(options["speculative_config"])
+    draft = config.pop("speculative_model", None)
+    text = yaml.safe_dump({"speculative_config": config}, sort_keys=False)
+    assert not set(text) & set("$`\\"), text  # numbers and fixed names only: nothing the here-document expands
+    if draft is not None:
+        text += '  speculative_model: "${DRAFT_MODEL}"\n'
+        guard = ('case $DRAFT_MODEL in *\\"*|*\\\\*) echo "DRAFT_MODEL must not contain quotes or backslashes '
+                 '(it is written into a YAML string)" >&2; exit 2;; esac\n')
+    else:
+        guard = ""
+    return guard + 'cat > "$CONFIG" <<EOF\n' + text + "EOF\n"
+
+
+def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, table: FieldTable,
+           header: list[str]) -> str:
+    d = resolved.decoding
+    if resolved.table:
+        reading = {"lower_bound": "first", "upper_bound": "last"}[table.draft_len_schedule]
+        header = header + [f"draft_len_schedule: each key is the {reading} batch size of its range in these versions"]
+    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+                                  info.port, launch.tensor_parallel)
+    args = ["trtllm-serve", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"), "--backend", "pytorch",
+            "--tp_size", Ref("TP"), "--max_batch_size", str(launch.max_batch),
+            "--max_seq_len", str(plan.constraints.context)]
+    if launch.memory_share is not None:
+        variables.append(("KV_CACHE_FREE_GPU_MEMORY_FRACTION", f"{launch.memory_share:.2f}",
+                          "share of the memory left after the weights for the KV cache"))
+        args += ["--kv_cache_free_gpu_memory_fraction", Ref("KV_CACHE_FREE_GPU_MEMORY_FRACTION")]
+    options = llm_api_options(resolved, table)
+    body = ""
+    if options:
+        body = '[ -n "${CONFIG:-}" ] || CONFIG=$(mktemp)  # where the LLM-API options YAML is written\n'
+        body += _write_options(options)
+        args += ["--extra_llm_api_options", Ref("CONFIG")]
+    return script(header, variables, body + "exec " + words(args) + "\n")

@@ -1,29 +1,30 @@
-"""vLLM: a `vllm serve` command line with its --speculative-config JSON.
+"""vLLM: a `vllm serve` script, every speculative key one `--speculative-config.KEY` word.
 
-Field names (SpeculativeConfig, vllm/config/speculative.py; schedule format in
-vllm/v1/spec_decode/dynamic/utils.py), vLLM 0.25.0 to 0.33.0 — sources in
-profiles/engines.yaml:
+Names from the field table in profiles/engines.yaml (vLLM 0.25.0 to 0.33.0 wheels):
 - method "draft_model" with `model`; its `quantization` names the method a pre-quantized
   draft checkpoint was made with, not a bit width, so a planned draft_quant is dropped;
   method "ngram" with prompt_lookup_min/max (the n-gram window);
 - num_speculative_tokens is the startup maximum; num_speculative_tokens_per_batch_size
   is a list of [batch_min, batch_max, K], inclusive, first range starting at 1, K = 0
   turning speculation off, gaps inheriting the previous K.
+The dotted form keeps the draft model a shell variable instead of text inside JSON.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 
-from planner.plan.export._header import comment_block
+from planner.plan.export._launch import Launch
 from planner.plan.export._resolve import Resolved
+from planner.plan.export._shell import Ref, script, serving_variables, words
+from planner.plan.export.engines import EngineInfo, FieldTable
 from planner.plan.schema import Plan
 
 SUFFIX = ".sh"
+COMPOSE_ENV: dict[str, str] = {}
 
 
-def dropped(resolved: Resolved, info, version) -> tuple[str, ...]:
+def dropped(resolved: Resolved, table: FieldTable) -> tuple[str, ...]:
     if resolved.decoding.method == "draft_model" and resolved.decoding.draft_quant != "none":
         return (f"draft quantization {resolved.decoding.draft_quant}: vLLM's `quantization` names the "
                 "method of a pre-quantized draft checkpoint; quantize the draft first and add it",)
@@ -46,11 +47,27 @@ def speculative_config(resolved: Resolved) -> dict | None:
     return config
 
 
-def render(plan: Plan, resolved: Resolved, version: str | None, header: list[str]) -> str:
-    max_seqs = max((row[1] for row in resolved.table), default=plan.constraints.batch_size)
-    args = ["vllm", "serve", plan.model.source, "--max-model-len", str(plan.constraints.context),
-            "--max-num-seqs", str(max_seqs)]
-    config = speculative_config(resolved)
-    if config is not None:
-        args += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
-    return "#!/bin/sh\n" + comment_block(header) + "exec " + shlex.join(args) + "\n"
+def _speculative_args(config: dict | None) -> list:
+    args: list = []
+    for key, value in (config or {}).items():
+        if key == "model":
+            value = Ref("DRAFT_MODEL")
+        elif not isinstance(value, str):
+            value = json.dumps(value, separators=(",", ":"))
+        args += [f"--speculative-config.{key}", value]
+    return args
+
+
+def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, table: FieldTable,
+           header: list[str]) -> str:
+    d = resolved.decoding
+    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+                                  info.port, launch.tensor_parallel)
+    args = ["vllm", "serve", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"),
+            "--tensor-parallel-size", Ref("TP")]
+    if launch.memory_share is not None:
+        variables.append(("GPU_MEMORY_UTILIZATION", f"{launch.memory_share:.2f}", "share of the GPU's memory"))
+        args += ["--gpu-memory-utilization", Ref("GPU_MEMORY_UTILIZATION")]
+    args += ["--max-model-len", str(plan.constraints.context), "--max-num-seqs", str(launch.max_batch)]
+    args += _speculative_args(speculative_config(resolved))
+    return script(header, variables, "exec " + words(args) + "\n")

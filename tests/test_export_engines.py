@@ -1,0 +1,125 @@
+"""Exports checked by the engines' own code (opt-in: `pip install .[engines]`, or the CPU recipe in
+docs/deployment.md). Each exported script runs with the engine binary stubbed; the arguments
+it would have received go to the engine's own argument parser and config checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from planner.plan.export import export_plan
+from tests._export_support import DRAFT, LOOKUP, SCHEDULE, entry, launched_args, make_plan
+
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="vllm is not installed (opt-in extra `engines`; see docs/deployment.md)")
+needs_sglang = pytest.mark.skipif(importlib.util.find_spec("sglang") is None,
+                                  reason="sglang is not installed (opt-in extra `engines`; see docs/deployment.md)")
+needs_trtllm = pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is None,
+                                  reason="tensorrt_llm is not installed (a CUDA wheel from pypi.nvidia.com)")
+
+LOOKUP_SCHEDULE = tuple(entry(e.batch_min, e.batch_max, e.gamma, "prompt_lookup") for e in SCHEDULE)
+PLANS = {"draft": make_plan(DRAFT, schedule=SCHEDULE), "lookup": make_plan(LOOKUP, schedule=LOOKUP_SCHEDULE)}
+
+
+@pytest.fixture(scope="module")
+def vllm_parser():
+    os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")  # lets the CUDA wheel build its parser on a CPU (0.33)
+    import vllm.platforms
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    if not vllm.platforms.current_platform.device_type:  # older wheels ignore that variable: pick the CPU platform
+        vllm.platforms._current_platform = CpuPlatform()
+
+    try:
+        from vllm.entrypoints.common.cli_args import make_arg_parser
+    except ImportError:  # before 0.33 it lived with the OpenAI server
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
+
+    return make_arg_parser(FlexibleArgumentParser())
+
+
+@needs_vllm
+@pytest.mark.parametrize("name", PLANS)
+def test_vllm_parses_the_launch_and_schedules_the_planned_gammas(name, vllm_parser, tmp_path):
+    from vllm.config import SpeculativeConfig
+    from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+    plan = PLANS[name]
+    args = launched_args(export_plan(plan, "vllm").text, "vllm", tmp_path)
+    assert args[0] == "serve"
+    ns = vllm_parser.parse_args(args[1:])
+    assert (ns.model_tag, ns.max_num_seqs, ns.tensor_parallel_size, ns.port) == (plan.model.source, 128, 1, 8000)
+    assert ns.gpu_memory_utilization == pytest.approx(0.90)
+    spec = ns.speculative_config
+    assert set(spec) <= set(SpeculativeConfig.__dataclass_fields__)
+    dense = build_dynamic_sd_schedule_lookup(spec["num_speculative_tokens_per_batch_size"], ns.max_num_seqs,
+                                             spec["num_speculative_tokens"])
+    assert dense[1:] == [e.gamma for e in plan.schedule for _ in range(e.batch_min, e.batch_max + 1)]
+
+
+@needs_vllm
+def test_vllm_checks_can_fail(vllm_parser):
+    """Negative control: vLLM's parser refuses an unknown flag and its schedule check a table not starting at 1."""
+    from vllm.v1.spec_decode.dynamic.utils import validate_and_normalize_dynamic_sd_schedule
+
+    with pytest.raises(SystemExit):
+        vllm_parser.parse_args(["m", "--max-num-sequences", "4"])
+    with pytest.raises(ValueError, match="must start at 1"):
+        validate_and_normalize_dynamic_sd_schedule([[4, 15, 2]])
+
+
+def _sglang_namespace(args: list[str]):
+    """SGLang's own argument parser over `args` (strict: an unknown flag exits)."""
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    return parser.parse_args(args)
+
+
+@needs_sglang
+@pytest.mark.parametrize("name", PLANS)
+def test_sglang_server_args_accept_the_launch(name, tmp_path):
+    plan = PLANS[name]
+    args = launched_args(export_plan(plan, "sglang").text, "sglang", tmp_path)
+    assert args[0] == "serve"  # `sglang serve` hands the rest to the server's argument parser
+    ns = vars(_sglang_namespace(args[1:]))
+    tp = ns.get("tp_size", ns.get("tensor_parallel_size"))  # the flag's dest was renamed after 0.5.5
+    assert (ns["model_path"], tp, ns["max_running_requests"], ns["context_length"]) == (plan.model.source, 1, 128, 4096)
+    assert ns["mem_fraction_static"] == pytest.approx(0.90)
+    gamma = plan.schedule[0].gamma  # SGLang takes one draft length: the one of the plan's batch size, 1
+    algorithm = {"draft": "STANDALONE", "lookup": "NGRAM"}[name]
+    assert ns["speculative_algorithm"] == algorithm and ns["speculative_num_draft_tokens"] == gamma + 1
+    from sglang.srt.server_args import prepare_server_args
+
+    try:
+        server = prepare_server_args(args[1:])  # validation too (0.5.23 runs it on a CPU; 0.5.5 wants a GPU)
+    except RuntimeError as exc:
+        assert "accelerator" in str(exc)
+    else:
+        assert server.speculative_algorithm == algorithm and server.tp_size == 1
+
+
+@needs_sglang
+def test_sglang_checks_can_fail():
+    """Negative control: SGLang's parser refuses a flag it does not have."""
+    with pytest.raises(SystemExit):
+        _sglang_namespace(["--model-path", "m", "--speculative-draft-length", "4"])
+
+
+@needs_trtllm
+def test_trtllm_config_classes_accept_the_options():
+    import yaml
+    from tensorrt_llm.llmapi import DraftTargetDecodingConfig, NGramDecodingConfig
+
+    for name, cls in (("draft", DraftTargetDecodingConfig), ("lookup", NGramDecodingConfig)):
+        text = export_plan(PLANS[name], "trtllm").text
+        body = text.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0].replace("${DRAFT_MODEL}", "draft")
+        spec = yaml.safe_load(body)["speculative_config"]
+        spec.pop("decoding_type")
+        cls(**spec)

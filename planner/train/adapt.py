@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner._files import write_atomic
 from planner.errors import InputError
 
 MAX_LOSS_RISE = 0.01
@@ -209,6 +210,4 @@ def _save(model, tokenizer, result: AdaptResult, *, steps: int) -> None:
         "full_model_heldout_loss_after": round(result.loss_after, 5),
         "draft_loss": round(result.draft_loss, 5),
     }
-    tmp = out / "s3d.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(out / "s3d.json")
+    write_atomic(out / "s3d.json", json.dumps(meta, indent=2) + "\n")

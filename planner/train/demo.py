@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from planner._files import write_atomic
 from planner.train.data import read_text, stdlib_split
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<mask>"]  # ids 0..3; <mask> is the S3D draft slot
@@ -178,7 +179,7 @@ def build_demo(base: Path, out: Path, *, device: str, adapt_steps: int, adapt_lr
           lr=adapt_lr, resume=resume, seed=seed, device=device, held_out_files=[str(p) for p in split.held_out])
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resumable state, not part of the shipped model
     lines = [json.dumps({"prompt": p, "source": "held-out stdlib"}) for p in demo_prompts(split.held_out)]
-    (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "prompts.jsonl", "\n".join(lines) + "\n")
     return out
 
 

@@ -7,12 +7,14 @@ batches the interrupted run would have seen.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from planner._files import write_atomic
 
 CHECKPOINT = "last.pt"
 
@@ -31,9 +33,9 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, buffer)
+    write_atomic(path, buffer.getvalue())  # a crash mid-write leaves the previous checkpoint intact
 
 
 def train(

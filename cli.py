@@ -534,7 +534,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @cli.command()
 @click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory, .gguf file or hub id.")
 @click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
-@click.option("--skip-layers", "skip", required=True, callback=_layer_list,
+@click.option("--skip-layers", required=True, callback=_layer_list,
               help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
 @click.option("--gamma", type=int, required=True, help="Tokens drafted per forward (mask tokens = gamma - 1).")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
@@ -543,7 +543,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
-def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
+def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device, out):
     """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
     trained to predict the next gamma tokens in one forward, the full model kept as it was.
 
@@ -553,7 +553,7 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
     """
     from planner.train.adapt import adapt as run_adapt
 
-    r = run_adapt(model_path, data, skip=",".join(map(str, skip)), gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
+    r = run_adapt(model_path, data, skip_layers=skip_layers, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
                   resume=resume, device=device)
     click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {r.draft_loss:.3f}")
     click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")

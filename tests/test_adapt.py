@@ -55,8 +55,8 @@ def test_resume_continues_from_the_checkpoint(rt_models, data_file, tmp_path):
     from planner.train.adapt import adapt
 
     out = tmp_path / "adapted"
-    adapt(rt_models["llama"], [data_file], skip="1", gamma=2, out=str(out), steps=4, batch=2)
-    result = adapt(rt_models["llama"], [data_file], skip="1", gamma=2, out=str(out), steps=8, batch=2, resume=True)
+    adapt(rt_models["llama"], [data_file], skip_layers=(1,), gamma=2, out=str(out), steps=4, batch=2)
+    result = adapt(rt_models["llama"], [data_file], skip_layers=(1,), gamma=2, out=str(out), steps=8, batch=2, resume=True)
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
     assert result.gamma == 2
 
@@ -76,8 +76,8 @@ def test_a_full_model_made_worse_is_refused_and_not_saved(rt_models, data_file, 
     "args, message",
     [
         (["--data", "/no/such/file", "--skip-layers", "1-2", "--gamma", "3"], "no such file"),
-        (["--skip-layers", "2-9", "--gamma", "3"], "outside the model's 0-3"),
-        (["--skip-layers", "0-3", "--gamma", "3"], "skips every layer"),
+        (["--skip-layers", "2-9", "--gamma", "3"], "--skip-layers: layer 4 is outside the model's 0-3"),
+        (["--skip-layers", "0-3", "--gamma", "3"], "--skip-layers: skips all 4 layers; the draft must keep one"),
         (["--skip-layers", "1-2", "--gamma", "0"], "--gamma must be at least 1"),
     ],
 )
@@ -89,3 +89,22 @@ def test_bad_input_is_one_line_and_writes_nothing(rt_models, data_file, tmp_path
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "skip_layers, message",
+    [
+        ((2, 1), "expected ascending layer indices, each once"),
+        ((1, 1), "expected ascending layer indices, each once"),
+        ((1, True), "expected ascending layer indices, each once"),
+        ("1-2", "expected a tuple of layer indices, got str"),
+        ((), "names no layer"),
+    ],
+)
+def test_the_library_checks_skip_layers_before_loading(rt_models, data_file, tmp_path, skip_layers, message):
+    from planner.errors import InputError
+    from planner.train.adapt import adapt
+
+    with pytest.raises(InputError, match=message):
+        adapt(rt_models["llama"], [data_file], skip_layers=skip_layers, gamma=2, out=str(tmp_path / "adapted"))
+    assert not (tmp_path / "adapted").exists()

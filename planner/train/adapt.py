@@ -41,21 +41,22 @@ class AdaptResult:
     draft_loss: float  # mean draft CE over the last 10% of steps
 
 
-def parse_layers(text: str, num_layers: int) -> tuple[int, ...]:
-    """'4-7' (inclusive) or '4,5,9' -> sorted layer indices, each inside the model."""
-    try:
-        parts = [p.split("-") for p in text.split(",") if p.strip()]
-        layers = sorted({i for p in parts for i in range(int(p[0]), int(p[-1]) + 1)})
-    except ValueError:
-        raise InputError(f"--skip-layers '{text}': expected a range A-B or a list like 3,4,5") from None
+def _check_skip_layers(skip_layers, num_layers: int) -> tuple[int, ...]:
+    """`skip_layers` as a tuple, refused unless ascending layer indices, each once, inside the
+    model and leaving at least one layer."""
+    if isinstance(skip_layers, str) or not isinstance(skip_layers, (tuple, list, range)):
+        raise InputError(f"`skip_layers`: expected a tuple of layer indices, got {type(skip_layers).__name__} {skip_layers!r:.40}")
+    layers = tuple(skip_layers)
     if not layers:
-        raise InputError(f"--skip-layers '{text}': names no layer")
+        raise InputError("`skip_layers` names no layer: the draft must skip at least one")
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in layers) or list(layers) != sorted(set(layers)):
+        raise InputError(f"`skip_layers` {list(layers)}: expected ascending layer indices, each once")
     outside = [i for i in layers if not 0 <= i < num_layers]
     if outside:
-        raise InputError(f"--skip-layers '{text}': layer {outside[0]} is outside the model's 0-{num_layers - 1}")
+        raise InputError(f"`skip_layers`: layer {outside[0]} is outside the model's 0-{num_layers - 1}")
     if len(layers) == num_layers:
-        raise InputError(f"--skip-layers '{text}': skips every layer; keep at least one")
-    return tuple(layers)
+        raise InputError(f"`skip_layers`: skips all {num_layers} layers; the draft must keep one")
+    return layers
 
 
 def _mask_token_id(tokenizer, model) -> int:
@@ -111,7 +112,7 @@ def adapt(
     model_path: str,
     data,
     *,
-    skip: str,
+    skip_layers: tuple[int, ...],
     gamma: int,
     out: str,
     steps: int = 300,
@@ -142,7 +143,7 @@ def adapt(
         raise InputError(f"--gamma must be at least 1, got {gamma}")
     files = text_files(data)
     config = read_hf_config(model_path)
-    skip_layers = parse_layers(skip, config.num_hidden_layers)
+    skip_layers = _check_skip_layers(skip_layers, config.num_hidden_layers)
     tokenizer = load_tokenizer(model_path)
     stream = token_stream(tokenizer, files)
     held_tokens = token_stream(tokenizer, text_files(held_out_files)) if held_out_files else None

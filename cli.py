@@ -71,12 +71,21 @@ class _Cli(click.Group):
 
 
 _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
+# Library parameters that a command's option holds under another name: run_plan's `model` is
+# adapt's and autotune's model_path and predict's model_name; predict_detail's `draft_spec`
+# is what predict's --draft-model names.
+_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",)}
 
 
 def _flags(message: str, command: click.Command | None) -> str:
     """The library names its parameters (`vram_gib`); the command line says the option (--vram-gib)."""
     options = {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)} if command else {}
-    return _PARAMETER.sub(lambda m: options.get(m.group(1), m.group(1)), message)
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return next((options[n] for n in (name, *_OPTION_NAMES.get(name, ())) if n in options), name)
+
+    return _PARAMETER.sub(flag, message)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -75,7 +75,9 @@ def test_a_full_model_made_worse_is_refused_and_not_saved(rt_models, data_file, 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--data", "/no/such/file", "--skip-layers", "1-2", "--gamma", "3"], "no such file"),
+        (["--data", "/no/such/file", "--skip-layers", "1-2", "--gamma", "3"], "--data /no/such/file: no such file"),
+        (["--data", "{short}", "--skip-layers", "1-2", "--gamma", "3"], "--data holds 13 tokens: too little text"),
+        (["--model", "llama-3.2-1b", "--skip-layers", "1-2", "--gamma", "3"], "running needs a checkpoint as --model"),
         (["--skip-layers", "2-9", "--gamma", "3"], "--skip-layers: layer 4 is outside the model's 0-3"),
         (["--skip-layers", "0-3", "--gamma", "3"], "--skip-layers: skips all 4 layers; the draft must keep one"),
         (["--skip-layers", "1-2", "--gamma", "0"], "--gamma must be at least 1"),
@@ -83,9 +85,13 @@ def test_a_full_model_made_worse_is_refused_and_not_saved(rt_models, data_file, 
 )
 def test_bad_input_is_one_line_and_writes_nothing(rt_models, data_file, tmp_path, args, message):
     out = tmp_path / "adapted"
+    (tmp_path / "short.txt").write_text("a short text")
+    args = [a.replace("{short}", str(tmp_path / "short.txt")) for a in args]
     if "--data" not in args:
         args = ["--data", data_file] + args
-    result = CliRunner().invoke(cli, ["adapt", "--model", rt_models["llama"], "--out", str(out)] + args)
+    if "--model" not in args:
+        args = ["--model", rt_models["llama"]] + args
+    result = CliRunner().invoke(cli, ["adapt", "--out", str(out)] + args)
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()

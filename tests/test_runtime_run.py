@@ -90,10 +90,13 @@ def test_s3d_with_adapted_model(rt_models, tmp_path):
         ({"vocab": 32000}, [], "vocab_size: the plan says 32000"),
         ({"skip_layers": (1, 9), "layers": 4}, [], "skip_layers[1]: layer 9"),
         ({"method": "s3d", "skip_layers": (1,)}, [], "specplan adapt"),
-        ({"context": 16}, ["--max-new-tokens", "10"], "exceeds the plan's context of 16"),
+        ({"context": 16}, ["--max-new-tokens", "10"], "with --max-new-tokens 10 it exceeds the plan's context of 16"),
+        ({}, ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+        ({}, ["--temperature", "-1"], "--temperature must not be negative, got -1.0"),
+        ({}, ["--chat"], "--chat: this model's tokenizer has no chat template (leave --chat out"),
         ({}, ["--device", "cuda"], "no CUDA GPU"),
         ({"quant": "int8"}, [], "specplan[quant]"),
-        ({}, ["--vram-gib", "0.00001"], "nothing was loaded"),
+        ({}, ["--vram-gib", "0.00001"], "but --vram-gib allows 0.00 GiB; nothing was loaded"),
         ({"vram_gib": 500.0}, ["--vram-gib", "1"], "plan prediction 500.00 GiB"),
     ],
 )
@@ -143,9 +146,9 @@ def test_compare_decodings_measures_each_against_autoregressive_in_rounds(rt_mod
     one = compare_decodings(plan, decodings[1:2], ["hello there"], max_new_tokens=10, rounds=1, device="cpu")
     assert one[1].speedup == pytest.approx(one[1].tokens_per_s / one[0].tokens_per_s)
     assert one[1].speedup_range == (one[1].speedup, one[1].speedup)
-    with pytest.raises(InputError, match="rounds must be at least 1"):
+    with pytest.raises(InputError, match="`rounds` must be at least 1"):
         compare_decodings(plan, decodings, ["hi"], rounds=0, device="cpu")
-    with pytest.raises(InputError, match="max_new_tokens must be at least 2 to time decoding"):
+    with pytest.raises(InputError, match="`max_new_tokens` must be at least 2 to time decoding"):
         compare_decodings(plan, decodings, ["hi"], max_new_tokens=1, device="cpu")
     with pytest.raises(PlanError, match="decoding.quant: int8 differs from none"):
         compare_decodings(plan, [Decoding(method="prompt_lookup", gamma=2, quant="int8")], ["hi"], device="cpu")

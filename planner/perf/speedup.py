@@ -56,7 +56,7 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
         return d.gamma * T(layers=d.exit_layer, new_tokens=1), verify
     if d.method == "draft_model":
         if draft_spec is None:
-            raise InputError("method draft_model needs a draft model (--draft-model NAME)")
+            raise InputError("method draft_model needs the draft model's spec: `draft_spec`")
         step = forward_latency_s(draft_spec, profile, new_tokens=1, context=context, batch_size=batch_size,
                                  quant=d.draft_quant, execution=execution)
         return d.gamma * step, verify

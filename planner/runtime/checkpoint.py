@@ -67,8 +67,8 @@ def local_checkpoint(source: str) -> str:
 
     names = shipped_model_names()
     if source.lower() in names:
-        raise InputError(f"'{source}' is a model card: shapes for planning, no weights; running needs the checkpoint "
-                         "(a directory, a .gguf file or a hub id): give --model PATH")
+        raise InputError(f"'{source}' is a model card: shapes for planning, no weights; running needs a checkpoint "
+                         "as `model` (a directory, a .gguf file or a hub id)")
     raise NotFoundError(f"'{source}': no such directory, .gguf file, hub id (org/name) or model card"
                         f"{near_matches(source, names)}")
 

@@ -142,7 +142,7 @@ def _use_chat(tokenizer, chat: bool | None) -> bool:
     without a template."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat and not has_template:
-        raise InputError("--chat: this model's tokenizer has no chat template (use --no-chat)")
+        raise InputError("`chat`: this model's tokenizer has no chat template (leave `chat` out: the prompts go in as raw text)")
     return has_template if chat is None else chat
 
 
@@ -166,7 +166,7 @@ def _encode(tokenizer, prompts, max_new_tokens: int, context: int, chat: bool) -
             raise InputError(f"prompt {i + 1} is empty")
         if len(ids) + max_new_tokens > context:
             raise InputError(
-                f"prompt {i + 1} has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it exceeds "
+                f"prompt {i + 1} has {len(ids)} tokens; with `max_new_tokens` {max_new_tokens} it exceeds "
                 f"the plan's context of {context} tokens"
             )
         encoded.append(ids)
@@ -177,7 +177,7 @@ def _budget_gib(device, vram_gib: float | None, plan_vram_gib: float | None):
     """(the tightest memory limit in GiB, what sets it), or (None, "") when none is known."""
     import torch
 
-    limits = [(v, label) for v, label in ((vram_gib, "--vram-gib"), (plan_vram_gib, "the plan's constraints.vram_gib")) if v is not None]
+    limits = [(v, label) for v, label in ((vram_gib, "`vram_gib`"), (plan_vram_gib, "the plan's constraints.vram_gib")) if v is not None]
     if device.type == "cuda":
         limits.append((torch.cuda.get_device_properties(device).total_memory / 1024**3, f"the device ({device})"))
     return min(limits) if limits else (None, "")
@@ -269,7 +269,7 @@ class _Session:
         from planner.runtime.quantize import require_backend
 
         if max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+            raise InputError(f"`max_new_tokens` must be at least 1, got {max_new_tokens}")
         self.plan, self.device = plan, resolve_device(device)
         self.source = local_checkpoint(model or plan.model.source)
         self.hf_config = read_hf_config(self.source)
@@ -365,7 +365,7 @@ def run_plan(
     from planner.runtime.drafters import Autoregressive
 
     if temperature < 0:
-        raise InputError(f"--temperature must not be negative, got {temperature}")
+        raise InputError(f"`temperature` must not be negative, got {temperature}")
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
                  vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()
@@ -425,7 +425,7 @@ class DecodingBench:
         from planner.plan.schema import Decoding
 
         if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
-            raise InputError(f"max_new_tokens must be at least 2 to time decoding, got {max_new_tokens}")
+            raise InputError(f"`max_new_tokens` must be at least 2 to time decoding, got {max_new_tokens}")
         self.plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
         self.max_new_tokens, self.seed = max_new_tokens, seed
         self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
@@ -441,7 +441,7 @@ class DecodingBench:
         import statistics
 
         if rounds < 1:
-            raise InputError(f"rounds must be at least 1, got {rounds}")
+            raise InputError(f"`rounds` must be at least 1, got {rounds}")
         decodings = [self.plain] + [d for d in decodings if d != self.plain]
         s = self._session
         for d in decodings:

@@ -104,7 +104,7 @@ def _split_stream(stream, seq_len: int, held_out):
     cut = len(stream) if held_out is not None else int(len(stream) * (1 - HELD_OUT_FRACTION))
     held = stream[cut:] if held_out is None else held_out
     if cut < MAX_PREFIX + 64 or len(held) < seq_len + 1:
-        raise InputError(f"--data holds {len(stream)} tokens: too little text to adapt on (need ~{10 * (MAX_PREFIX + 64)})")
+        raise InputError(f"`data` holds {len(stream)} tokens: too little text to adapt on (need ~{10 * (MAX_PREFIX + 64)})")
     return stream[:cut], held
 
 
@@ -140,13 +140,13 @@ def adapt(
     from planner.train.loop import batch_generator, train
 
     if gamma < 1:
-        raise InputError(f"--gamma must be at least 1, got {gamma}")
+        raise InputError(f"`gamma` must be at least 1, got {gamma}")
     files = text_files(data)
     config = read_hf_config(model_path)
     skip_layers = _check_skip_layers(skip_layers, config.num_hidden_layers)
     tokenizer = load_tokenizer(model_path)
     stream = token_stream(tokenizer, files)
-    held_tokens = token_stream(tokenizer, text_files(held_out_files)) if held_out_files else None
+    held_tokens = token_stream(tokenizer, text_files(held_out_files, parameter="held_out_files")) if held_out_files else None
     train_stream, held_stream = _split_stream(stream, 128, held_tokens)
     held = consecutive_windows(held_stream, seq_len=128, max_windows=32).to(device)
 
@@ -189,7 +189,7 @@ def adapt(
     if loss_after > loss_before * (1 + MAX_LOSS_RISE):
         raise InputError(
             f"adaptation raised the full model's held-out loss from {loss_before:.4f} to {loss_after:.4f} "
-            f"(more than {MAX_LOSS_RISE:.0%}); the model was not saved: try a lower --lr or fewer --steps"
+            f"(more than {MAX_LOSS_RISE:.0%}); the model was not saved: try a lower `lr` or fewer `steps`"
         )
     tail = draft_losses[-max(1, len(draft_losses) // 10) :]
     result = AdaptResult(Path(out), mask_id, skip_layers, gamma, loss_before, loss_after, sum(tail) / len(tail) if tail else float("nan"))

@@ -506,11 +506,12 @@ _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf1
 @click.option("--model", default=None, help="Checkpoint directory, .gguf file or hub id (default: the plan's model.source; "
               "a plan made from a model card needs one).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0: greedy.")
+@click.option("--temperature", default=0.0, show_default=True, type=_Finite(min=0), help="0: greedy.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--vram-gib", default=None, type=float, help="Memory budget; a plan that does not fit is refused.")
+@click.option("--vram-gib", default=None, type=_Finite(min=0, min_open=True),
+              help="Memory budget; a plan that does not fit is refused.")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @_CHAT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
@@ -545,12 +546,12 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
 @click.option("--skip-layers", required=True, callback=_layer_list,
               help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
-@click.option("--gamma", type=int, required=True, help="Tokens drafted per forward (mask tokens = gamma - 1).")
+@click.option("--gamma", type=int, required=True, help="Tokens drafted per forward, 1-16 (mask tokens = gamma - 1).")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=_Finite(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate.")
 @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
 def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device, out):
     """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
@@ -564,7 +565,8 @@ def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device
 
     r = run_adapt(model_path, data, skip_layers=skip_layers, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
                   resume=resume, device=device)
-    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {r.draft_loss:.3f}")
+    draft = "-" if r.draft_loss is None else f"{r.draft_loss:.3f}"  # None: resumed after the last step
+    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {draft}")
     click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
 
 

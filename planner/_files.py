@@ -32,6 +32,22 @@ def ensure_writable(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: cannot write (permission denied)")
 
 
+def ensure_writable_dir(path: str | os.PathLike) -> None:
+    """Fail before a long computation, not after it, when files could not be written in the
+    directory `path` (which need not exist yet).
+
+    Raises:
+        InputError: `path` is a file, a file stands where one of its parents belongs, or the
+            nearest of them that exists is not writable.
+    """
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot write (" + ("it is a file)" if existing == path else f"{existing} is a file)"))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write (permission denied)")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -92,7 +92,10 @@ def test_s3d_with_adapted_model(rt_models, tmp_path):
         ({"method": "s3d", "skip_layers": (1,)}, [], "specplan adapt"),
         ({"context": 16}, ["--max-new-tokens", "10"], "with --max-new-tokens 10 it exceeds the plan's context of 16"),
         ({}, ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
-        ({}, ["--temperature", "-1"], "--temperature must not be negative, got -1.0"),
+        ({}, ["--temperature", "-1"], "Invalid value for '--temperature': -1.0 is not in the range x>=0"),
+        ({}, ["--temperature", "nan"], "Invalid value for '--temperature': 'nan' is not a finite number"),
+        ({}, ["--vram-gib", "inf"], "Invalid value for '--vram-gib': 'inf' is not a finite number"),
+        ({}, ["--vram-gib", "nan"], "Invalid value for '--vram-gib': 'nan' is not a finite number"),
         ({}, ["--chat"], "--chat: this model's tokenizer has no chat template (leave --chat out"),
         ({}, ["--device", "cuda"], "no CUDA GPU"),
         ({"quant": "int8"}, [], "specplan[quant]"),
@@ -110,6 +113,19 @@ def test_bad_input_is_one_line_and_exit_2(rt_models, tmp_path, capsys, plan_kwar
     assert code == 2
     assert message in err and err.count("\n") == 1, err
     assert out == ""
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("temperature", float("nan"), "`temperature` must be a finite number, 0 or more, got nan"),
+    ("temperature", -0.5, "`temperature` must be a finite number, 0 or more, got -0.5"),
+    ("vram_gib", float("inf"), "`vram_gib` must be a positive finite number, got inf"),
+    ("vram_gib", 0.0, "`vram_gib` must be a positive finite number, got 0.0"),
+])
+def test_run_plan_refuses_numbers_out_of_range_before_loading(rt_models, option, value, message):
+    from planner.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        run_plan(_plan(rt_models["llama"]), ["hello"], **{option: value})
 
 
 def _has_torchao() -> bool:

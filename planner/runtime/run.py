@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,6 +271,8 @@ class _Session:
 
         if max_new_tokens < 1:
             raise InputError(f"`max_new_tokens` must be at least 1, got {max_new_tokens}")
+        if vram_gib is not None and not (math.isfinite(vram_gib) and vram_gib > 0):
+            raise InputError(f"`vram_gib` must be a positive finite number, got {vram_gib}")
         self.plan, self.device = plan, resolve_device(device)
         self.source = local_checkpoint(model or plan.model.source)
         self.hf_config = read_hf_config(self.source)
@@ -364,8 +367,8 @@ def run_plan(
     from planner.runtime.decode import generate
     from planner.runtime.drafters import Autoregressive
 
-    if temperature < 0:
-        raise InputError(f"`temperature` must not be negative, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"`temperature` must be a finite number, 0 or more, got {temperature}")
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
                  vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()

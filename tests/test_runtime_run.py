@@ -98,7 +98,7 @@ def test_s3d_with_adapted_model(rt_models, tmp_path):
         ({}, ["--vram-gib", "nan"], "Invalid value for '--vram-gib': 'nan' is not a finite number"),
         ({}, ["--chat"], "--chat: this model's tokenizer has no chat template (leave --chat out"),
         ({}, ["--device", "cuda"], "no CUDA GPU"),
-        ({"quant": "int8"}, [], "specplan[quant]"),
+        ({"quant": "int8"}, [], 'int8 needs torchao: pip install ".[quant]" (from a clone of specplan)'),
         ({}, ["--vram-gib", "0.00001"], "but --vram-gib allows 0.00 GiB; nothing was loaded"),
         ({"vram_gib": 500.0}, ["--vram-gib", "1"], "plan prediction 500.00 GiB"),
     ],

@@ -228,7 +228,8 @@ def _checked_gguf(path: Path, *, needs: tuple[str, ...]) -> Path:
         raise InputError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     missing = [name for name in needs if importlib.util.find_spec(name) is None]
     if missing:
-        raise MissingDependencyError(f"reading .gguf files needs {' and '.join(missing)}: pip install 'specplan[gguf]'")
+        raise MissingDependencyError(f"reading .gguf files needs {' and '.join(missing)}: "
+                                     'pip install ".[gguf]" (from a clone of specplan)')
     return path
 
 

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import InputError, NotFoundError, PlanError
+from planner._files import read_utf8
+from planner.errors import InputError, PlanError
 
 WARMUP_TOKENS = 8  # enough iterations to compile/capture every fixed-shape step once
 
@@ -75,17 +76,7 @@ def read_prompts(path) -> list[str]:
 
     Raises NotFoundError for a missing file; InputError for an unreadable or non-UTF-8
     file, a JSON line without a string "prompt", or a file without prompts."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+    text = read_utf8(path)
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

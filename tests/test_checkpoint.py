@@ -208,7 +208,7 @@ def test_every_command_taking_a_model_refuses_bad_ones_in_one_line(rt_models, ck
     out = tmp_path / "out"
     cases = [
         (["predict", "--model", bad["not_gguf"], "--gpu", "a10g", "--method", "autoregressive"], "not a GGUF file"),
-        (["plan", "--model", bad["alien_gguf"], "--gpu", "a10g", "--out", str(out / "plan.yaml")], "frobnicator"),
+        (["plan", "--model", bad["alien_gguf"], "--gpu", "a10g", "--out", str(tmp_path / "plan.yaml")], "frobnicator"),
         (["autotune", "--model", bad["alien_gguf"], "--out", str(tmp_path / "auto.yaml"), "--device", "cpu"], "frobnicator"),
         (["adapt", "--model", bad["truncated"], "--data", str(data), "--skip-layers", "1", "--gamma", "2", "--out", str(out)],
          "cannot load weights from"),
@@ -218,7 +218,7 @@ def test_every_command_taking_a_model_refuses_bad_ones_in_one_line(rt_models, ck
     for args, message in cases:
         err = _one_line(*_cli(args, capsys))
         assert message in err, (args, err)
-    assert not out.exists() and not (tmp_path / "auto.yaml").exists()
+    assert not out.exists() and not (tmp_path / "auto.yaml").exists() and not (tmp_path / "plan.yaml").exists()
 
 
 def test_a_plan_from_a_model_card_needs_a_checkpoint(tmp_path, capsys):

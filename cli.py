@@ -71,12 +71,21 @@ class _Cli(click.Group):
 
 
 _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
+# Library parameters that a command's option holds under another name: run_plan's `model` is
+# adapt's and autotune's model_path and predict's model_name; predict_detail's `draft_spec`
+# is what predict's --draft-model names.
+_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",)}
 
 
 def _flags(message: str, command: click.Command | None) -> str:
     """The library names its parameters (`vram_gib`); the command line says the option (--vram-gib)."""
     options = {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)} if command else {}
-    return _PARAMETER.sub(lambda m: options.get(m.group(1), m.group(1)), message)
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return next((options[n] for n in (name, *_OPTION_NAMES.get(name, ())) if n in options), name)
+
+    return _PARAMETER.sub(flag, message)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -497,11 +506,12 @@ _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf1
 @click.option("--model", default=None, help="Checkpoint directory, .gguf file or hub id (default: the plan's model.source; "
               "a plan made from a model card needs one).")
 @click.option("--max-new-tokens", default=128, show_default=True, type=int)
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0: greedy.")
+@click.option("--temperature", default=0.0, show_default=True, type=_Finite(min=0), help="0: greedy.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--vram-gib", default=None, type=float, help="Memory budget; a plan that does not fit is refused.")
+@click.option("--vram-gib", default=None, type=_Finite(min=0, min_open=True),
+              help="Memory budget; a plan that does not fit is refused.")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @_CHAT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
@@ -534,16 +544,16 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @cli.command()
 @click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory, .gguf file or hub id.")
 @click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
-@click.option("--skip-layers", "skip", required=True, callback=_layer_list,
+@click.option("--skip-layers", required=True, callback=_layer_list,
               help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
-@click.option("--gamma", type=int, required=True, help="Tokens drafted per forward (mask tokens = gamma - 1).")
+@click.option("--gamma", type=int, required=True, help="Tokens drafted per forward, 1-16 (mask tokens = gamma - 1).")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--lr", type=_Finite(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate.")
 @click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
-def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
+def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device, out):
     """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
     trained to predict the next gamma tokens in one forward, the full model kept as it was.
 
@@ -553,9 +563,10 @@ def adapt(model_path, data, skip, gamma, steps, lr, batch, resume, device, out):
     """
     from planner.train.adapt import adapt as run_adapt
 
-    r = run_adapt(model_path, data, skip=",".join(map(str, skip)), gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
+    r = run_adapt(model_path, data, skip_layers=skip_layers, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
                   resume=resume, device=device)
-    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {r.draft_loss:.3f}")
+    draft = "-" if r.draft_loss is None else f"{r.draft_loss:.3f}"  # None: resumed after the last step
+    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {draft}")
     click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
 
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _runtime_shapes import base_parser, sync  # noqa: E402
+from planner._files import write_atomic  # noqa: E402
 
 
 def read_bandwidth_gbps(device, gib: float) -> float:
@@ -69,7 +70,7 @@ def main() -> None:
         "tokens_per_s": tokens_per_s, "weight_gb": weight_bytes / 1e9, "read_bandwidth_gbps": bandwidth,
         "utilisation": tokens_per_s * weight_bytes / (bandwidth * 1e9),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

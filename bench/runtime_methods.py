@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _runtime_shapes import base_parser, sync  # noqa: E402
+from planner._files import write_atomic  # noqa: E402
 
 GAMMA = 4
 
@@ -83,7 +84,7 @@ def main() -> None:
                      "tokens_per_iteration": run.decode_tokens / run.iterations})
     result = {"benchmark": "runtime iteration time per method", "device": str(device), "compiled": target.compiled,
               "shape": args.shape or default_shape(device), "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     for row in rows:
         print(f"{row['method']:15s} measured {row['iteration_ms']:8.3f} ms  formula {row['predicted_ms']:8.3f} ms "
               f"{100 * row['error']:+6.1f}%  planner.perf {row['analytical_ms']:8.3f} ms {100 * row['analytical_error']:+6.1f}%")

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _runtime_shapes import base_parser, sync  # noqa: E402
+from planner._files import write_atomic  # noqa: E402
 
 GAMMA = 4
 
@@ -105,7 +106,7 @@ def main() -> None:
             row["speedup_vs_specplan_ar"] = row["tokens_per_s"] / base
     result = {"benchmark": "runtime vs transformers generate", "device": str(device), "shape": shape,
               "compiled": device.type == "cuda", "tokens": args.tokens, "rows": rows}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     for row in rows:
         figures = f"{row['tokens_per_s']:9.1f} tok/s  x{row['speedup_vs_specplan_ar']:.2f}  identical={row['identical_to_greedy']}" if "tokens_per_s" in row else row["error"]
         print(f"{row['engine']:12s} {row['method']:32s} {figures}")

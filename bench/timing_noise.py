@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    from planner._files import write_atomic
     from planner.autotune import DEMO_DIR
     from planner.models import load_model_spec
     from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
@@ -55,7 +56,7 @@ def main() -> None:
         "interleaved_speedup_median": round(statistics.median(p[1].speedup for p in paired), 3),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 
 

@@ -1,4 +1,5 @@
-"""Writing files the user will read back: checked before the work, replaced atomically after it.
+"""Files the user gives and gets: read as UTF-8 text with one-line errors; written checked
+before the work and replaced atomically after it.
 
 `write_atomic` is the one way specplan writes a plan, a profile, an export, a fleet summary
 or a chart: the bytes go to a uniquely named temporary file in the target's directory, are
@@ -13,7 +14,28 @@ import os
 import tempfile
 from pathlib import Path
 
-from planner.errors import InputError
+from planner.errors import InputError, NotFoundError
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """The UTF-8 text of the file at `path`.
+
+    Raises:
+        NotFoundError: no such file.
+        InputError: unreadable, or not UTF-8 (naming the line and the byte).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
 def ensure_writable(path: str | os.PathLike) -> None:
@@ -29,6 +51,22 @@ def ensure_writable(path: str | os.PathLike) -> None:
     if not parent.is_dir():
         raise InputError(f"{path}: cannot write (no directory {parent})")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: cannot write (permission denied)")
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> None:
+    """Fail before a long computation, not after it, when files could not be written in the
+    directory `path` (which need not exist yet).
+
+    Raises:
+        InputError: `path` is a file, a file stands where one of its parents belongs, or the
+            nearest of them that exists is not writable.
+    """
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{path}: cannot write (" + ("it is a file)" if existing == path else f"{existing} is a file)"))
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{path}: cannot write (permission denied)")
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from planner._files import write_atomic
-from planner.errors import InputError, NotFoundError
+from planner._files import read_utf8, write_atomic
+from planner.errors import InputError
 
 
 class _Loader(yaml.SafeLoader):
@@ -36,16 +36,7 @@ def read_yaml(path: str | os.PathLike) -> object:
         InputError: unreadable, not UTF-8, or not valid YAML (with the line where it breaks).
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    text = read_utf8(path)
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:

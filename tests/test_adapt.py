@@ -55,8 +55,8 @@ def test_resume_continues_from_the_checkpoint(rt_models, data_file, tmp_path):
     from planner.train.adapt import adapt
 
     out = tmp_path / "adapted"
-    adapt(rt_models["llama"], [data_file], skip="1", gamma=2, out=str(out), steps=4, batch=2)
-    result = adapt(rt_models["llama"], [data_file], skip="1", gamma=2, out=str(out), steps=8, batch=2, resume=True)
+    adapt(rt_models["llama"], [data_file], skip_layers=(1,), gamma=2, out=str(out), steps=4, batch=2)
+    result = adapt(rt_models["llama"], [data_file], skip_layers=(1,), gamma=2, out=str(out), steps=8, batch=2, resume=True)
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
     assert result.gamma == 2
 
@@ -75,17 +75,85 @@ def test_a_full_model_made_worse_is_refused_and_not_saved(rt_models, data_file, 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--data", "/no/such/file", "--skip-layers", "1-2", "--gamma", "3"], "no such file"),
-        (["--skip-layers", "2-9", "--gamma", "3"], "outside the model's 0-3"),
-        (["--skip-layers", "0-3", "--gamma", "3"], "skips every layer"),
-        (["--skip-layers", "1-2", "--gamma", "0"], "--gamma must be at least 1"),
+        (["--data", "/no/such/file", "--skip-layers", "1-2", "--gamma", "3"], "--data /no/such/file: no such file"),
+        (["--data", "{short}", "--skip-layers", "1-2", "--gamma", "3"], "--data holds 13 tokens: too little text"),
+        (["--model", "llama-3.2-1b", "--skip-layers", "1-2", "--gamma", "3"], "running needs a checkpoint as --model"),
+        (["--skip-layers", "2-9", "--gamma", "3"], "--skip-layers: layer 4 is outside the model's 0-3"),
+        (["--skip-layers", "0-3", "--gamma", "3"], "--skip-layers: skips all 4 layers; the draft must keep one"),
+        (["--skip-layers", "1-2", "--gamma", "0"], "--gamma must be between 1 and 16, got 0"),
+        (["--skip-layers", "1-2", "--gamma", "17"], "--gamma must be between 1 and 16, got 17"),
+        (["--skip-layers", "1", "--gamma", "2", "--lr", "inf"], "'inf' is not a finite number"),
+        (["--skip-layers", "1", "--gamma", "2", "--lr", "nan"], "'nan' is not a finite number"),
+        (["--skip-layers", "1", "--gamma", "2", "--lr", "0"], "0.0 is not in the range x>0"),
+        (["--skip-layers", "1", "--gamma", "2", "--device", "gpu"], "unknown device 'gpu'"),
+        (["--skip-layers", "1", "--gamma", "2", "--out", "{short}/adapted"], "adapted: cannot write ("),
+        (["--skip-layers", "1", "--gamma", "2", "--out", "{short}"], "is a file"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(rt_models, data_file, tmp_path, args, message):
     out = tmp_path / "adapted"
+    (tmp_path / "short.txt").write_text("a short text")
+    args = [a.replace("{short}", str(tmp_path / "short.txt")) for a in args]
     if "--data" not in args:
         args = ["--data", data_file] + args
-    result = CliRunner().invoke(cli, ["adapt", "--model", rt_models["llama"], "--out", str(out)] + args)
+    if "--model" not in args:
+        args = ["--model", rt_models["llama"]] + args
+    if "--out" not in args:
+        args = ["--out", str(out)] + args
+    result = CliRunner().invoke(cli, ["adapt"] + args)
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "skip_layers, message",
+    [
+        ((2, 1), "expected ascending layer indices, each once"),
+        ((1, 1), "expected ascending layer indices, each once"),
+        ((1, True), "expected ascending layer indices, each once"),
+        ("1-2", "expected a tuple of layer indices, got str"),
+        ((), "names no layer"),
+    ],
+)
+def test_the_library_checks_skip_layers_before_loading(rt_models, data_file, tmp_path, skip_layers, message):
+    from planner.errors import InputError
+    from planner.train.adapt import adapt
+
+    with pytest.raises(InputError, match=message):
+        adapt(rt_models["llama"], [data_file], skip_layers=skip_layers, gamma=2, out=str(tmp_path / "adapted"))
+    assert not (tmp_path / "adapted").exists()
+
+
+def test_cuda_without_a_gpu_is_one_line(rt_models, data_file, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    result = CliRunner().invoke(cli, ["adapt", "--model", rt_models["llama"], "--data", data_file, "--skip-layers", "1",
+                                      "--gamma", "2", "--device", "cuda", "--out", str(tmp_path / "adapted")])
+    assert result.exit_code == 2
+    assert result.output == "error: --device cuda: no CUDA GPU is visible on this machine (try --device cpu)\n"
+
+
+def test_training_that_diverges_is_refused_and_writes_nothing(rt_models, data_file, tmp_path):
+    from planner.errors import InputError
+    from planner.train.adapt import adapt
+
+    out = tmp_path / "adapted"
+    with pytest.raises(InputError, match="training diverged: .* at step 2 of 4"):
+        adapt(rt_models["llama"], [data_file], skip_layers=(1,), gamma=2, out=str(out), steps=4, batch=2, lr=1e30)
+    assert not out.exists()
+
+
+def test_a_held_out_loss_that_is_not_finite_is_refused_and_not_saved(rt_models, data_file, tmp_path, monkeypatch):
+    from planner.errors import InputError
+    from planner.train import _loss
+    from planner.train.adapt import adapt
+
+    losses = iter([4.0, float("nan")])  # before and after adaptation
+    monkeypatch.setattr(_loss, "next_token_loss", lambda model, windows: next(losses))
+    out = tmp_path / "adapted"
+    with pytest.raises(InputError, match="made the full model's held-out loss nan .*the model was not saved"):
+        adapt(rt_models["llama"], [data_file], skip_layers=(1,), gamma=2, out=str(out), steps=2, batch=2)
+    assert not (out / "config.json").exists() and not (out / "s3d.json").exists()

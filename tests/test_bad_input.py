@@ -161,7 +161,7 @@ def test_profile_fields(tmp_path, edit, message):
 
 def test_profile_that_is_not_utf8(tmp_path):
     path = _profile_file(tmp_path, b"name: \xff\n")
-    assert "gpu.yaml: not UTF-8 text (byte 0xff at offset 6)" in refused(PREDICT[:3] + ["--gpu", path, "--method", "s3d"], tmp_path)
+    assert "gpu.yaml: line 1: not UTF-8 text (byte 0xff)" in refused(PREDICT[:3] + ["--gpu", path, "--method", "s3d"], tmp_path)
 
 
 def _plan_dict() -> dict:

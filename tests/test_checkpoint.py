@@ -229,7 +229,7 @@ def test_a_plan_from_a_model_card_needs_a_checkpoint(tmp_path, capsys):
     assert load_plan(path).model.source == "llama-3.2-1b"
     start = time.monotonic()
     err = _one_line(*_cli(["run", "--plan", str(path), "--prompt", "hello"], capsys))
-    assert "'llama-3.2-1b' is a model card" in err and "--model PATH" in err
+    assert "'llama-3.2-1b' is a model card" in err and "running needs a checkpoint as --model" in err
     assert time.monotonic() - start < 5  # refused before any hub is asked
     err = _one_line(*_cli(["run", "--plan", str(path), "--model", "lama-3.2-1b", "--prompt", "hello"], capsys))
     assert "no such directory, .gguf file, hub id (org/name) or model card (did you mean: llama-3.2-1b" in err

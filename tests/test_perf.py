@@ -189,3 +189,9 @@ def test_moe_forward_reads_the_routed_experts_and_memory_holds_all():
 
 def test_dense_forward_reads_the_whole_layer_whatever_the_tokens(llama8b):
     assert layer_weight_read_bytes(llama8b, tokens=64, quant="int4") == llama8b.layer_bytes("int4")
+
+
+def test_a_draft_model_set_up_without_the_drafts_spec_names_the_parameter(llama8b):
+    decoding = Decoding("draft_model", gamma=4, draft_model="llama-3.2-1b")
+    with pytest.raises(InputError, match="method draft_model needs the draft model's spec: `draft_spec`"):
+        predict_detail(llama8b, TOY, decoding)

@@ -90,10 +90,16 @@ def test_s3d_with_adapted_model(rt_models, tmp_path):
         ({"vocab": 32000}, [], "vocab_size: the plan says 32000"),
         ({"skip_layers": (1, 9), "layers": 4}, [], "skip_layers[1]: layer 9"),
         ({"method": "s3d", "skip_layers": (1,)}, [], "specplan adapt"),
-        ({"context": 16}, ["--max-new-tokens", "10"], "exceeds the plan's context of 16"),
+        ({"context": 16}, ["--max-new-tokens", "10"], "with --max-new-tokens 10 it exceeds the plan's context of 16"),
+        ({}, ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+        ({}, ["--temperature", "-1"], "Invalid value for '--temperature': -1.0 is not in the range x>=0"),
+        ({}, ["--temperature", "nan"], "Invalid value for '--temperature': 'nan' is not a finite number"),
+        ({}, ["--vram-gib", "inf"], "Invalid value for '--vram-gib': 'inf' is not a finite number"),
+        ({}, ["--vram-gib", "nan"], "Invalid value for '--vram-gib': 'nan' is not a finite number"),
+        ({}, ["--chat"], "--chat: this model's tokenizer has no chat template (leave --chat out"),
         ({}, ["--device", "cuda"], "no CUDA GPU"),
-        ({"quant": "int8"}, [], "specplan[quant]"),
-        ({}, ["--vram-gib", "0.00001"], "nothing was loaded"),
+        ({"quant": "int8"}, [], 'int8 needs torchao: pip install ".[quant]" (from a clone of specplan)'),
+        ({}, ["--vram-gib", "0.00001"], "but --vram-gib allows 0.00 GiB; nothing was loaded"),
         ({"vram_gib": 500.0}, ["--vram-gib", "1"], "plan prediction 500.00 GiB"),
     ],
 )
@@ -107,6 +113,19 @@ def test_bad_input_is_one_line_and_exit_2(rt_models, tmp_path, capsys, plan_kwar
     assert code == 2
     assert message in err and err.count("\n") == 1, err
     assert out == ""
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("temperature", float("nan"), "`temperature` must be a finite number, 0 or more, got nan"),
+    ("temperature", -0.5, "`temperature` must be a finite number, 0 or more, got -0.5"),
+    ("vram_gib", float("inf"), "`vram_gib` must be a positive finite number, got inf"),
+    ("vram_gib", 0.0, "`vram_gib` must be a positive finite number, got 0.0"),
+])
+def test_run_plan_refuses_numbers_out_of_range_before_loading(rt_models, option, value, message):
+    from planner.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        run_plan(_plan(rt_models["llama"]), ["hello"], **{option: value})
 
 
 def _has_torchao() -> bool:
@@ -143,9 +162,9 @@ def test_compare_decodings_measures_each_against_autoregressive_in_rounds(rt_mod
     one = compare_decodings(plan, decodings[1:2], ["hello there"], max_new_tokens=10, rounds=1, device="cpu")
     assert one[1].speedup == pytest.approx(one[1].tokens_per_s / one[0].tokens_per_s)
     assert one[1].speedup_range == (one[1].speedup, one[1].speedup)
-    with pytest.raises(InputError, match="rounds must be at least 1"):
+    with pytest.raises(InputError, match="`rounds` must be at least 1"):
         compare_decodings(plan, decodings, ["hi"], rounds=0, device="cpu")
-    with pytest.raises(InputError, match="max_new_tokens must be at least 2 to time decoding"):
+    with pytest.raises(InputError, match="`max_new_tokens` must be at least 2 to time decoding"):
         compare_decodings(plan, decodings, ["hi"], max_new_tokens=1, device="cpu")
     with pytest.raises(PlanError, match="decoding.quant: int8 differs from none"):
         compare_decodings(plan, [Decoding(method="prompt_lookup", gamma=2, quant="int8")], ["hi"], device="cpu")

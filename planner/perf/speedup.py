@@ -56,7 +56,7 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
         return d.gamma * T(layers=d.exit_layer, new_tokens=1), verify
     if d.method == "draft_model":
         if draft_spec is None:
-            raise InputError("method draft_model needs a draft model (--draft-model NAME)")
+            raise InputError("method draft_model needs the draft model's spec: `draft_spec`")
         step = forward_latency_s(draft_spec, profile, new_tokens=1, context=context, batch_size=batch_size,
                                  quant=d.draft_quant, execution=execution)
         return d.gamma * step, verify
@@ -84,6 +84,32 @@ def predict_detail(
     acceptance: float | None = None, draft_spec: ModelSpec | None = None, priors=None,
     execution: Execution | None = None, basis: str | None = None,
 ) -> Detail:
+    """The predicted figures of one set-up, `decoding` of `spec` on `profile`, with the pieces
+    they are made of.
+
+    Formulas from docs/performance-model.md ("Iteration time and throughput", "Acceptance",
+    "VRAM"), as in this module's docstring: T_iter = T_draft + T_verify; tau from the
+    per-position acceptances; tokens/s per sequence = tau / T_iter; speedup =
+    tau * T(1, all) / T_iter over autoregressive decoding at the same quantization (Leviathan
+    et al. 2023, arXiv:2211.17192, with the draft's cost from the same roofline).
+
+    context: tokens already in the KV cache; batch_size: sequences decoded together.
+    acceptance: a measured per-token acceptance in [0, 1] that replaces the prior (basis
+    "calibrated"); else the prior of `priors` (see resolve_priors) for the method (basis
+    "analytical"). draft_spec: the draft model's spec, needed for method draft_model.
+    execution: dtype and CUDA graphs (default: Execution.default_for(profile)). basis
+    overrides the prediction's basis label.
+
+    Returns a Detail: `prediction` (tokens_per_s per sequence, speedup as a ratio,
+    tokens_per_iteration, acceptance as the mean over drafted positions, latencies in ms,
+    vram_gib in GiB), `alphas` (acceptance per drafted position), and the seconds of one
+    autoregressive step, of the drafting and of the verify forward of one iteration.
+
+    Raises:
+        InputError: method draft_model without `draft_spec`, an unknown method, or `priors`
+            that cannot be read (a priors file that is not valid YAML or lacks `methods`).
+        NotFoundError: `priors` names a file that does not exist.
+    """
     ex = execution or Execution.default_for(profile)
     priors = resolve_priors(priors)
     alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance, draft_spec)

@@ -67,8 +67,8 @@ def local_checkpoint(source: str) -> str:
 
     names = shipped_model_names()
     if source.lower() in names:
-        raise InputError(f"'{source}' is a model card: shapes for planning, no weights; running needs the checkpoint "
-                         "(a directory, a .gguf file or a hub id): give --model PATH")
+        raise InputError(f"'{source}' is a model card: shapes for planning, no weights; running needs a checkpoint "
+                         "as `model` (a directory, a .gguf file or a hub id)")
     raise NotFoundError(f"'{source}': no such directory, .gguf file, hub id (org/name) or model card"
                         f"{near_matches(source, names)}")
 
@@ -228,7 +228,8 @@ def _checked_gguf(path: Path, *, needs: tuple[str, ...]) -> Path:
         raise InputError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
     missing = [name for name in needs if importlib.util.find_spec(name) is None]
     if missing:
-        raise MissingDependencyError(f"reading .gguf files needs {' and '.join(missing)}: pip install 'specplan[gguf]'")
+        raise MissingDependencyError(f"reading .gguf files needs {' and '.join(missing)}: "
+                                     'pip install ".[gguf]" (from a clone of specplan)')
     return path
 
 

@@ -18,7 +18,7 @@ def require_backend(quant: str) -> None:
     try:
         import torchao.quantization  # noqa: F401
     except ImportError:
-        raise MissingDependencyError(f"{quant} needs torchao: pip install 'specplan[quant]'") from None
+        raise MissingDependencyError(f'{quant} needs torchao: pip install ".[quant]" (from a clone of specplan)') from None
 
 
 def quantize(model, quant: str) -> None:

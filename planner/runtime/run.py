@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import InputError, NotFoundError, PlanError
+from planner._files import read_utf8
+from planner.errors import InputError, PlanError
 
 WARMUP_TOKENS = 8  # enough iterations to compile/capture every fixed-shape step once
 
@@ -74,17 +76,7 @@ def read_prompts(path) -> list[str]:
 
     Raises NotFoundError for a missing file; InputError for an unreadable or non-UTF-8
     file, a JSON line without a string "prompt", or a file without prompts."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise NotFoundError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+    text = read_utf8(path)
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -142,7 +134,7 @@ def _use_chat(tokenizer, chat: bool | None) -> bool:
     without a template."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat and not has_template:
-        raise InputError("--chat: this model's tokenizer has no chat template (use --no-chat)")
+        raise InputError("`chat`: this model's tokenizer has no chat template (leave `chat` out: the prompts go in as raw text)")
     return has_template if chat is None else chat
 
 
@@ -166,7 +158,7 @@ def _encode(tokenizer, prompts, max_new_tokens: int, context: int, chat: bool) -
             raise InputError(f"prompt {i + 1} is empty")
         if len(ids) + max_new_tokens > context:
             raise InputError(
-                f"prompt {i + 1} has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it exceeds "
+                f"prompt {i + 1} has {len(ids)} tokens; with `max_new_tokens` {max_new_tokens} it exceeds "
                 f"the plan's context of {context} tokens"
             )
         encoded.append(ids)
@@ -177,7 +169,7 @@ def _budget_gib(device, vram_gib: float | None, plan_vram_gib: float | None):
     """(the tightest memory limit in GiB, what sets it), or (None, "") when none is known."""
     import torch
 
-    limits = [(v, label) for v, label in ((vram_gib, "--vram-gib"), (plan_vram_gib, "the plan's constraints.vram_gib")) if v is not None]
+    limits = [(v, label) for v, label in ((vram_gib, "`vram_gib`"), (plan_vram_gib, "the plan's constraints.vram_gib")) if v is not None]
     if device.type == "cuda":
         limits.append((torch.cuda.get_device_properties(device).total_memory / 1024**3, f"the device ({device})"))
     return min(limits) if limits else (None, "")
@@ -269,7 +261,9 @@ class _Session:
         from planner.runtime.quantize import require_backend
 
         if max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+            raise InputError(f"`max_new_tokens` must be at least 1, got {max_new_tokens}")
+        if vram_gib is not None and not (math.isfinite(vram_gib) and vram_gib > 0):
+            raise InputError(f"`vram_gib` must be a positive finite number, got {vram_gib}")
         self.plan, self.device = plan, resolve_device(device)
         self.source = local_checkpoint(model or plan.model.source)
         self.hf_config = read_hf_config(self.source)
@@ -364,8 +358,8 @@ def run_plan(
     from planner.runtime.decode import generate
     from planner.runtime.drafters import Autoregressive
 
-    if temperature < 0:
-        raise InputError(f"--temperature must not be negative, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise InputError(f"`temperature` must be a finite number, 0 or more, got {temperature}")
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
                  vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()
@@ -425,7 +419,7 @@ class DecodingBench:
         from planner.plan.schema import Decoding
 
         if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
-            raise InputError(f"max_new_tokens must be at least 2 to time decoding, got {max_new_tokens}")
+            raise InputError(f"`max_new_tokens` must be at least 2 to time decoding, got {max_new_tokens}")
         self.plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
         self.max_new_tokens, self.seed = max_new_tokens, seed
         self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
@@ -441,7 +435,7 @@ class DecodingBench:
         import statistics
 
         if rounds < 1:
-            raise InputError(f"rounds must be at least 1, got {rounds}")
+            raise InputError(f"`rounds` must be at least 1, got {rounds}")
         decodings = [self.plain] + [d for d in decodings if d != self.plain]
         s = self._session
         for d in decodings:

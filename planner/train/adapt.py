@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner._files import ensure_writable_dir, write_atomic
 from planner.errors import InputError
+from planner.plan.schema import MAX_GAMMA  # what a plan's decoding.gamma may be
 
 MAX_LOSS_RISE = 0.01
 KL_WEIGHT = 2.0
@@ -37,24 +40,48 @@ class AdaptResult:
     gamma: int
     loss_before: float  # full model, held-out next-token cross-entropy
     loss_after: float
-    draft_loss: float  # mean draft CE over the last 10% of steps
+    draft_loss: float | None  # mean draft CE over the last 10% of the steps run here (None: none ran)
 
 
-def parse_layers(text: str, num_layers: int) -> tuple[int, ...]:
-    """'4-7' (inclusive) or '4,5,9' -> sorted layer indices, each inside the model."""
-    try:
-        parts = [p.split("-") for p in text.split(",") if p.strip()]
-        layers = sorted({i for p in parts for i in range(int(p[0]), int(p[-1]) + 1)})
-    except ValueError:
-        raise InputError(f"--skip-layers '{text}': expected a range A-B or a list like 3,4,5") from None
+def _check_options(*, gamma: int, lr: float, steps: int, batch: int) -> None:
+    if not 1 <= gamma <= MAX_GAMMA:
+        raise InputError(f"`gamma` must be between 1 and {MAX_GAMMA}, got {gamma}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"`lr` must be a positive finite number, got {lr}")
+    for name, value in (("steps", steps), ("batch", batch)):
+        if value < 1:
+            raise InputError(f"`{name}` must be at least 1, got {value}")
+
+
+def _check_held_out_loss(before: float, after: float) -> None:
+    """Refuse an adapted model whose full-model held-out loss is not finite or rose by more
+    than MAX_LOSS_RISE."""
+    if not math.isfinite(after):
+        raise InputError(f"adaptation made the full model's held-out loss {after} (from {before:.4f}); "
+                         "the model was not saved: try a lower `lr`")
+    if after > before * (1 + MAX_LOSS_RISE):
+        raise InputError(
+            f"adaptation raised the full model's held-out loss from {before:.4f} to {after:.4f} "
+            f"(more than {MAX_LOSS_RISE:.0%}); the model was not saved: try a lower `lr` or fewer `steps`"
+        )
+
+
+def _check_skip_layers(skip_layers, num_layers: int) -> tuple[int, ...]:
+    """`skip_layers` as a tuple, refused unless ascending layer indices, each once, inside the
+    model and leaving at least one layer."""
+    if isinstance(skip_layers, str) or not isinstance(skip_layers, (tuple, list, range)):
+        raise InputError(f"`skip_layers`: expected a tuple of layer indices, got {type(skip_layers).__name__} {skip_layers!r:.40}")
+    layers = tuple(skip_layers)
     if not layers:
-        raise InputError(f"--skip-layers '{text}': names no layer")
+        raise InputError("`skip_layers` names no layer: the draft must skip at least one")
+    if any(not isinstance(i, int) or isinstance(i, bool) for i in layers) or list(layers) != sorted(set(layers)):
+        raise InputError(f"`skip_layers` {list(layers)}: expected ascending layer indices, each once")
     outside = [i for i in layers if not 0 <= i < num_layers]
     if outside:
-        raise InputError(f"--skip-layers '{text}': layer {outside[0]} is outside the model's 0-{num_layers - 1}")
+        raise InputError(f"`skip_layers`: layer {outside[0]} is outside the model's 0-{num_layers - 1}")
     if len(layers) == num_layers:
-        raise InputError(f"--skip-layers '{text}': skips every layer; keep at least one")
-    return tuple(layers)
+        raise InputError(f"`skip_layers`: skips all {num_layers} layers; the draft must keep one")
+    return layers
 
 
 def _mask_token_id(tokenizer, model) -> int:
@@ -102,7 +129,7 @@ def _split_stream(stream, seq_len: int, held_out):
     cut = len(stream) if held_out is not None else int(len(stream) * (1 - HELD_OUT_FRACTION))
     held = stream[cut:] if held_out is None else held_out
     if cut < MAX_PREFIX + 64 or len(held) < seq_len + 1:
-        raise InputError(f"--data holds {len(stream)} tokens: too little text to adapt on (need ~{10 * (MAX_PREFIX + 64)})")
+        raise InputError(f"`data` holds {len(stream)} tokens: too little text to adapt on (need ~{10 * (MAX_PREFIX + 64)})")
     return stream[:cut], held
 
 
@@ -110,7 +137,7 @@ def adapt(
     model_path: str,
     data,
     *,
-    skip: str,
+    skip_layers: tuple[int, ...],
     gamma: int,
     out: str,
     steps: int = 300,
@@ -124,27 +151,35 @@ def adapt(
     """Adapt the model at model_path (a directory, a .gguf file or a hub id) for S3D drafting
     and save it, with s3d.json, to `out`; the AdaptResult says what was saved.
 
-    The full model's loss is checked on held_out_files, or on the last 10% of `data`'s
-    tokens (then never trained on). Raises InputError for bad options, a checkpoint that
-    cannot be loaded (see planner.runtime.checkpoint), too little data, or a full-model
-    loss that rose by more than MAX_LOSS_RISE (then nothing is saved)."""
+    skip_layers: ascending layer indices, each once, not every layer; gamma: 1 to MAX_GAMMA
+    tokens drafted per forward; lr: the peak learning rate, positive and finite; device:
+    auto, cpu, cuda or cuda:N. The full model's loss is checked on held_out_files, or on the
+    last 10% of `data`'s tokens (then never trained on).
+
+    Raises InputError for bad options, an `out` that cannot be written, a checkpoint that
+    cannot be loaded (see planner.runtime.checkpoint), too little data, a full model whose
+    held-out loss is not finite, training that diverges, or a full-model held-out loss that
+    becomes non-finite or rises by more than MAX_LOSS_RISE (then the model is not saved);
+    DeviceError for a device that is not there."""
     import torch
     import torch.nn.functional as F
 
+    from planner.hardware.measure import resolve_device
     from planner.runtime.checkpoint import load_causal_lm, load_tokenizer, read_hf_config
     from planner.train._loss import consecutive_windows, next_token_loss
     from planner.train.data import text_files
     from planner.train.demo import sample_windows, token_stream
     from planner.train.loop import batch_generator, train
 
-    if gamma < 1:
-        raise InputError(f"--gamma must be at least 1, got {gamma}")
+    _check_options(gamma=gamma, lr=lr, steps=steps, batch=batch)
+    device = resolve_device(device)
+    ensure_writable_dir(out)
     files = text_files(data)
     config = read_hf_config(model_path)
-    skip_layers = parse_layers(skip, config.num_hidden_layers)
+    skip_layers = _check_skip_layers(skip_layers, config.num_hidden_layers)
     tokenizer = load_tokenizer(model_path)
     stream = token_stream(tokenizer, files)
-    held_tokens = token_stream(tokenizer, text_files(held_out_files)) if held_out_files else None
+    held_tokens = token_stream(tokenizer, text_files(held_out_files, parameter="held_out_files")) if held_out_files else None
     train_stream, held_stream = _split_stream(stream, 128, held_tokens)
     held = consecutive_windows(held_stream, seq_len=128, max_windows=32).to(device)
 
@@ -152,6 +187,9 @@ def adapt(
     saved_dtype = getattr(config, "dtype", None)
     mask_id = _mask_token_id(tokenizer, model)
     loss_before = next_token_loss(model, held)
+    if not math.isfinite(loss_before):
+        raise InputError(f"{model_path}: the full model's held-out loss is {loss_before} before any training; "
+                         "its logits are not finite")
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
 
     model.requires_grad_(False)
@@ -184,13 +222,9 @@ def adapt(
         model.model.embed_tokens.weight[mask_id] = model.mask_vec
     del model.mask_vec
     loss_after = next_token_loss(model, held)
-    if loss_after > loss_before * (1 + MAX_LOSS_RISE):
-        raise InputError(
-            f"adaptation raised the full model's held-out loss from {loss_before:.4f} to {loss_after:.4f} "
-            f"(more than {MAX_LOSS_RISE:.0%}); the model was not saved: try a lower --lr or fewer --steps"
-        )
+    _check_held_out_loss(loss_before, loss_after)
     tail = draft_losses[-max(1, len(draft_losses) // 10) :]
-    result = AdaptResult(Path(out), mask_id, skip_layers, gamma, loss_before, loss_after, sum(tail) / len(tail) if tail else float("nan"))
+    result = AdaptResult(Path(out), mask_id, skip_layers, gamma, loss_before, loss_after, sum(tail) / len(tail) if tail else None)
     _save(model.to(saved_dtype or torch.float32), tokenizer, result, steps=steps)
     return result
 
@@ -207,8 +241,6 @@ def _save(model, tokenizer, result: AdaptResult, *, steps: int) -> None:
         "steps": steps,
         "full_model_heldout_loss_before": round(result.loss_before, 5),
         "full_model_heldout_loss_after": round(result.loss_after, 5),
-        "draft_loss": round(result.draft_loss, 5),
+        "draft_loss": None if result.draft_loss is None else round(result.draft_loss, 5),
     }
-    tmp = out / "s3d.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(out / "s3d.json")
+    write_atomic(out / "s3d.json", json.dumps(meta, indent=2, allow_nan=False) + "\n")

@@ -47,19 +47,21 @@ def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
-def text_files(paths) -> list[Path]:
-    """Files named on the command line (files, or directories searched for *.py/*.txt/*.md),
-    refused with one line when a path is missing or no text is found."""
+def text_files(paths, *, parameter: str = "data") -> list[Path]:
+    """The text files `paths` name (files, or directories searched for *.py/*.txt/*.md).
+
+    Raises NotFoundError for a missing path; InputError when no text is found. The messages
+    name the `parameter` the paths came from."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise NotFoundError(f"--data {raw}: no such file or directory")
+            raise NotFoundError(f"`{parameter}` {raw}: no such file or directory")
         if path.is_dir():
             found += sorted(p for ext in ("*.py", "*.txt", "*.md") for p in path.rglob(ext) if p.is_file())
         else:
             found.append(path)
     texts = [p for p in found if p.stat().st_size > 0]
     if not texts:
-        raise InputError(f"--data {' '.join(map(str, paths))}: holds no text")
+        raise InputError(f"`{parameter}` {' '.join(map(str, paths))}: holds no text")
     return texts

@@ -17,12 +17,13 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from planner._files import write_atomic
 from planner.train.data import read_text, stdlib_split
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<mask>"]  # ids 0..3; <mask> is the S3D draft slot
 VOCAB_SIZE = 4096
 SEQ_LEN = 256
-DEMO_SKIP = "4-7"  # the middle third of 12 layers
+DEMO_SKIP = (4, 5, 6, 7)  # the middle third of 12 layers
 DEMO_GAMMA = 4
 PROMPTS = 12
 DOCSTRING_QUOTES = ('"""', "'''")
@@ -174,11 +175,11 @@ def build_demo(base: Path, out: Path, *, device: str, adapt_steps: int, adapt_lr
     from planner.train.adapt import adapt
 
     split = stdlib_split()
-    adapt(str(base), [str(p) for p in split.train], skip=DEMO_SKIP, gamma=DEMO_GAMMA, out=str(out), steps=adapt_steps,
+    adapt(str(base), [str(p) for p in split.train], skip_layers=DEMO_SKIP, gamma=DEMO_GAMMA, out=str(out), steps=adapt_steps,
           lr=adapt_lr, resume=resume, seed=seed, device=device, held_out_files=[str(p) for p in split.held_out])
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resumable state, not part of the shipped model
     lines = [json.dumps({"prompt": p, "source": "held-out stdlib"}) for p in demo_prompts(split.held_out)]
-    (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "prompts.jsonl", "\n".join(lines) + "\n")
     return out
 
 

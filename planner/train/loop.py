@@ -7,12 +7,15 @@ batches the interrupted run would have seen.
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from planner._files import write_atomic
+from planner.errors import InputError
 
 CHECKPOINT = "last.pt"
 
@@ -31,9 +34,10 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    path.parent.mkdir(parents=True, exist_ok=True)  # here, not before training: a run refused early writes nothing
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, buffer)
+    write_atomic(path, buffer.getvalue())  # a crash mid-write leaves the previous checkpoint intact
 
 
 def train(
@@ -48,12 +52,14 @@ def train(
     checkpoint_every: int = 100,
     desc: str = "train",
 ) -> list[float]:
-    """Run `steps` optimiser steps of loss_fn(step); returns the loss of each step run here."""
+    """Run `steps` optimiser steps of loss_fn(step); returns the loss of each step run here.
+
+    Raises InputError when training diverges (a loss or a trained weight that is not finite,
+    e.g. from too high a learning rate); no checkpoint is written from that step on."""
     from tqdm import tqdm
 
     params = [p for p in params if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_dir / CHECKPOINT
     start = 0
     if resume and path.exists():
@@ -62,17 +68,23 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     losses: list[float] = []
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, dynamic_ncols=True)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, peak_lr)
-        loss = loss_fn(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_checkpoint(path, model, optimizer, step + 1)
+    with tqdm(range(start, steps), initial=start, total=steps, desc=desc, dynamic_ncols=True) as bar:  # closed on errors too
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, peak_lr)
+            loss = loss_fn(step)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise InputError(f"training diverged: the loss is {losses[-1]} at step {step + 1} of {steps} "
+                                 "(try a lower learning rate)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+                if not all(torch.isfinite(p).all() for p in params):
+                    raise InputError(f"training diverged: weights are not finite after step {step + 1} of {steps} "
+                                     "(try a lower learning rate)")
+                _save_checkpoint(path, model, optimizer, step + 1)
     return losses

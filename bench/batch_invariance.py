@@ -77,6 +77,7 @@ def main() -> None:
             for row in measure(target, prompt, args.tokens, (2, 4, 8)):
                 result["rows"].append({"dtype": dtype, "prompt": i, **row})
                 print(json.dumps(result["rows"][-1]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, json.dumps(result, indent=2) + "\n")
 
 

@@ -16,6 +16,7 @@ import sys
 import click
 
 from planner.errors import SpecplanError
+from planner.plan.schema import METHODS, QUANTIZATIONS
 
 
 # click >= 8.2 raises this for a bare group; 8.1 prints the help itself and exits 0.
@@ -282,8 +283,8 @@ def _target_spec(model_name: str, context: int):
     return spec
 
 
-_METHODS = click.Choice(["autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup"])
-_QUANTS = click.Choice(["none", "int8", "int4"])
+_METHODS = click.Choice(list(METHODS))
+_QUANTS = click.Choice(list(QUANTIZATIONS))
 
 
 @cli.command()

@@ -51,6 +51,14 @@ def _methods(num_layers: int, gamma: int):
     ]
 
 
+def _setting(d) -> str:
+    if d.method in ("layer_skip", "s3d"):
+        return f"skip {d.skip_layers[0]}-{d.skip_layers[-1]}"
+    if d.method == "early_exit":
+        return f"exit {d.exit_layer}"
+    return f"ngram {d.ngram}" if d.method == "prompt_lookup" else ""
+
+
 def _plan(source: str, hf_config, context: int):
     from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
 
@@ -117,13 +125,18 @@ def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, roun
                 speeds[name].append(tps)
                 if r == 0:
                     outputs[name].append(toks)
+    eos = tokenizer.eos_token_id
+
+    def until_eos(runs):  # generate(min_new_tokens=...) suppresses EOS: compare what precedes it
+        return [r[: r.index(eos) + 1] if eos in r else r for r in runs]
+
     rows = []
     for name in engines:
         tps = statistics.median(speeds[name])
         rows.append({"engine": name, "tokens_per_s": round(tps, 1), "ms_per_token": round(1e3 / tps, 1),
                      "bandwidth_floor_ms": round(floor_ms, 2), "share_of_bandwidth": round(floor_ms * tps / 1e3, 3),
                      "range_tokens_per_s": [round(min(speeds[name]), 1), round(max(speeds[name]), 1)],
-                     "identical_to_specplan": outputs[name] == outputs["specplan runtime"]})
+                     "identical_to_specplan": until_eos(outputs[name]) == until_eos(outputs["specplan runtime"])})
     return rows, weight_bytes
 
 
@@ -139,8 +152,7 @@ def methods_by_group(source: str, *, tokens: int, rounds: int, prompts_per_group
                               max_new_tokens=tokens, max_gamma=gamma, device=device, dtype=dtype)
         for c in bench.compare(methods, rounds):
             d = c.decoding
-            setting = {"layer_skip": f"skip {d.skip_layers[0]}-{d.skip_layers[-1]}", "early_exit": f"exit {d.exit_layer}",
-                       "prompt_lookup": f"ngram {d.ngram}", "autoregressive": ""}[d.method]
+            setting = _setting(d)
             rows.append({"group": group, "method": d.method, "gamma": d.gamma, "setting": setting,
                          "tokens_per_iteration": round(c.tokens_per_iteration, 2), "tokens_per_s": round(c.tokens_per_s, 1),
                          "speedup": round(c.speedup, 3), "speedup_range": [round(x, 3) for x in c.speedup_range],
@@ -174,6 +186,9 @@ def main() -> None:
     engines, weight_bytes = autoregressive_engines(source, _prompts("chat", 2) + _prompts("code", 2),
                                                    tokens=args.tokens, rounds=args.rounds, device=device,
                                                    dtype=DTYPES[args.dtype], bandwidth_gbps=bandwidth)
+    for r in engines:
+        print(f"{r['engine']:40s} {r['tokens_per_s']:7.1f} tok/s {r['ms_per_token']:7.1f} ms/token "
+              f"{100 * r['share_of_bandwidth']:5.1f}% of bandwidth  identical={r['identical_to_specplan']}", flush=True)
     methods = [] if args.skip_methods else methods_by_group(source, tokens=args.tokens, rounds=args.rounds,
                                                             prompts_per_group=args.prompts, device=args.device,
                                                             dtype=args.dtype, gamma=args.gamma)
@@ -183,9 +198,6 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(f"{profile.device_name}, {args.dtype}, read bandwidth {bandwidth} GB/s, weights {weight_bytes / 1e6:.0f} MB")
-    for r in engines:
-        print(f"{r['engine']:40s} {r['tokens_per_s']:7.1f} tok/s {r['ms_per_token']:7.1f} ms/token "
-              f"{100 * r['share_of_bandwidth']:5.1f}% of bandwidth  identical={r['identical_to_specplan']}")
     for r in methods:
         print(f"{r['group']:5s} {r['method']:15s} gamma {r['gamma']} {r['setting']:12s} {r['tokens_per_iteration']:5.2f} tok/iter "
               f"{r['speedup']:5.2f}x ({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f})  identical={r['identical']}")

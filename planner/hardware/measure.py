@@ -26,7 +26,7 @@ from planner.hardware.profile import HardwareProfile, decode_dtype_for, load_pro
 STEPS = ("memory bandwidth", "matmul FLOP/s", "decode-shaped matmul", "launch overhead", "quantized matmuls")
 DECODE_WEIGHT_SHAPE = (14336, 4096)  # (out, in): a Llama-3-8B MLP projection
 DECODE_TOKENS = (1, 2, 4, 8, 16, 32)
-INT4_GROUP_SIZE = 128  # as planner.runtime.quantize and ModelSpec's int4 byte count
+from planner.models.spec import INT4_GROUP_SIZE  # as planner.runtime.quantize and ModelSpec's int4 byte count
 CACHE_MULTIPLE = 3  # rotated buffers span at least this many last-level caches
 MIN_SAMPLE_S = 1e-3  # GPU calls shorter than this are repeated inside one timed sample
 BUDGET_S = 1.0  # one figure's timed repeats take about this long at most (at least one call): slow paths stay short

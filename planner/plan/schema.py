@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from planner._fields import from_mapping, to_plain
 from planner._yaml import read_yaml, write_yaml_atomic
 from planner.errors import PlanError
+from planner.models.spec import QUANTIZATIONS  # one list; re-exported for plan readers
 
 SCHEMA_VERSION = 1
 METHODS = ("autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
-QUANTIZATIONS = ("none", "int8", "int4")
 BASES = ("analytical", "calibrated", "measured")
 MAX_GAMMA = 16
 

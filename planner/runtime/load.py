@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from planner.errors import DeviceError, InputError
+from planner.errors import InputError
+from planner.hardware.measure import resolve_device  # noqa: F401  (the one rule for device names, re-exported)
 from planner.runtime.checkpoint import load_causal_lm, read_hf_config
 from planner.runtime.model import Decoder, causal_lm_class, check_runnable
 
@@ -60,16 +61,6 @@ class Target:
             torch.compiler.cudagraph_mark_step_begin()
         out = self._step(x, input_pos, layers)
         return out.clone() if self.compiled else out  # graph outputs are overwritten by the next replay
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(f"device '{device}' was requested but no CUDA GPU is available (use --device cpu)")
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise DeviceError(f"unknown device '{device}' (expected auto, cpu or cuda)")
-    return torch.device(device)
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

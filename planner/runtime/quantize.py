@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from planner.errors import MissingDependencyError
 
-INT4_GROUP_SIZE = 128  # the group size ModelSpec's int4 byte count assumes
+from planner.models.spec import INT4_GROUP_SIZE  # the group size ModelSpec's int4 byte count assumes
 
 
 def require_backend(quant: str) -> None:

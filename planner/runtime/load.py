@@ -16,7 +16,7 @@ import torch
 from planner.errors import InputError
 from planner.hardware.measure import resolve_device  # noqa: F401  (the one rule for device names, re-exported)
 from planner.runtime.checkpoint import load_causal_lm, read_hf_config
-from planner.runtime.model import Decoder, causal_lm_class, check_runnable
+from planner.runtime.model import Decoder, check_runnable
 
 RECOMPILE_LIMIT = 64  # compiled step graphs per process (dynamo's default is 8)
 
@@ -111,10 +111,12 @@ def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=No
 def random_target(hf_config, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, seed: int = 0) -> Target:
     """A Target with random weights (normal, std 0.02) in the config's shape, for timing
     without a checkpoint. Raises InputError for an architecture the runtime cannot decode."""
+    from transformers import AutoModelForCausalLM
+
     check_runnable(hf_config)
     torch.manual_seed(seed)
     with torch.device(device):
-        hf_model = causal_lm_class(hf_config)._from_config(hf_config, dtype=dtype or default_dtype(device))
+        hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype or default_dtype(device))
     for p in hf_model.parameters():
         p.data.normal_(0.0, 0.02)
     return _target(hf_model, hf_config, device, max_seq_len, compiled)

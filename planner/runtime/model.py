@@ -63,25 +63,18 @@ class PositionCache:
         return 0
 
 
-def causal_lm_class(hf_config):
-    """The transformers causal-LM class for this config, or InputError naming its model_type."""
-    from transformers import AutoModelForCausalLM
-
-    model_type = getattr(hf_config, "model_type", "?")
-    try:
-        return AutoModelForCausalLM._model_mapping[type(hf_config)]
-    except KeyError:
-        raise InputError(f"model_type '{model_type}' is not a causal LM transformers can decode") from None
-
-
 def check_runnable(hf_config) -> None:
     """InputError for configs the runtime cannot decode losslessly, before any weight loads."""
-    causal_lm_class(hf_config)
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(hf_config, "model_type", "?")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise InputError(f"model_type '{model_type}' is not a causal LM transformers can decode")
     rope = dict(getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {})
     if rope.get("rope_type", rope.get("type")) == "dynamic":
         raise InputError("dynamic RoPE scaling is not supported by the runtime (its tables change with the length)")
     if getattr(hf_config, "alibi", False):
-        raise InputError(f"model_type '{hf_config.model_type}' with ALiBi is not supported by the runtime")
+        raise InputError(f"model_type '{model_type}' with ALiBi is not supported by the runtime")
     unknown = set(getattr(hf_config, "layer_types", None) or ()) - set(ATTENTION_TYPES)
     if unknown:
         raise InputError(f"attention type {sorted(unknown)[0]!r} is not supported by the runtime")

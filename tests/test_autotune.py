@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
+from planner.autotune import ranked_calibrations
 from planner.plan.schema import load_plan
 
 SMALL = ["--max-new-tokens", "12", "--trials", "20", "--num-prompts", "1", "--device", "cpu"]
@@ -44,15 +45,30 @@ def test_autotune_chooses_the_fastest_measured_set_up_and_predicts_its_measured_
     calibrated = result.calibrated
     assert calibrated[0].candidate.decoding.method == "autoregressive"
     assert {"s3d", "draft_model", "prompt_lookup"} <= {c.candidate.decoding.method for c in calibrated}
-    fastest = max(calibrated, key=lambda c: c.measured.speedup)
+    clear = [c for c in calibrated if c.candidate.decoding.method == "autoregressive" or c.measured.speedup_range[0] > 1.0]
+    fastest = max(clear, key=lambda c: c.measured.speedup)
     assert result.plan.decoding == fastest.candidate.decoding
     for c in calibrated:
         # the plan's prediction carries the measured acceptance and the measured speedup
         assert c.candidate.prediction.speedup == pytest.approx(c.measured.speedup)
         assert c.candidate.prediction.tokens_per_iteration == pytest.approx(c.measured.tokens_per_iteration, rel=1e-3)
         assert c.model.tokens_per_iteration == pytest.approx(c.measured.tokens_per_iteration, rel=1e-3)
-    assert [a.decoding for a in result.plan.alternatives] == [
-        c.candidate.decoding for c in sorted(calibrated, key=lambda c: -c.candidate.prediction.tokens_per_s)[1:]]
+    assert [a.decoding for a in result.plan.alternatives] == [c.candidate.decoding for c in ranked_calibrations(calibrated)[1:]]
+
+
+def test_a_set_up_whose_slowest_round_lost_is_never_the_plan():
+    """A better median whose rounds dip below 1.0 ranks after autoregressive decoding."""
+    from types import SimpleNamespace as NS
+
+    def calibrated(method, tokens_per_s, speedup_range):
+        return NS(candidate=NS(decoding=NS(method=method), prediction=NS(tokens_per_s=tokens_per_s)),
+                  measured=NS(speedup_range=speedup_range))
+
+    plain = calibrated("autoregressive", 100.0, (1.0, 1.0))
+    noisy = calibrated("prompt_lookup", 101.0, (0.99, 1.01))
+    steady = calibrated("draft_model", 120.0, (1.1, 1.3))
+    assert ranked_calibrations([noisy, plain]) == [plain, noisy]
+    assert ranked_calibrations([noisy, plain, steady]) == [steady, plain, noisy]
 
 
 def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp_path):

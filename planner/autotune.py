@@ -108,6 +108,7 @@ def autotune(
     (or one of its kinds) for bad options, models or prompts, before anything is measured
     where it can be known then."""
     from planner.hardware import profile_device
+    from planner.hardware.measure import resolve_device
     from planner.models import load_model_spec
     from planner.perf.speedup import alpha_from_tokens_per_iteration, predict
     from planner.runtime import DecodingBench, read_prompts, run_plan
@@ -116,9 +117,12 @@ def autotune(
     if max_new_tokens < MIN_NEW_TOKENS:
         raise InputError(f"`max_new_tokens` must be at least {MIN_NEW_TOKENS} for autotune to time decoding, got {max_new_tokens}")
     source = Path(model) if model else DEMO_DIR
-    spec = load_model_spec(str(source))  # refuse a bad --model, --draft-model or --out before measuring anything
+    # refuse a bad `model`, `draft_model`, `device` or `out` before measuring anything; the names as
+    # given (Path() would drop a leading "./" that marks a local path)
+    spec = load_model_spec(model or str(DEMO_DIR))
     draft = Path(draft_model) if draft_model else (DEMO_DIR / DRAFT_DIR if model is None else None)
-    draft_spec = load_model_spec(str(draft)) if draft is not None else None
+    draft_spec = load_model_spec(draft_model or str(draft)) if draft is not None else None
+    resolve_device(device)
     ensure_writable(out)
     every_prompt = read_prompts(prompts_path or DEMO_DIR / "prompts.jsonl")
     prompts = every_prompt[:num_prompts]

@@ -94,6 +94,15 @@ def test_autotune_with_a_missing_model_directory_is_one_line(tmp_path, option, m
     assert not (tmp_path / "p.yaml").exists()
 
 
+def test_autotune_names_a_missing_relative_directory_and_a_missing_gpu_before_measuring(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["autotune", "--model", "./my-llama", "--out", "p.yaml"] + SMALL)
+    assert result.exit_code == 2 and result.output == "error: ./my-llama: no such file or directory\n"
+    result = CliRunner().invoke(cli, ["autotune", "--out", "p.yaml"] + SMALL[:-2] + ["--device", "cuda"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "no CUDA GPU" in result.output
+    assert not (tmp_path / "p.yaml").exists()
+
+
 def test_an_unwritable_out_is_refused_before_any_measurement(tmp_path):
     result = CliRunner().invoke(cli, ["autotune", "--out", str(tmp_path / "no" / "plan.yaml")] + SMALL)
     assert result.exit_code == 2

@@ -146,8 +146,8 @@ def test_a_hub_id_runs_from_the_local_cache_offline(rt_models, hub, monkeypatch)
 
 
 @pytest.mark.parametrize("offline, message", [
-    (True, "does not have it and HF_HUB_OFFLINE is set"),
-    (False, "does not have it and the hub cannot be asked"),
+    (True, "no such local directory, the local Hugging Face cache does not have it, and HF_HUB_OFFLINE is set"),
+    (False, "no such local directory, the local Hugging Face cache does not have it, and the hub cannot be asked"),
 ])
 def test_an_unreachable_hub_id_is_one_line_within_seconds(hub, monkeypatch, tmp_path, capsys, offline, message):
     from huggingface_hub import constants

@@ -140,8 +140,8 @@ def test_hub_id_offline_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(NotFoundError) as info:
         load_model_spec("someone/some-model")
-    assert str(info.value) == ("'someone/some-model': the local Hugging Face cache does not have it and HF_HUB_OFFLINE "
-                               "is set (download it first, or give a local directory or .gguf file)")
+    assert str(info.value) == ("'someone/some-model': no such local directory, the local Hugging Face cache does not have "
+                               "it, and HF_HUB_OFFLINE is set (download it first, or give a local directory or .gguf file)")
 
 
 @pytest.mark.parametrize(

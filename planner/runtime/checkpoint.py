@@ -266,13 +266,14 @@ def hub_snapshot(repo_id: str, *, weights: bool = True) -> Path:
         return cached
     what = "its weights" if weights and cached is not None else "it"
     if constants.HF_HUB_OFFLINE:
-        raise NotFoundError(f"'{repo_id}': the local Hugging Face cache does not have {what} and HF_HUB_OFFLINE is set "
+        raise NotFoundError(f"'{repo_id}': no such local directory, the local Hugging Face cache does not have {what}, "
+                            "and HF_HUB_OFFLINE is set "
                             "(download it first, or give a local directory or .gguf file)")
     try:
         info = HfApi().model_info(repo_id, timeout=HUB_TIMEOUT_S)  # HfApi() reads the endpoint now
     except Exception as exc:  # connection errors, unknown or gated repositories
-        raise NotFoundError(f"'{repo_id}': the local Hugging Face cache does not have {what} and the hub cannot "
-                            f"be asked ({_first_line(exc)})") from None
+        raise NotFoundError(f"'{repo_id}': no such local directory, the local Hugging Face cache does not have {what}, "
+                            f"and the hub cannot be asked ({_first_line(exc)})") from None
     files = [s.rfilename for s in info.siblings or ()]
     patterns = list(_HUB_TEXT_FILES) if weights else ["config.json"]
     if weights:

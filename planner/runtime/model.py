@@ -119,6 +119,7 @@ class Decoder:
         self.dtype = next(hf_model.parameters()).dtype
         self.cache = PositionCache(self.num_layers, max_seq_len)
         self.positions = torch.arange(max_seq_len, device=self.device)
+        self._zero = torch.zeros((), dtype=self.dtype, device=self.device)  # the additive mask's "visible"
         self._path = _layer_list_path(hf_model, self.num_layers)
         self._all_layers = self._layers_at(hf_model)
         self._views: dict[tuple[int, ...], nn.Module] = {tuple(range(self.num_layers)): hf_model}
@@ -155,11 +156,10 @@ class Decoder:
             visible = key <= query
             if window:
                 visible = visible & (query - key < window)
-            zeros = torch.zeros((), dtype=self.dtype, device=self.device)
-            return torch.where(visible, zeros, blocked)[None, None]  # (1, 1, T, S_max)
+            return torch.where(visible, self._zero, blocked)[None, None]  # (1, 1, T, S_max)
 
-        if self._layer_types:
-            return {kind: mask(self._window if kind == "sliding_attention" else None) for kind in ATTENTION_TYPES}
+        if self._layer_types:  # only the types the model has: this runs every step
+            return {kind: mask(self._window if kind == "sliding_attention" else None) for kind in set(self._layer_types)}
         return mask(self._window)
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, layers: tuple[int, ...]) -> torch.Tensor:

@@ -257,3 +257,13 @@ def test_chat_without_a_chat_template_is_one_line(rt_models, tmp_path, capsys):
     _plan(rt_models["llama"]).save(path)
     err = _one_line(*_cli(["run", "--plan", str(path), "--prompt", "hello", "--chat"], capsys))
     assert "no chat template" in err
+
+
+def test_a_truncated_gguf_is_one_line_naming_it(ck_smollm2_gguf, tmp_path, capsys):
+    """The real file cut after its first MiB: gguf's reader runs past the end of the data."""
+    cut = tmp_path / "cut.gguf"
+    with open(ck_smollm2_gguf, "rb") as f:
+        cut.write_bytes(f.read(2**20))
+    code, _, err = _cli(["predict", "--model", str(cut), "--gpu", "a10g", "--method", "autoregressive"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the file is truncated or corrupt" in err and "Traceback" not in err

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,6 +118,8 @@ def loading(what: str):
         yield
     except SpecplanError:
         raise
+    except struct.error as exc:  # a binary reader (gguf's) ran past the end of the data it was given
+        raise InputError(f"cannot load {what}: the file is truncated or corrupt ({exc})") from exc
     except Exception as exc:  # transformers, safetensors, tokenizers and gguf each raise their own kinds
         raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
 

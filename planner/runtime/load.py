@@ -2,7 +2,9 @@
 
 `Target.step` is the fixed-shape call every decoding step goes through (decode one token,
 draft step, verify gamma + 1). On CUDA it is captured with torch.compile's
-"reduce-overhead" mode (CUDA graphs); on CPU it runs eager, where graphs do not exist.
+"reduce-overhead" mode (CUDA graphs); on CPU it runs eager, where graphs do not exist, with
+the model's linears swapped for the lean kernel (planner/runtime/kernels.py: weights streamed
+once per step, each token's row computed in the same order whatever the step's width).
 The prefill has a prompt-dependent length and always runs eager.
 """
 
@@ -16,6 +18,7 @@ import torch
 from planner.errors import InputError
 from planner.hardware.measure import resolve_device  # noqa: F401  (the one rule for device names, re-exported)
 from planner.runtime.checkpoint import load_causal_lm, read_hf_config
+from planner.runtime.kernels import use_lean_linears
 from planner.runtime.model import Decoder, check_runnable
 
 RECOMPILE_LIMIT = 64  # compiled step graphs per process (dynamo's default is 8)
@@ -92,12 +95,14 @@ def resolve_dtype(name: str, device: torch.device, profile=None) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, quant: str = "none") -> Target:
+def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, quant: str = "none",
+                lean: bool = True) -> Target:
     """Load a checkpoint (anything checkpoint.local_checkpoint takes: a directory, a .gguf
     file, a hub id) as a runtime Target with its KV cache.
 
     Raises what checkpoint.local_checkpoint raises; InputError for weights that cannot be
-    loaded or an architecture the runtime does not support."""
+    loaded or an architecture the runtime does not support. `lean=False` keeps torch's own
+    linears on a CPU (for comparisons)."""
     from planner.runtime.quantize import quantize
 
     hf_config = read_hf_config(source)  # a .gguf file is converted here, once
@@ -105,10 +110,11 @@ def load_target(source: str, *, device: torch.device, max_seq_len: int, dtype=No
     hf_model = load_causal_lm(source, dtype=dtype or default_dtype(device))
     hf_model = hf_model.to(device)  # loaded on the host: no `accelerate` needed
     quantize(hf_model, quant)
-    return _target(hf_model, hf_config, device, max_seq_len, compiled)
+    return _target(hf_model, hf_config, device, max_seq_len, compiled, lean)
 
 
-def random_target(hf_config, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, seed: int = 0) -> Target:
+def random_target(hf_config, *, device: torch.device, max_seq_len: int, dtype=None, compiled=None, seed: int = 0,
+                  lean: bool = True) -> Target:
     """A Target with random weights (normal, std 0.02) in the config's shape, for timing
     without a checkpoint. Raises InputError for an architecture the runtime cannot decode."""
     from transformers import AutoModelForCausalLM
@@ -119,9 +125,11 @@ def random_target(hf_config, *, device: torch.device, max_seq_len: int, dtype=No
         hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype or default_dtype(device))
     for p in hf_model.parameters():
         p.data.normal_(0.0, 0.02)
-    return _target(hf_model, hf_config, device, max_seq_len, compiled)
+    return _target(hf_model, hf_config, device, max_seq_len, compiled, lean)
 
 
-def _target(hf_model, hf_config, device, max_seq_len: int, compiled) -> Target:
+def _target(hf_model, hf_config, device, max_seq_len: int, compiled, lean: bool = True) -> Target:
     compiled = device.type == "cuda" if compiled is None else compiled
+    if lean and device.type == "cpu":
+        use_lean_linears(hf_model)
     return Target(Decoder(hf_model, max_seq_len), hf_config, device, compiled)

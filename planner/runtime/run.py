@@ -281,9 +281,14 @@ class _Session:
         self.encoded = _encode(self.tokenizer, prompts, max_new_tokens, plan.constraints.context, self.chat)
         eos = self.tokenizer.eos_token_id
         self.eos_ids = () if eos is None else (eos,)
+        # The caches hold what these prompts can reach, not the plan's whole context (which the
+        # memory check counts): every step attends over the whole cache, a fixed length that
+        # keeps a verify's numbers equal to a one-token step's, so a shorter cache is a cheaper step.
+        longest = max((len(ids) for ids in self.encoded), default=0) + max_new_tokens
+        self.cache_len = min(self.max_seq_len, longest + max_gamma + 1)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.target = load_target(self.source, device=self.device, max_seq_len=self.max_seq_len, dtype=self.dtype,
+        self.target = load_target(self.source, device=self.device, max_seq_len=self.cache_len, dtype=self.dtype,
                                   quant=plan.decoding.quant)
 
     def check(self, d) -> float:
@@ -322,7 +327,7 @@ class _Session:
             draft = None
             if d.method == "draft_model":
                 if d.draft_model not in self._drafts:
-                    self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.max_seq_len,
+                    self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.cache_len,
                                                               dtype=self.dtype)
                 draft = self._drafts[d.draft_model]
             self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, source=self.source, draft=draft)

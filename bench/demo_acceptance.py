@@ -5,10 +5,10 @@ S3D's acceptance relation to them:
     alpha(beta) = U / (1 + exp(k (beta - beta0))),  alpha_i = alpha_1 delta^(i-1),
     tau = 1 + sum_k prod_{i<=k} alpha_i
 
-The fitted constants are written as a priors file (profiles/priors-demo.yaml) that
+The fitted constants are written as a priors file (planner/profiles/priors-demo.yaml) that
 `specplan autotune` uses for the demo model; the table goes to stdout as markdown.
 
-    python bench/demo_acceptance.py --priors-out profiles/priors-demo.yaml > /tmp/demo-acceptance.md
+    python bench/demo_acceptance.py --priors-out planner/profiles/priors-demo.yaml > /tmp/demo-acceptance.md
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.perf.acceptance import Prior, position_acceptances, skipped_fraction, tokens_per_iteration  # noqa: E402
 from planner.perf.speedup import middle_block  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "profiles" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "planner" / "profiles" / "demo"
 METHODS = ("layer_skip", "early_exit", "s3d")
 GAMMAS = tuple(range(1, 9))
 SKIPPED_COUNTS = (2, 4, 6, 8, 10)

@@ -29,10 +29,11 @@ from planner._files import ensure_writable
 from planner.errors import InputError
 from planner.perf.cost import KERNELS_PER_HEAD, KERNELS_PER_LAYER, Execution, forward_latency_s
 from planner.plan.schema import Candidate, Decoding
+from planner.profiles import PROFILES_DIR
 from planner.search.space import MAX_PREDICTORS  # the draft lengths the search proposes, and autotune measures
 from planner.train.demo import DRAFT_DIR
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "profiles" / "demo"
+DEMO_DIR = PROFILES_DIR / "demo"
 DEMO_PRIORS = DEMO_DIR.parent / "priors-demo.yaml"
 SEARCHED_METHODS = ("autoregressive", "layer_skip", "early_exit", "prompt_lookup")
 CALIBRATION_PROMPTS = 3

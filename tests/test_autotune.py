@@ -9,7 +9,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from planner.cli import cli
 from planner.autotune import ranked_calibrations
 from planner.plan.schema import load_plan
 

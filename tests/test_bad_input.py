@@ -25,10 +25,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli import cli
+from planner.cli import cli
 from planner.hardware import load_profile
 from planner.hardware import profile as profile_module
 from planner.plan import Decoding, HardwareRef, ModelRef, Plan, Prediction
+from planner.profiles import PROFILES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 PREDICT = ["predict", "--model", "llama-3.1-8b", "--gpu", "a10g"]  # 32 layers, 131072 positions
@@ -153,7 +154,7 @@ def _profile_file(folder: Path, text: str | bytes) -> Path:
     (("token_slope: 0.01", "token_slope: 0.01\ntoken_slope: 0.02"), "gpu.yaml: line 19: 'token_slope' is given twice"),
 ])
 def test_profile_fields(tmp_path, edit, message):
-    text = (REPO / "profiles" / "gpus" / "a10g.yaml").read_text()
+    text = (PROFILES_DIR / "gpus" / "a10g.yaml").read_text()
     assert edit[0] in text
     path = _profile_file(tmp_path, text.replace(edit[0], edit[1], 1))
     assert message in refused(PREDICT[:3] + ["--gpu", path, "--method", "s3d"], tmp_path)
@@ -223,6 +224,68 @@ def test_ctrl_c_during_plan_prints_one_line_exits_130_and_writes_nothing(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]  # no plan, no temporary file
     states = _trial_states(study)  # stopped between trials: none left running or failed
     assert states.get("COMPLETE") and not states.keys() & {"RUNNING", "FAIL"}, states
+
+
+# A loader slowed inside transformers' from_pretrained, in the block whose `finally` logs its
+# multi-line load report (here: a checkpoint with a missing weight), and a flag file once there.
+_SLOW_LOAD = """
+import pathlib, sys, time
+from transformers import PreTrainedModel
+initialize = PreTrainedModel._initialize_missing_keys
+def slow(self, *args, **kwargs):
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(60)
+    return initialize(self, *args, **kwargs)
+PreTrainedModel._initialize_missing_keys = slow
+from planner.cli import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.fixture(scope="module")
+def holed_model(rt_models, tmp_path_factory):
+    """The tiny llama without one weight: transformers reports it when loading."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    holed = tmp_path_factory.mktemp("holed") / "llama"
+    shutil.copytree(rt_models["llama"], holed)
+    weights = load_file(holed / "model.safetensors")
+    del weights["model.layers.0.mlp.up_proj.weight"]
+    save_file(weights, holed / "model.safetensors", metadata={"format": "pt"})
+    return holed
+
+
+@pytest.mark.parametrize("command", ["run", "adapt", "autotune"])
+def test_ctrl_c_while_a_model_loads_prints_one_line_and_exits_130(holed_model, tmp_path, command):
+    plan, out, loading = tmp_path / "plan.yaml", tmp_path / "out", tmp_path / "loading"
+    (tmp_path / "data.py").write_text("def f(x):\n    return x + 1\n" * 60)
+    (tmp_path / "prompts.txt").write_text("hello world\n")
+    Plan(model=ModelRef(name="holed", source=str(holed_model), num_layers=4, vocab_size=128),
+         hardware=HardwareRef(profile="cpu-local", device_name="cpu"), decoding=Decoding("layer_skip", gamma=2, skip_layers=(1, 2)),
+         prediction=Prediction(basis="analytical", tokens_per_s=1.0, speedup=1.0, tokens_per_iteration=1.0, acceptance=0.5,
+                               target_latency_ms=1.0, draft_latency_ms=1.0, iteration_ms=1.0, vram_gib=0.01)).save(plan)
+    args = {"run": ["run", "--plan", str(plan), "--prompt", "hello", "--device", "cpu", "--dtype", "fp32"],
+            "adapt": ["adapt", "--model", str(holed_model), "--data", str(tmp_path / "data.py"), "--skip-layers", "1-2",
+                      "--gamma", "2", "--steps", "1", "--out", str(out)],
+            "autotune": ["autotune", "--model", str(holed_model), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
+                         "--trials", "5", "--out", str(out)]}[command]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOAD, str(loading), *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 300  # a busy shared machine: autotune profiles it first
+    while not loading.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    if not loading.exists():
+        proc.kill()
+        pytest.fail(f"never reached the weights' loading: {proc.communicate()[1][-2000:]}")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    logged = stderr.splitlines()[:-1]  # autotune says what it does before loading
+    assert stderr.endswith("\ninterrupted\n" if logged else "interrupted\n"), stderr
+    assert all(line.startswith(("profiling", "planning")) for line in logged), stderr
+    assert stdout == "" and not out.exists()
 
 
 # ---------------------------------------------------------------- generated bad input

@@ -1,18 +1,18 @@
-"""The bundled demo model (profiles/demo): size, shape, S3D metadata, prompts from held-out
+"""The bundled demo model (planner/profiles/demo): size, shape, S3D metadata, prompts from held-out
 files only, a full model that is useful on held-out code, its small draft, and every method
 lossless on it."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
+from planner.profiles import PROFILES_DIR
 from planner.train.data import read_text, stdlib_split
 
-DEMO = Path(__file__).resolve().parent.parent / "profiles" / "demo"
+DEMO = PROFILES_DIR / "demo"
 MAX_BYTES = 25 * 1024 * 1024
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import cli, main
+from planner.cli import cli, main
 from planner.plan.export import ExportError, compose_path, engine_info, export_plan, write_compose, write_export
 from planner.plan.export._launch import launch_for
 from planner.plan.export._resolve import resolve

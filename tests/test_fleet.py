@@ -10,7 +10,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from planner.cli import cli
 from planner.hardware import load_profile
 from planner.models import load_model_spec
 from planner.perf import predict

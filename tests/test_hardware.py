@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import cli
+from planner.cli import cli
 from planner.errors import DeviceError, InputError, NotFoundError
 from planner.hardware import load_profile, measured_profile_names, profile_device, shipped_profile_names
 from planner.hardware import profile as profile_module

@@ -6,7 +6,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from planner.cli import cli
 from planner.errors import InputError, NotFoundError
 from planner.models import (
     load_card,

@@ -106,8 +106,8 @@ def test_quantization_shrinks_time_and_memory(llama8b):
 def test_vram_counts_draft_model_weights_and_its_cache(llama8b):
     draft = load_model_spec("llama-3.2-1b")
     kwargs = dict(gamma=4, quant="none", context=4096, batch_size=2)
-    own = vram_bytes(llama8b, TOY, method="autoregressive", **kwargs)
-    with_draft = vram_bytes(llama8b, TOY, method="draft_model", draft_spec=draft, **kwargs)
+    own = vram_bytes(llama8b, device_kind=TOY.kind, method="autoregressive", **kwargs)
+    with_draft = vram_bytes(llama8b, device_kind=TOY.kind, method="draft_model", draft_spec=draft, **kwargs)
     slots = 4096 + 5
     assert own["kv_cache"] == 2 * slots * 32 * 2 * 8 * 128 * 2
     assert with_draft["draft"] == draft.weight_bytes("none") + 2 * slots * draft.kv_bytes_per_token()
@@ -142,8 +142,8 @@ def test_speculation_stops_paying_as_the_batch_grows(llama8b):
     by_batch = {b: predict(llama8b, a10g, d, batch_size=b, context=1024) for b in (1, 8, 128)}
     assert by_batch[1].speedup > 1.3 and by_batch[128].speedup < 1.0
     assert by_batch[8].tokens_per_s * 8 > 5 * by_batch[1].tokens_per_s  # batching still multiplies throughput
-    kv_1 = vram_bytes(llama8b, a10g, method="s3d", gamma=4, quant="none", context=1024)["kv_cache"]
-    kv_8 = vram_bytes(llama8b, a10g, method="s3d", gamma=4, quant="none", context=1024, batch_size=8)["kv_cache"]
+    kv_1 = vram_bytes(llama8b, device_kind=a10g.kind, method="s3d", gamma=4, quant="none", context=1024)["kv_cache"]
+    kv_8 = vram_bytes(llama8b, device_kind=a10g.kind, method="s3d", gamma=4, quant="none", context=1024, batch_size=8)["kv_cache"]
     assert kv_8 == 8 * kv_1
 
 
@@ -183,7 +183,7 @@ def test_moe_forward_reads_the_routed_experts_and_memory_holds_all():
     assert two == pytest.approx((dense_bytes + 3.5 * expert_bytes + 2 * kv_bytes) / 1e12 + 8e-6, rel=1e-12)
     held = 3 * (12288 + 512 + 8 * 18432 + 128) + 2 * 100 * 64 + 64  # layers, embedding and head, final norm
     assert moe.param_count == held
-    parts = vram_bytes(moe, TOY, method="autoregressive", gamma=0, quant="none", context=0)
+    parts = vram_bytes(moe, device_kind=TOY.kind, method="autoregressive", gamma=0, quant="none", context=0)
     assert parts["weights"] == 2 * held
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cli import main
+from planner.cli import main
 from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
 from planner.runtime import run_plan
 
@@ -201,3 +201,80 @@ def test_prompts_that_end_at_once_leave_nothing_to_time(rt_models, tmp_path):
     tokenizer.save_pretrained(source)
     with pytest.raises(InputError, match="every prompt ended at its first token: nothing to time"):
         compare_decodings(_plan(str(source)), [], ["hello"], max_new_tokens=10, rounds=1, device="cpu")
+
+
+# ---------------------------------------------------------------- one memory rule, hardware of the plan (issue 13)
+
+
+def _cpu_profile():
+    from planner.hardware import HardwareProfile
+
+    return HardwareProfile(name="cpu-here", device_name="cpu", kind="cpu", memory_gib=64, bandwidth_gbps=20,
+                           peak_tflops={"fp32": 1.0, "bf16": 0.5}, kernel_launch_us=5.0, graph_kernel_us=5.0)
+
+
+@pytest.mark.parametrize("decoding", [Decoding("layer_skip", gamma=3, skip_layers=(1, 2)), Decoding("autoregressive"),
+                                      Decoding("s3d", gamma=2, skip_layers=(1,)), "draft_model"])
+@pytest.mark.parametrize("device_type, kind", [("cpu", "cpu"), ("cuda", "gpu")])
+def test_runtime_estimate_is_predicts_vram(rt_models, rt_draft_model, decoding, device_type, kind):
+    """One rule for memory: what the runtime checks against the budget before loading is what
+    `predict` gives for the same model, set-up, context, device kind and dtype."""
+    import dataclasses
+
+    from planner.perf import Execution, predict_detail
+    from planner.runtime.checkpoint import read_hf_config
+    from planner.runtime.memory import estimate_vram_gib, spec_from_config
+
+    config, draft_config = read_hf_config(rt_models["llama"]), None
+    if decoding == "draft_model":
+        decoding, draft_config = Decoding("draft_model", gamma=4, draft_model=rt_draft_model), read_hf_config(rt_draft_model)
+    profile = dataclasses.replace(_cpu_profile(), kind=kind)
+    predicted = predict_detail(spec_from_config(config), profile, decoding, context=300,
+                               draft_spec=draft_config and spec_from_config(draft_config),
+                               execution=Execution(dtype="fp32", graphs=kind == "gpu")).prediction.vram_gib
+    estimate = estimate_vram_gib(config, decoding, context=300, max_gamma=decoding.gamma, device_type=device_type,
+                                 dtype="fp32", draft_config=draft_config)
+    assert estimate == predicted
+
+
+def test_budget_check_refuses_below_predicts_vram_and_runs_above(rt_models):
+    from planner.errors import BudgetError
+    from planner.perf import Execution, predict_detail
+    from planner.runtime.checkpoint import read_hf_config
+    from planner.runtime.memory import spec_from_config
+
+    plan = _plan(rt_models["llama"])
+    spec = spec_from_config(read_hf_config(rt_models["llama"]))
+    need = predict_detail(spec, _cpu_profile(), plan.decoding, context=plan.constraints.context,
+                          execution=Execution(dtype="fp32", graphs=False)).prediction.vram_gib
+    with pytest.raises(BudgetError, match=f"estimate on this device {need:.2f} GiB"):
+        run_plan(plan, ["hello"], max_new_tokens=4, device="cpu", dtype="fp32", vram_gib=need * 0.999)
+    report = run_plan(plan, ["hello"], max_new_tokens=4, device="cpu", dtype="fp32", vram_gib=need * 1.001)
+    assert report.vram_estimate_gib == need
+
+
+def test_run_says_when_the_plan_was_made_for_other_hardware(rt_models, tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from planner.hardware.measure import device_name
+
+    here = device_name(torch.device("cpu"))
+    elsewhere, local = tmp_path / "a10g.yaml", tmp_path / "here.yaml"
+    plan = _plan(rt_models["llama"])
+    plan.replace(hardware=dataclasses.replace(plan.hardware, device_name="NVIDIA A10G")).save(elsewhere)
+    plan.replace(hardware=dataclasses.replace(plan.hardware, device_name=here)).save(local)
+    args = ["--prompt", "hello", "--max-new-tokens", "4", "--device", "cpu"]
+
+    code, out, err = _cli(["run", "--plan", str(elsewhere), *args], capsys)
+    assert code == 0
+    assert err == f"warning: plan made for NVIDIA A10G; running on cpu ({here}): predictions do not apply\n"
+    assert "predicted for NVIDIA A10G, not for this" in out
+    code, out, err = _cli(["run", "--plan", str(elsewhere), *args, "--json"], capsys)
+    assert code == 0 and json.loads(out)["predictions_apply"] is False and err.startswith("warning: plan made for")
+
+    code, out, err = _cli(["run", "--plan", str(local), *args], capsys)
+    assert code == 0 and err == "" and "predicted for" not in out
+    code, out, err = _cli(["run", "--plan", str(local), *args, "--json"], capsys)
+    assert json.loads(out)["predictions_apply"] is True

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cli import cli
+from planner.cli import cli
 from planner.errors import BudgetError, InputError
 from planner.hardware import load_profile, shipped_profile_names
 from planner.models import load_model_spec

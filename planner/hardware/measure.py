@@ -30,7 +30,7 @@ from planner.models.spec import INT4_GROUP_SIZE  # as planner.runtime.quantize a
 CACHE_MULTIPLE = 3  # rotated buffers span at least this many last-level caches
 MIN_SAMPLE_S = 1e-3  # GPU calls shorter than this are repeated inside one timed sample
 BUDGET_S = 1.0  # one figure's timed repeats take about this long at most (at least one call): slow paths stay short
-DEFAULT_QUANT_SLOWDOWN = {"int8": 1.3, "int4": 1.45}  # HardwareProfile's defaults, cited in profiles/gpus
+DEFAULT_QUANT_SLOWDOWN = {"int8": 1.3, "int4": 1.45}  # HardwareProfile's defaults, cited in planner/profiles/gpus
 
 
 @dataclass(frozen=True)
@@ -430,6 +430,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_name(device) -> str:
+    """What a profile of `device` (a torch.device) records as its device_name: the GPU's name
+    as the driver reports it, or the CPU's model name."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+
+
 def _cpu_memory_gib() -> tuple[float, float | None]:
     """(total RAM, available RAM or None) in GiB."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -472,16 +480,16 @@ def _gpu_facts(dev, measured: dict, command: str) -> dict:
     """Name, memory and peaks of a GPU: published where a shipped profile matches, else NVML/measured."""
     import torch
 
-    device_name = torch.cuda.get_device_name(dev)
+    name = device_name(dev)
     uuid = getattr(torch.cuda.get_device_properties(dev), "uuid", None)
     nvml, why_missing = nvml_facts(dev.index or 0, str(uuid) if uuid else None)
     measured.update(nvml)
     if why_missing:
         measured["nvml_missing"] = why_missing
     free_bytes, total_bytes = torch.cuda.mem_get_info(dev)
-    shipped = _published_match(device_name)
+    shipped = _published_match(name)
     facts = {
-        "device_name": device_name,
+        "device_name": name,
         "memory_gib": nvml.get("memory_total_gib", round(total_bytes / 2**30, 2)),
         "memory_free_gib": nvml.get("memory_free_gib", round(free_bytes / 2**30, 2)),
         "sources": {"memory_gib": "measured: NVML total memory" if nvml else "measured: torch.cuda.mem_get_info"},
@@ -493,7 +501,7 @@ def _gpu_facts(dev, measured: dict, command: str) -> dict:
                                 peak_tflops=f"published: {shipped.sources.get('peak_tflops', shipped.name)}")
     else:
         facts["peak_tflops"] = dict(measured["matmul_tflops"])
-        facts["sources"]["peak_tflops"] = f"measured: {command} (no shipped profile for '{device_name}'; efficiency 1.0)"
+        facts["sources"]["peak_tflops"] = f"measured: {command} (no shipped profile for '{name}'; efficiency 1.0)"
         if "theoretical_bandwidth_gbps" in nvml:
             facts["bandwidth_gbps"] = nvml["theoretical_bandwidth_gbps"]
             facts["sources"]["bandwidth_gbps"] = "measured: NVML memory bus width x max memory clock x 2"

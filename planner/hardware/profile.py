@@ -14,9 +14,10 @@ from pathlib import Path
 from planner._fields import from_mapping
 from planner._yaml import read_yaml, write_yaml_atomic
 from planner.errors import InputError, NotFoundError, near_matches
+from planner.profiles import PROFILES_DIR
 
 SCHEMA_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "profiles" / "gpus"
+SHIPPED_DIR = PROFILES_DIR / "gpus"
 MEASURED_DIR = SHIPPED_DIR / "measured"  # profiles `specplan profile` measured on real devices, committed
 
 

@@ -1,4 +1,4 @@
-"""Any decoder's config read through the per-model_type table, profiles/architectures.yaml.
+"""Any decoder's config read through the per-model_type table, planner/profiles/architectures.yaml.
 
 What differs between families (field names, biases, norm kinds and counts, q/k norms,
 experts, learned positions, projections) is data: each table entry sets slots, constants or
@@ -12,13 +12,13 @@ from __future__ import annotations
 import ast
 import operator
 from functools import lru_cache
-from pathlib import Path
 
 from planner._yaml import read_yaml
 from planner.errors import InputError, near_matches
-from planner.models.spec import Linear
+from planner.models.spec import Linear, ModelSpec
+from planner.profiles import PROFILES_DIR
 
-TABLE_PATH = Path(__file__).resolve().parents[2] / "profiles" / "architectures.yaml"
+TABLE_PATH = PROFILES_DIR / "architectures.yaml"
 NORM_PARAMS_PER_FEATURE = {"rms": 1, "layernorm": 2, "layernorm_no_bias": 1, "parameter_free": 0}
 CHOICE_SLOTS = {"norm": tuple(NORM_PARAMS_PER_FEATURE), "qk_norm_kind": tuple(NORM_PARAMS_PER_FEATURE),
                 "qk_norm": ("none", "head", "every_head")}
@@ -28,6 +28,8 @@ COUNT_SLOTS = ("norms_per_layer", "norms_outside_layers", "num_experts", "num_ex
                "shared_expert_intermediate_size", "position_embeddings", "max_position_embeddings")  # 0 allowed
 FLAG_SLOTS = ("tie_embeddings", "qkv_bias", "o_bias", "gated_mlp", "mlp_bias", "shared_expert_gate", "lm_head_bias")
 ENTRY_KEYS = ("defaults", "aliases", "refuse")
+# config.json's torch_dtype (transformers 5 writes `dtype`) in the short names used everywhere else
+_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
 
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 _COMPARISONS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
@@ -244,4 +246,25 @@ def layout_from_config(config: dict, name: str) -> dict:
         position_embeddings=slots["position_embeddings"],
         lm_head_bias=slots["lm_head_bias"],
         max_position_embeddings=slots["max_position_embeddings"],
+    )
+
+
+def _checkpoint_dtype(config: dict, name: str) -> str:
+    raw = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    if str(raw) not in _DTYPE_NAMES:
+        raise InputError(f"{name}: config field 'torch_dtype' {raw!r} is not one of bfloat16, float16, float32")
+    return _DTYPE_NAMES[str(raw)]
+
+
+def spec_from_hf_config(config: dict, name: str) -> ModelSpec:
+    """ModelSpec from the fields of a Hugging Face config.json (no weights).
+
+    Each model_type's layout is data, planner/profiles/architectures.yaml, read by layout_from_config.
+    Raises InputError (one line) naming the model_type when it is not a decoder-only causal
+    LM or not known, and naming the field when one is missing or bad (see layout_from_config)."""
+    return ModelSpec(
+        name=name,
+        **layout_from_config(config, name),
+        tokenizer_family=config.get("tokenizer_family", ""),
+        checkpoint_dtype=_checkpoint_dtype(config, name),
     )

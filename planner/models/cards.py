@@ -1,4 +1,4 @@
-"""The shipped model cards: profiles/models/<name>.yaml, one per model users can name.
+"""The shipped model cards: planner/profiles/models/<name>.yaml, one per model users can name.
 
 A card holds the model's Hugging Face config fields (what a ModelSpec is built from),
 its tokenizer family, checkpoint dtype and published parameter count with a source.
@@ -10,8 +10,11 @@ from pathlib import Path
 
 from planner._yaml import read_yaml
 from planner.errors import InputError, NotFoundError, near_matches
+from planner.models.architectures import spec_from_hf_config
+from planner.models.spec import ModelSpec
+from planner.profiles import PROFILES_DIR
 
-CARDS_DIR = Path(__file__).resolve().parents[2] / "profiles" / "models"
+CARDS_DIR = PROFILES_DIR / "models"
 CARD_KEYS = ("name", "hf_id", "config", "tokenizer_family", "dtype", "published_params", "sources")
 
 
@@ -46,13 +49,21 @@ def load_card(name: str) -> dict:
     return read_card(path)
 
 
+def spec_from_card(card: dict, default_name: str) -> ModelSpec:
+    """The ModelSpec of a card (as read_card returns it), named by its `name` or `default_name`.
+    Raises InputError as spec_from_hf_config does for a bad `config`."""
+    config = dict(card["config"], tokenizer_family=card.get("tokenizer_family", ""))
+    if "dtype" in card:
+        config["torch_dtype"] = card["dtype"]
+    return spec_from_hf_config(config, card.get("name", default_name))
+
+
 def param_count_errors() -> list[tuple[str, int, int, float]]:
     """(card, computed parameters, published parameters, relative error) for every shipped card."""
-    from planner.models.load import load_model_spec  # load builds specs from cards
-
     rows = []
     for name in shipped_model_names():
-        computed = load_model_spec(name).param_count
-        published = load_card(name)["published_params"]
+        card = load_card(name)
+        computed = spec_from_card(card, name).param_count
+        published = card["published_params"]
         rows.append((name, computed, published, computed / published - 1))
     return rows

@@ -1,5 +1,5 @@
-"""Building a ModelSpec: from a HF config dict, a model directory, a config.json, a
-shipped card (profiles/models/<name>.yaml), a .gguf file's metadata or a hub id (its cached
+"""Building a ModelSpec from what a user names: a model directory, a config.json, a
+shipped card (planner/profiles/models/<name>.yaml), a .gguf file's metadata or a hub id (its cached
 or downloaded config.json)."""
 
 from __future__ import annotations
@@ -8,41 +8,9 @@ import json
 from pathlib import Path
 
 from planner.errors import InputError, NotFoundError
-from planner.models.architectures import layout_from_config
-from planner.models.cards import load_card, read_card
+from planner.models.architectures import spec_from_hf_config
+from planner.models.cards import load_card, read_card, spec_from_card
 from planner.models.spec import ModelSpec
-
-# config.json's torch_dtype (transformers 5 writes `dtype`) in the short names used everywhere else
-_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}
-
-
-def _checkpoint_dtype(config: dict, name: str) -> str:
-    raw = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    if str(raw) not in _DTYPE_NAMES:
-        raise InputError(f"{name}: config field 'torch_dtype' {raw!r} is not one of bfloat16, float16, float32")
-    return _DTYPE_NAMES[str(raw)]
-
-
-def spec_from_hf_config(config: dict, name: str) -> ModelSpec:
-    """ModelSpec from the fields of a Hugging Face config.json (no weights).
-
-    Each model_type's layout is data, profiles/architectures.yaml, read by
-    planner.models.architectures.layout_from_config. Raises InputError (one line) naming the
-    model_type when it is not a decoder-only causal LM or not known, and naming the field when
-    one is missing or bad (see layout_from_config)."""
-    return ModelSpec(
-        name=name,
-        **layout_from_config(config, name),
-        tokenizer_family=config.get("tokenizer_family", ""),
-        checkpoint_dtype=_checkpoint_dtype(config, name),
-    )
-
-
-def _spec_from_card(card: dict, default_name: str) -> ModelSpec:
-    config = dict(card["config"], tokenizer_family=card.get("tokenizer_family", ""))
-    if "dtype" in card:
-        config["torch_dtype"] = card["dtype"]
-    return spec_from_hf_config(config, card.get("name", default_name))
 
 
 def _read_config_json(path: Path) -> dict:
@@ -66,7 +34,7 @@ def _spec_from_hub(hub_id: str) -> ModelSpec:
 
 def _spec_from_file(path: Path) -> ModelSpec:
     if path.suffix in (".yaml", ".yml"):
-        return _spec_from_card(read_card(path), path.stem)
+        return spec_from_card(read_card(path), path.stem)
     if path.suffix.lower() == ".gguf":
         from planner.runtime.checkpoint import gguf_config  # imports transformers (and torch): only for .gguf
 
@@ -93,4 +61,4 @@ def load_model_spec(name_or_path: str) -> ModelSpec:
         raise NotFoundError(f"{name_or_path}: no such file or directory")
     if "/" in name_or_path:
         return _spec_from_hub(name_or_path)
-    return _spec_from_card(load_card(name_or_path), name_or_path.lower())
+    return spec_from_card(load_card(name_or_path), name_or_path.lower())

@@ -5,7 +5,7 @@
     draft_model: the same logistic over log10(target params / draft params) instead of beta
     tau         = 1 + sum_{k=1..gamma} prod_{i<=k} alpha_i (bonus token included)
 
-Priors per method live in profiles/priors.yaml; measured values replace them.
+Priors per method live in planner/profiles/priors.yaml; measured values replace them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 from planner._yaml import read_yaml
 from planner.errors import InputError
+from planner.profiles import PROFILES_DIR
 
-PRIORS_PATH = Path(__file__).resolve().parents[2] / "profiles" / "priors.yaml"
+PRIORS_PATH = PROFILES_DIR / "priors.yaml"
 SELF_DRAFTING = ("layer_skip", "s3d", "early_exit")
 
 
@@ -37,7 +38,7 @@ class Prior:
 
 
 def load_priors(source: str | Path | dict | None = None) -> dict[str, Prior]:
-    """Priors per method from profiles/priors.yaml, another YAML path, or a dict."""
+    """Priors per method from planner/profiles/priors.yaml, another YAML path, or a dict."""
     if isinstance(source, dict):
         return _priors_from_data(source, "priors")
     path = Path(source or PRIORS_PATH)

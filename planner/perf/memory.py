@@ -1,8 +1,10 @@
-"""VRAM a set-up needs: weights, KV cache, activations, draft extras, runtime overhead."""
+"""VRAM a set-up needs: weights, KV cache, activations, draft extras, runtime overhead.
+
+The one rule for memory: `predict` uses it for a plan, and the runtime for its budget check
+before loading (planner.runtime.memory), so a plan's figure and a run's refusal agree."""
 
 from __future__ import annotations
 
-from planner.hardware.profile import HardwareProfile
 from planner.models.spec import DTYPE_BYTES, ModelSpec
 
 GIB = 2**30
@@ -20,12 +22,13 @@ def activation_bytes(spec: ModelSpec, *, tokens: int, batch_size: int, dtype: st
 
 
 def vram_bytes(
-    spec: ModelSpec, profile: HardwareProfile, *, method: str, gamma: int, quant: str, context: int,
+    spec: ModelSpec, *, device_kind: str, method: str, gamma: int, quant: str, context: int,
     batch_size: int = 1, dtype: str = "bf16", graphs: bool = False, draft_spec: ModelSpec | None = None,
     draft_quant: str = "none",
 ) -> dict[str, float]:
-    """Bytes by component; the KV cache holds `context` tokens plus gamma + 1 verify slots.
-    Weights are all that is resident: every expert of a mixture-of-experts model."""
+    """Bytes by component on a device of `device_kind` ("gpu" or "cpu", HardwareProfile.kind);
+    the KV cache holds `context` tokens plus gamma + 1 verify slots. Weights are all that is
+    resident: every expert of a mixture-of-experts model."""
     slots = context + gamma + 1
     parts = {
         "weights": spec.weight_bytes(quant, dtype),
@@ -33,7 +36,7 @@ def vram_bytes(
         "activations": activation_bytes(spec, tokens=gamma + 1, batch_size=batch_size, dtype=dtype)
         * (CAPTURED_STEPS if graphs else 1),
         "draft": 0.0,
-        "runtime": RUNTIME_OVERHEAD_GIB[profile.kind if profile.kind in RUNTIME_OVERHEAD_GIB else "gpu"] * GIB,
+        "runtime": RUNTIME_OVERHEAD_GIB[device_kind] * GIB,
     }
     if method == "s3d":
         parts["draft"] = spec.hidden_size * DTYPE_BYTES[dtype]  # the mask token's embedding row
@@ -43,5 +46,6 @@ def vram_bytes(
     return parts
 
 
-def vram_gib(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> float:
-    return sum(vram_bytes(spec, profile, **kwargs).values()) / GIB
+def vram_gib(spec: ModelSpec, **kwargs) -> float:
+    """The sum of vram_bytes(spec, **kwargs), in GiB."""
+    return sum(vram_bytes(spec, **kwargs).values()) / GIB

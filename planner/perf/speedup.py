@@ -119,7 +119,7 @@ def predict_detail(
     ar_s = forward_latency_s(spec, profile, new_tokens=1, context=context, batch_size=batch_size,
                              quant=decoding.quant, execution=ex)
     iteration_s = draft_s + verify_s
-    memory = vram_gib(spec, profile, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
+    memory = vram_gib(spec, device_kind=profile.kind, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
                       context=context, batch_size=batch_size, dtype=ex.dtype, graphs=ex.graphs,
                       draft_spec=draft_spec, draft_quant=decoding.draft_quant)
     prediction = Prediction(

@@ -21,7 +21,9 @@ WARMUP_TOKENS = 8  # enough iterations to compile/capture every fixed-shape step
 @dataclass(frozen=True)
 class RunReport:
     method: str
-    device: str
+    device: str  # the torch device: cpu, cuda:0
+    device_name: str  # what it is: the GPU's or the CPU's name, as a profile of it records
+    plan_device_name: str  # the device the plan's predictions are for (plan.hardware.device_name)
     compiled: bool  # CUDA graphs via torch.compile (GPU); eager on CPU
     dtype: str  # what the weights decoded in: bf16, fp16 or fp32
     chat: bool  # prompts went in as a user turn of the tokenizer's chat template (else as raw text)
@@ -38,8 +40,13 @@ class RunReport:
     speedup: float | None = None
     identical: bool | None = None  # outputs token-identical to the baseline (expected when greedy)
 
+    @property
+    def hardware_mismatch(self) -> str | None:
+        """See hardware_mismatch: one line when the plan was made for another device, else None."""
+        return hardware_mismatch(self.plan_device_name, self.device, self.device_name)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), predictions_apply=self.hardware_mismatch is None)
 
     def summary(self) -> str:
         """Measured figures beside the plan's predicted ones, one line each."""
@@ -56,10 +63,21 @@ class RunReport:
         ]
         peak = "-" if self.peak_memory_gib is None else f"{self.peak_memory_gib:.2f}"
         lines.append(f"  memory GiB            {peak:>10}  {p['vram_gib']:10.2f}")
+        if self.hardware_mismatch:
+            lines.append(f"  predicted for {self.plan_device_name}, not for this {self.device_name}: the predictions do not apply")
         if self.baseline_tokens_per_s is not None:
             same = "identical" if self.identical else "DIFFERENT"
             lines.append(f"  autoregressive tokens/s {self.baseline_tokens_per_s:8.1f}   speedup {self.speedup:.2f}x   outputs {same}")
         return "\n".join(lines)
+
+
+def hardware_mismatch(plan_device_name: str, device: str, device_name: str) -> str | None:
+    """One line when a plan made for the device named `plan_device_name` runs on `device`
+    (cpu, cuda:0) named `device_name`: a plan's predictions are for its device. None when the
+    names match (any case)."""
+    if plan_device_name.strip().lower() == device_name.strip().lower():
+        return None
+    return f"plan made for {plan_device_name}; running on {device} ({device_name}): predictions do not apply"
 
 
 @dataclass(frozen=True)
@@ -311,7 +329,8 @@ class _Session:
             if config.vocab_size != self.hf_config.vocab_size:
                 raise PlanError(f"decoding.draft_model: vocabulary {config.vocab_size} differs from the target's {self.hf_config.vocab_size}")
             self._draft_configs[d.draft_model] = config
-        estimate = estimate_vram_gib(self.hf_config, quant=quant, max_seq_len=self.max_seq_len, dtype=self.dtype_name,
+        estimate = estimate_vram_gib(self.hf_config, d, context=self.plan.constraints.context, max_gamma=self.max_gamma,
+                                     device_type=self.device.type, dtype=self.dtype_name,
                                      draft_config=self._draft_configs.get(d.draft_model))
         budget, where = self._budget
         check_budget(estimate_gib=estimate, predicted_gib=self.plan.prediction.vram_gib if d == self.plan.decoding else 0.0,
@@ -348,6 +367,7 @@ def run_plan(
     chat: bool | None = None,
     dtype: str = "auto",
     stream=None,
+    warn=None,
 ) -> RunReport:
     """Decode `prompts` with `plan` on the checkpoint `model` (default plan.model.source): a
     directory, a .gguf file or a hub id.
@@ -356,10 +376,13 @@ def run_plan(
     decoding, so a slow spell of a shared machine falls on both alike. `chat`: each prompt
     as a user turn of the tokenizer's chat template (None: when it has one; see _use_chat).
     stream(text) receives decoded text as tokens are accepted; a newline ends each prompt.
+    warn(line) receives, once the checks have passed and before decoding, what
+    hardware_mismatch says when the plan was made for another device than this one.
     Raises InputError or one of its kinds (PlanError, BudgetError, DeviceError,
     NotFoundError) for anything that refuses the run."""
     import torch
 
+    from planner.hardware.measure import device_name
     from planner.runtime.decode import generate
     from planner.runtime.drafters import Autoregressive
 
@@ -368,6 +391,10 @@ def run_plan(
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
                  vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()
+    name = device_name(s.device)
+    mismatch = hardware_mismatch(plan.hardware.device_name, str(s.device), name)
+    if mismatch and warn:
+        warn(mismatch)
 
     def decode(chosen, ids, on_tokens=None):
         return generate(s.target, chosen, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -388,6 +415,8 @@ def run_plan(
     report = RunReport(
         method=plan.decoding.method,
         device=str(s.device),
+        device_name=name,
+        plan_device_name=plan.hardware.device_name,
         compiled=s.target.compiled,
         dtype=s.dtype_name,
         chat=s.chat,

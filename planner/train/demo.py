@@ -6,7 +6,7 @@ S3D-adapted, with prompts taken from the held-out files and a 2-layer draft mode
     python -m planner.train.demo --device cuda    # GPU defaults, meant to finish within 10 minutes
 
 The base model goes to --base (skipped when already there), the adapted model, its s3d.json,
-the prompts and the draft (--out/draft) to --out. See profiles/demo/README.md.
+the prompts and the draft (--out/draft) to --out. See planner/profiles/demo/README.md.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def build_demo(base: Path, out: Path, *, device: str, adapt_steps: int, adapt_lr
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("profiles/demo"), help="adapted model (default profiles/demo)")
+    parser.add_argument("--out", type=Path, default=Path("planner/profiles/demo"), help="adapted model (default planner/profiles/demo)")
     parser.add_argument("--base", type=Path, default=Path("build/demo-base"), help="base model; trained unless there")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--steps", type=int, help="base-model and draft steps (default: 1200 on cpu, 3000 on cuda)")

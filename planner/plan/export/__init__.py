@@ -7,7 +7,7 @@
 One module per engine (vllm, sglang, trtllm, hf, llamacpp) turns the resolved set-up into
 a script whose settings (model, draft model, address, memory share) are variables with
 the plan's values as defaults; what each engine can express, and the field tables each
-exporter writes from, are data in profiles/engines.yaml (planner.plan.export.engines).
+exporter writes from, are data in planner/profiles/engines.yaml (planner.plan.export.engines).
 """
 
 from __future__ import annotations

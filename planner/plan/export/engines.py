@@ -1,6 +1,6 @@
 """Serving engines as data: what each can express and which versions its exporter knows.
 
-The table lives in profiles/engines.yaml; this module reads it and answers four
+The table lives in planner/profiles/engines.yaml; this module reads it and answers four
 questions: is a name an engine, is a version inside a known range, which field table
 (names and their sources) applies to that version, and can the engine run a given
 decoding set-up (and if not, why not).
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
 from planner._yaml import read_yaml
 from planner.errors import InputError, NotFoundError, near_matches
 from planner.plan.schema import Decoding
+from planner.profiles import PROFILES_DIR
 
-ENGINES_FILE = Path(__file__).resolve().parents[3] / "profiles" / "engines.yaml"
+ENGINES_FILE = PROFILES_DIR / "engines.yaml"
 
 # Why a method cannot be served, for the methods no serving engine has.
 _NEVER_SERVED = {
@@ -116,7 +116,7 @@ def _table() -> dict[str, EngineInfo]:
 
 
 def engine_names() -> list[str]:
-    """The engines specplan exports to, as profiles/engines.yaml lists them."""
+    """The engines specplan exports to, as planner/profiles/engines.yaml lists them."""
     return list(_table())
 
 

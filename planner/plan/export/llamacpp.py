@@ -1,6 +1,6 @@
 """llama.cpp: a script that converts the checkpoints to GGUF, quantizes them and runs `llama-server`.
 
-Flags and tools from the field table in profiles/engines.yaml (tools/server/README.md,
+Flags and tools from the field table in planner/profiles/engines.yaml (tools/server/README.md,
 convert_hf_to_gguf.py and tools/quantize/README.md at the commits named there): each
 checkpoint is converted to an F16 GGUF file (a hub id is downloaded first; conversion
 needs a directory), then quantized with llama-quantize where the plan quantizes (int8 ->

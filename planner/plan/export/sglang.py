@@ -1,6 +1,6 @@
 """SGLang: a `sglang serve` script with speculative flags.
 
-Flags from the field table in profiles/engines.yaml (sglang 0.5.5 and 0.5.23 wheels);
+Flags from the field table in planner/profiles/engines.yaml (sglang 0.5.5 and 0.5.23 wheels);
 `sglang serve` is the entrypoint in the whole range (0.5.23 warns on the older
 `python -m sglang.launch_server`):
 - a separate draft model is algorithm STANDALONE: --speculative-num-steps gamma,

@@ -1,6 +1,6 @@
 """TensorRT-LLM: a script that writes the LLM-API options YAML and runs `trtllm-serve` on it.
 
-Names from the field tables in profiles/engines.yaml:
+Names from the field tables in planner/profiles/engines.yaml:
 - speculative_config.decoding_type is "Draft_Target" (with speculative_model) or "NGram"
   (with max_matching_ngram_size), max_draft_len the largest draft;
 - draft_len_schedule maps batch sizes to draft lengths, and what a key means depends on

@@ -1,6 +1,6 @@
 """vLLM: a `vllm serve` script, every speculative key one `--speculative-config.KEY` word.
 
-Names from the field table in profiles/engines.yaml (vLLM 0.25.0 to 0.33.0 wheels):
+Names from the field table in planner/profiles/engines.yaml (vLLM 0.25.0 to 0.33.0 wheels):
 - method "draft_model" with `model`; its `quantization` names the method a pre-quantized
   draft checkpoint was made with, not a bit width, so a planned draft_quant is dropped;
   method "ngram" with prompt_lookup_min/max (the n-gram window);

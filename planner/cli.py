@@ -1,0 +1,645 @@
+"""specplan's command line: each command parses, calls one library function, prints.
+
+Errors from the library (SpecplanError) are caught once, in the command group, and
+printed as one line on stderr with exit code 2 for bad input; the library names its
+parameters in backquotes (`vram_gib`) and the line printed names the option (--vram-gib).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+
+import click
+
+from planner.errors import SpecplanError
+from planner.plan.schema import METHODS, QUANTIZATIONS
+
+
+# click >= 8.2 raises this for a bare group; 8.1 prints the help itself and exits 0.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _Cli(click.Group):
+    """Catches SpecplanError once: one line on stderr, its exit code, no traceback; and Ctrl-C:
+    "interrupted", exit 130 (every file specplan writes is replaced whole or not at all)."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        """click's main, with its usage errors as one line (click's own take four)."""
+        kwargs.pop("standalone_mode", None)
+        try:
+            code = super().main(args=args, prog_name="specplan", standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # bare `specplan`: the help, as click prints it
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:  # Ctrl-C while click parsed the options
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        from planner._signals import quiet_interrupts
+
+        with quiet_interrupts() as interrupted:
+            try:
+                return super().invoke(ctx)
+            except BaseException as exc:
+                # A library may turn Ctrl-C into another error while it unwinds (Optuna 5 raises
+                # UnboundLocalError from its trial loop): the flag says what happened.
+                if interrupted or isinstance(exc, KeyboardInterrupt):
+                    click.echo("interrupted", err=True)
+                    ctx.exit(130)
+                if not isinstance(exc, SpecplanError):
+                    raise
+                click.echo(f"error: {_flags(str(exc), self.get_command(ctx, ctx.invoked_subcommand or ''))}", err=True)
+                ctx.exit(exc.exit_code)
+
+
+_PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
+# Library parameters that a command's option holds under another name: run_plan's `model` is
+# adapt's and autotune's model_path and predict's model_name; predict_detail's `draft_spec`
+# is what predict's --draft-model names.
+_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",)}
+
+
+def _flags(message: str, command: click.Command | None) -> str:
+    """The library names its parameters (`vram_gib`); the command line says the option (--vram-gib)."""
+    options = {p.name: p.opts[0] for p in command.params if isinstance(p, click.Option)} if command else {}
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        return next((options[n] for n in (name, *_OPTION_NAMES.get(name, ())) if n in options), name)
+
+    return _PARAMETER.sub(flag, message)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(version=__import__("planner").__version__, prog_name="specplan")
+def cli():
+    """specplan: choose, predict and run the fastest lossless speculative decoding set-up
+    for a model on a GPU under a memory budget."""
+
+
+# ---------------------------------------------------------------- hardware (issue 2)
+
+
+def _table(rows: list[list], headers: list[str]) -> str:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--quick", is_flag=True, help="Smaller problems: under 15 s on a GPU, a few seconds on a CPU.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the profile YAML here; its stem names the "
+              "profile (default: print it, named after the device).")
+def profile(device, quick, out):
+    """Measure this machine's device into a profile YAML usable wherever a shipped name is.
+
+    \b
+    Example:
+      specplan profile --device cpu --quick --out cpu.yaml
+      specplan profile --device cuda:0 --out planner/profiles/gpus/measured/h100-sxm-measured.yaml
+      specplan plan --model llama-3.2-1b --gpu cpu.yaml
+    """
+    from pathlib import Path
+
+    import yaml
+    from tqdm import tqdm
+
+    from planner._files import ensure_writable
+    from planner.hardware import profile_device
+    from planner.hardware.measure import STEPS, resolve_device
+
+    resolve_device(device)  # a missing GPU or a bad path is reported before any bar is drawn
+    if out:
+        ensure_writable(out)
+    with tqdm(total=len(STEPS), desc="profiling", unit="step", file=sys.stderr, leave=False) as bar:
+        def step(name):
+            bar.update(STEPS.index(name) - bar.n)
+            bar.set_postfix_str(name)
+
+        measured = profile_device(device, quick=quick, name=Path(out).stem if out else None, progress=step)
+        bar.update(bar.total - bar.n)
+    if out:
+        measured.save(out)
+        click.echo(f"wrote {out} in {measured.measured['wall_time_s']:.0f} s: {measured.device_name}, "
+                   f"{measured.measured['copy_bandwidth_gbps']:.4g} GB/s copy, "
+                   f"{measured.measured['matmul_tflops']['bf16']:.4g} bf16 TFLOP/s, {measured.memory_gib:.1f} GiB", err=True)
+    else:
+        click.echo(yaml.safe_dump(measured.to_dict(), sort_keys=False, width=100), nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profiles(as_json):
+    """List the shipped GPU profiles and committed measured ones (names usable as --gpu).
+
+    \b
+    Example:
+      specplan profiles
+      specplan profiles --json
+    """
+    from planner.hardware import measured_profiles, shipped_profiles
+
+    found = [("published", p) for p in shipped_profiles()] + [("measured", p) for p in measured_profiles()]
+    if as_json:
+        click.echo(json.dumps([dict(p.to_dict(), origin=origin) for origin, p in found], indent=2, default=str))
+        return
+    rows = [[p.name, p.device_name, f"{p.memory_gib:.1f}", f"{p.bandwidth_gbps:.0f}", f"{p.peak_tflops['bf16']:.0f}",
+             f"{p.bandwidth_efficiency:.2f}", origin] for origin, p in found]
+    click.echo(_table(rows, ["name", "device", "memory GiB", "bandwidth GB/s", "bf16 TFLOP/s", "bw efficiency", "figures"]))
+
+
+# ---------------------------------------------------------------- models (issue 2)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models(as_json):
+    """List the shipped model cards (names usable as --model).
+
+    \b
+    Example:
+      specplan models
+    """
+    from planner.models import load_card, load_model_spec, shipped_model_names
+
+    specs = [load_model_spec(n) for n in shipped_model_names()]
+    if as_json:
+        click.echo(json.dumps([dict(dataclasses.asdict(s), param_count=s.param_count, active_param_count=s.active_param_count,
+                                     hf_id=load_card(s.name)["hf_id"]) for s in specs], indent=2))
+        return
+    rows = [[s.name, s.architecture, s.num_layers, s.hidden_size, f"{s.param_count / 1e9:.2f}",
+             f"{s.weight_bytes('none') / 2**30:.1f}", f"{s.weight_bytes('int4') / 2**30:.1f}", s.tokenizer_family]
+            for s in specs]
+    click.echo(_table(rows, ["name", "arch", "layers", "hidden", "params B", "bf16 GiB", "int4 GiB", "tokenizer"]))
+
+
+# ---------------------------------------------------------------- perf + search (issue 3)
+
+
+class _Finite(click.FloatRange):
+    """A FloatRange that also refuses nan and inf, which pass every comparison click makes."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+def _layer_list(ctx, param, text: str | None) -> tuple[int, ...] | None:
+    """'10-17', '3,5,9' or '2-4,9' -> sorted layer indices. A range written backwards, a layer
+    listed twice or an empty list is refused, never reinterpreted. The one parser of layer lists."""
+    if text is None:
+        return None
+    layers = []
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise click.BadParameter(f"'{text}': expected A-B or a comma-separated list of layers like 3,5,9") from None
+        if high < low:
+            raise click.BadParameter(f"'{text}': the range {part.strip()} runs backwards (write {high}-{low})")
+        layers += range(low, high + 1)
+    twice = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if twice:
+        raise click.BadParameter(f"'{text}': layer {twice[0]} is listed twice")
+    return tuple(sorted(layers))
+
+
+_SKIPPING = ("layer_skip", "s3d")
+_SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
+_APPLIES_TO = {"--gamma": _SPECULATIVE, "--skip-layers": _SKIPPING, "--skip-ratio": _SKIPPING,
+               "--exit-layer": ("early_exit",), "--draft-model": ("draft_model",)}
+
+
+def _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model):
+    """The Decoding the options describe; an option that the method would ignore is refused."""
+    from planner.errors import InputError
+    from planner.perf import middle_block
+    from planner.plan import Decoding
+
+    given = {"--gamma": gamma, "--skip-layers": skip_layers, "--skip-ratio": skip_ratio, "--exit-layer": exit_layer,
+             "--draft-model": draft_model}
+    for flag, value in given.items():
+        if value is not None and method not in _APPLIES_TO[flag]:
+            raise InputError(f"{flag} does not apply to --method {method} (it applies to {', '.join(_APPLIES_TO[flag])})")
+    if skip_layers is not None and skip_ratio is not None:
+        raise InputError("give --skip-layers or --skip-ratio, not both")
+    if method == "draft_model" and draft_model is None:
+        raise InputError("--method draft_model needs --draft-model NAME")
+    layers = spec.num_layers
+    if skip_ratio is not None:
+        count = round(skip_ratio * layers)
+        if not 1 <= count <= layers - 2:  # a centred block keeps the first and the last layer
+            raise InputError(f"--skip-ratio {skip_ratio:g} skips {count} of the {layers} layers of {spec.name}: "
+                             f"a centred block skips 1 to {layers - 2} ({1 / layers:.3g} to {(layers - 2) / layers:.3g})")
+        skip_layers = middle_block(layers, count)
+    if method in _SKIPPING and skip_layers is None:
+        skip_layers = middle_block(layers, layers // 2)
+    for layer in skip_layers or ():
+        if not 0 <= layer < layers:
+            raise InputError(f"--skip-layers: layer {layer} is outside 0-{layers - 1} for {spec.name}")
+    if skip_layers is not None and len(skip_layers) >= layers:
+        raise InputError(f"--skip-layers/--skip-ratio: skips all {layers} layers of {spec.name}; the draft must keep one")
+    if method == "early_exit" and exit_layer is None:
+        exit_layer = 3 * layers // 4
+    if exit_layer is not None and not 1 <= exit_layer < layers:
+        raise InputError(f"--exit-layer {exit_layer} is outside 1-{layers - 1} for {spec.name}")
+    return Decoding(method=method, gamma=0 if method == "autoregressive" else (gamma or 4),
+                    skip_layers=skip_layers or (), exit_layer=exit_layer, quant=quant, draft_model=draft_model)
+
+
+def _target_spec(model_name: str, context: int):
+    """The model's spec, refused when --context is beyond the positions it was trained for."""
+    from planner.errors import InputError
+    from planner.models import load_model_spec
+
+    spec = load_model_spec(model_name)
+    if context > spec.max_position_embeddings:
+        raise InputError(f"--context {context} is beyond the {spec.max_position_embeddings} positions of {spec.name}")
+    return spec
+
+
+_METHODS = click.Choice(list(METHODS))
+_QUANTS = click.Choice(list(QUANTIZATIONS))
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Card name, model directory, config.json, .gguf file or hub id.")
+@click.option("--gpu", required=True, help="Shipped profile name or a measured profile YAML.")
+@click.option("--method", required=True, type=_METHODS)
+@click.option("--gamma", type=click.IntRange(1, 16), help="Drafted tokens per iteration (default 4).")
+@click.option("--skip-layers", callback=_layer_list, help="Layers the draft skips: A-B or a list (default: the middle half).")
+@click.option("--skip-ratio", type=_Finite(0, 1, min_open=True, max_open=True),
+              help="Skip a centred block of this fraction of the layers.")
+@click.option("--exit-layer", type=int, help="early_exit: the draft runs layers [0, E).")
+@click.option("--quant", type=_QUANTS, default="none", show_default=True)
+@click.option("--draft-model", help="draft_model: card name, directory or config.json of the draft.")
+@click.option("--acceptance", type=_Finite(0, 1), help="Per-token acceptance; overrides the prior.")
+@click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
+            context, batch_size, as_json):
+    """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
+
+    \b
+    Example:
+      specplan predict --model llama-3.1-8b --gpu a10g --method s3d --gamma 4 --skip-ratio 0.4 --quant int4
+    """
+    from planner.hardware import load_profile
+    from planner.models import load_model_spec
+    from planner.perf import predict_detail
+    from planner.search.study import check_draft
+
+    spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
+    draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
+    detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
+                            draft_spec=draft_spec)
+    p = detail.prediction
+    if as_json:
+        data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,
+                    decoding={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(decoding).items()},
+                    acceptance_per_position=list(detail.alphas))
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [
+        ["tokens/s", f"{p.tokens_per_s:.1f}" + (f" per sequence, {p.tokens_per_s * batch_size:.1f} total" if batch_size > 1 else "")],
+        ["speedup", f"{p.speedup:.2f}x over autoregressive ({quant})"],
+        ["tokens per iteration", f"{p.tokens_per_iteration:.2f} (acceptance {p.acceptance:.2f}, {p.basis})"],
+        ["target forward", f"{p.target_latency_ms:.2f} ms"],
+        ["draft per iteration", f"{p.draft_latency_ms:.2f} ms"],
+        ["iteration", f"{p.iteration_ms:.2f} ms"],
+        ["VRAM", f"{p.vram_gib:.2f} GiB of {profile.memory_gib:.1f}"],
+    ]
+    click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}")
+    click.echo(_table(rows, ["figure", "predicted"]))
+
+
+def _describe(d) -> str:
+    parts = [d.method]
+    if d.gamma:
+        parts.append(f"gamma {d.gamma}")
+    if d.skip_layers:
+        parts.append(f"skip {d.skip_layers[0]}-{d.skip_layers[-1]}" if list(d.skip_layers) == list(range(d.skip_layers[0], d.skip_layers[-1] + 1)) else f"skip {len(d.skip_layers)} layers")
+    if d.exit_layer is not None:
+        parts.append(f"exit {d.exit_layer}")
+    if d.draft_model:
+        parts.append(f"draft {d.draft_model}")
+    parts.append(d.quant)
+    return ", ".join(parts)
+
+
+@cli.command("plan")
+@click.option("--model", "model_name", required=True, help="Card name, model directory, config.json, .gguf file or hub id.")
+@click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
+@click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
+@click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
+@click.option("--engine", help="Search only what this engine can run: vllm, sglang, trtllm, hf or llamacpp.")
+@click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
+@click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
+@click.option("--usd-per-hour", help="Fleet: GPU prices for cost per million tokens, e.g. a10g=1.0,h100-sxm=4.5")
+@click.option("--vram-gib", type=_Finite(min=0, min_open=True), help="Memory budget (default: the GPU's).")
+@click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
+@click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--objective", type=click.Choice(["speed", "pareto"]), default="speed", show_default=True)
+@click.option("--methods", help="Comma-separated methods to search (default: all).")
+@click.option("--skip-pattern", type=click.Choice(["middle", "any"]), default="middle", show_default=True,
+              help="Skipped layers: a centred block, or arbitrary subsets.")
+@click.option("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
+@click.option("--study", "study_name", help="Study name in --storage.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Draw every evaluated set-up (PNG).")
+@click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
+def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
+                 seed, objective, methods, skip_pattern, storage, study_name, plot, out):
+    """Search for the fastest lossless set-up under the memory budget and write the plan.
+
+    \b
+    Example:
+      specplan plan --model llama-3.1-8b --gpu a10g --vram-gib 12 --out plan.yaml
+      specplan plan --model llama-3.1-8b --gpu h100-sxm --batch-sizes 1-128 --engine vllm --plot sched.png
+      specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
+          --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
+    """
+    from planner._files import ensure_writable
+    from planner.hardware import load_profile
+    from planner.plan import save_plan
+    from planner.search import search
+    from planner.search.engines import engine_space
+    from planner.search.plot import check_plot_path
+    from planner.search.schedule import parse_batch_sizes, schedule_search
+
+    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern)
+    sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
+    if gpus:
+        return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
+                           seed, methods)
+    for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
+        if path:
+            ensure_writable(path)
+    method_list, quants = engine_space([engine] if engine else [], _method_list(methods))
+    spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    if sizes:
+        result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, context=context, trials=trials,
+                                 seed=seed, methods=method_list, quants=quants, skip_pattern=skip_pattern,
+                                 model_source=model_name)
+    else:
+        result = search(spec, profile, vram_gib=vram_gib, context=context, trials=trials, seed=seed, objective=objective,
+                        methods=method_list, quants=quants, skip_pattern=skip_pattern, storage=storage,
+                        study_name=study_name, model_source=model_name)
+    if plot:
+        from planner.search.plot import plot_schedule, plot_search
+
+        (plot_schedule if sizes else plot_search)(result, plot)
+    save_plan(result.plan, out)
+    _print_plan(result.plan)
+    if result.plan.schedule:
+        _print_schedule(result.plan)
+    click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern):
+    from planner.errors import InputError
+
+    if bool(gpu) == bool(gpus):
+        raise InputError("give --gpu NAME for one plan, or --gpus LIST --out-dir DIR for a fleet")
+    fleet_only = {"--out-dir": out_dir, "--export": exports, "--usd-per-hour": usd_per_hour}
+    for flag, value in fleet_only.items():
+        if value and not gpus:
+            raise InputError(f"{flag} plans a fleet: use it with --gpus")
+    if gpus and not out_dir:
+        raise InputError("--gpus writes one plan per GPU: give --out-dir DIR")
+    if gpus and plot:
+        raise InputError("--plot draws one GPU's plan; a fleet draws DIR/summary.png")
+    if batch_sizes and (objective != "speed" or storage):
+        raise InputError("--batch-sizes plans for speed in one process: leave out --objective pareto and --storage")
+    if gpus and (objective != "speed" or storage or skip_pattern != "middle"):
+        raise InputError("--gpus plans each GPU for speed in one process, skipping a centred block: leave out "
+                         "--objective pareto, --storage and --skip-pattern any")
+
+
+def _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials, seed,
+                methods):
+    from planner.search.fleet import SUMMARY_HEADERS, parse_gpus, parse_prices, plan_fleet, summary_rows
+
+    summary = plan_fleet(_target_spec(model_name, context), parse_gpus(gpus), out_dir=out_dir,
+                         exports=[e.strip() for e in (exports or "").split(",") if e.strip()], engine=engine,
+                         batch_sizes=sizes or (1,), usd_per_hour=parse_prices(usd_per_hour), vram_gib=vram_gib,
+                         context=context, trials=trials, seed=seed, methods=_method_list(methods),
+                         model_source=model_name)
+    click.echo(_table(summary_rows(summary.rows), SUMMARY_HEADERS))
+    click.echo(f"wrote {len(summary.files)} files in {out_dir} (summary.md, summary.png, one directory per GPU)")
+
+
+def _print_schedule(plan) -> None:
+    rows = [[f"{e.batch_min}-{e.batch_max}", e.method, e.gamma, f"{e.tokens_per_s_per_sequence:.1f}",
+             f"{e.tokens_per_s_total:.0f}"] for e in plan.schedule]
+    click.echo("schedule (gamma 0: don't speculate):")
+    click.echo(_table(rows, ["batch sizes", "method", "gamma", "tokens/s per sequence", "tokens/s total"]))
+
+
+def _method_list(methods):
+    if not methods:
+        return None
+    from planner.errors import InputError, near_matches
+    from planner.plan import METHODS
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    for method in chosen:
+        if method not in METHODS:
+            raise InputError(f"--methods: unknown method '{method}'{near_matches(method, METHODS)}")
+    return chosen
+
+
+def _print_plan(plan) -> None:
+    rows = [["chosen", _describe(plan.decoding), f"{plan.prediction.tokens_per_s:.1f}", f"{plan.prediction.speedup:.2f}x",
+             f"{plan.prediction.tokens_per_iteration:.2f}", f"{plan.prediction.vram_gib:.1f}"]]
+    rows += [[f"alt {i + 1}", _describe(c.decoding), f"{c.prediction.tokens_per_s:.1f}", f"{c.prediction.speedup:.2f}x",
+              f"{c.prediction.tokens_per_iteration:.2f}", f"{c.prediction.vram_gib:.1f}"] for i, c in enumerate(plan.alternatives)]
+    budget = plan.constraints.vram_gib
+    click.echo(f"{plan.model.name} on {plan.hardware.profile}" + (f", budget {budget:g} GiB" if budget else "")
+               + f", context {plan.constraints.context}, {plan.search.trials} trials ({plan.prediction.basis})")
+    click.echo(_table(rows, ["", "set-up", "tokens/s", "speedup", "tokens/iter", "VRAM GiB"]))
+
+
+# ---------------------------------------------------------------- runtime (issue 4)
+
+_CHAT_OPTION = click.option(
+    "--chat/--no-chat", default=None,
+    help="Give each prompt as a user turn of the tokenizer's chat template, or as raw text. Default: the template when "
+         "the tokenizer has one, since an instruct model is served through its template and acceptance measured on raw "
+         "text is not what it serves.")
+
+
+_DTYPES = click.Choice(["auto", "bf16", "fp16", "fp32"])
+_DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf16 matmul is fast, else fp32."
+
+
+@cli.command("run")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan YAML to run.")
+@click.option("--prompt", default=None, help="One prompt.")
+@click.option("--prompts", "prompts_path", default=None, type=click.Path(dir_okay=False), help="File: one prompt per line, or JSONL with \"prompt\".")
+@click.option("--model", default=None, help="Checkpoint directory, .gguf file or hub id (default: the plan's model.source; "
+              "a plan made from a model card needs one).")
+@click.option("--max-new-tokens", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=_Finite(min=0), help="0: greedy.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--vram-gib", default=None, type=_Finite(min=0, min_open=True),
+              help="Memory budget; a plan that does not fit is refused.")
+@click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
+@_CHAT_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
+def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, dtype,
+                chat, as_json):
+    """Decode prompts with a plan, streaming the text, and report measured vs predicted speed.
+
+    \b
+    Example:
+      specplan run --plan plan.yaml --prompt "The capital of France is" --baseline
+      specplan run --plan plan.yaml --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2+2?"
+    """
+    from planner.errors import InputError
+    from planner.plan import load_plan
+    from planner.runtime import read_prompts, run_plan
+
+    if (prompt is None) == (prompts_path is None):
+        raise InputError("give exactly one of --prompt TEXT or --prompts FILE")
+    prompts = [prompt] if prompt is not None else read_prompts(prompts_path)
+    stream = None if as_json else (lambda text: click.echo(text, nl=False))
+    report = run_plan(load_plan(plan_path), prompts, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
+                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, dtype=dtype, chat=chat, stream=stream,
+                      warn=lambda line: click.echo(f"warning: {line}", err=True))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
+
+
+# ---------------------------------------------------------------- S3D + demo (issue 5)
+# (commands: adapt, autotune)
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory, .gguf file or hub id.")
+@click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
+@click.option("--skip-layers", required=True, callback=_layer_list,
+              help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
+@click.option("--gamma", type=int, required=True, help="Tokens drafted per forward, 1-16 (mask tokens = gamma - 1).")
+@click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--lr", type=_Finite(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
+def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device, out):
+    """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
+    trained to predict the next gamma tokens in one forward, the full model kept as it was.
+
+    \b
+    Example:
+      specplan adapt --model ./my-llama --data src/ --skip-layers 4-7 --gamma 4 --out ./my-llama-s3d
+    """
+    from planner.train.adapt import adapt as run_adapt
+
+    r = run_adapt(model_path, data, skip_layers=skip_layers, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
+                  resume=resume, device=device)
+    draft = "-" if r.draft_loss is None else f"{r.draft_loss:.3f}"  # None: resumed after the last step
+    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {draft}")
+    click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
+
+
+@cli.command()
+@click.option("--model", "model_path", help="Model directory or .gguf file (default: the bundled demo model).")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
+              help="Prompts file, one per line or JSONL (default: the demo prompts).")
+@click.option("--draft-model", help="Draft model directory for method draft_model (same tokenizer; default: "
+              "the demo's draft with the demo model, none otherwise).")
+@click.option("--num-prompts", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--trials", type=click.IntRange(1), default=100, show_default=True, help="Analytical search trials.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_CHAT_OPTION
+@click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
+def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, chat, out):
+    """Profile this machine, plan for a model, calibrate the plan on real prompts (each
+    method's best set-up timed against autoregressive decoding in interleaved rounds), write
+    the fastest as the plan, run it and print predicted against measured tokens/s.
+
+    \b
+    Examples:
+      specplan autotune                     (the bundled demo model)
+      specplan autotune --model ./my-llama --prompts prompts.txt
+      specplan autotune --model SmolLM2-135M-Instruct.Q4_1.gguf --device cpu
+    """
+    from planner.autotune import CALIBRATION_HEADERS, SUMMARY_HEADERS, autotune as run_autotune, calibration_rows, summary_rows
+
+    result = run_autotune(model_path, out=out, prompts_path=prompts_path, draft_model=draft_model, max_new_tokens=max_new_tokens,
+                          num_prompts=num_prompts, trials=trials, seed=seed, device=device, dtype=dtype, chat=chat,
+                          log=lambda message: click.echo(message, err=True))
+    click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
+    click.echo()
+    click.echo(_table(summary_rows(result), SUMMARY_HEADERS))
+    click.echo(f"outputs identical to autoregressive: {'yes' if result.report.identical else 'NO'}")
+    click.echo(f"wrote {result.out} (prediction basis: {result.plan.prediction.basis})")
+
+# ---------------------------------------------------------------- deployment (issue 7)
+# (commands: export)
+
+
+@cli.command("export")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan YAML to export.")
+@click.option("--to", "engine", required=True, help="Engine: vllm, sglang, trtllm, hf or llamacpp.")
+@click.option("--engine-version", default=None, help="Engine version to write for (default: the whole known range).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="File to write (default: stdout).")
+@click.option("--compose", is_flag=True, help="Also write NAME.compose.yaml beside --out: the script in the engine's image.")
+def export_command(plan_path, engine, engine_version, out, compose):
+    """Write a plan as a complete launch for a serving engine.
+
+    \b
+    Example:
+      specplan export --plan plan.yaml --to vllm --out serve_vllm.sh --compose
+    """
+    from planner.plan import load_plan
+    from planner.plan.export import export_plan, write_compose, write_export
+
+    if compose and out is None:
+        raise click.UsageError("--compose needs --out (the compose file runs the script written there)")
+    result = export_plan(load_plan(plan_path), engine, engine_version=engine_version, plan_label=plan_path)
+    if out is None:
+        click.echo(result.text, nl=False)
+        return
+    write_export(result, out)
+    click.echo(f"wrote {out} ({result.version_range})")
+    written = write_compose(result, out) if compose else None
+    if written is not None:
+        click.echo(f"wrote {written} ({result.image})")
+    elif compose:
+        click.echo(f"no compose file: {engine} publishes no container image")
+
+
+def main(argv=None) -> None:
+    cli.main(args=argv, prog_name="specplan")
+
+
+if __name__ == "__main__":
+    main()

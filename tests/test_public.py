@@ -35,7 +35,8 @@ def test_public_names_are_the_functions_even_after_importing_the_plan_package():
 
 def test_the_wheel_installs_one_top_level_package_with_all_its_data(tmp_path):
     """site-packages gets `planner` (its command line and shipped data inside) and nothing with a
-    generic name such as `cli` or `profiles`; every data file of planner/profiles is in it."""
+    generic name such as `cli` or `profiles`; every data file of planner/profiles and the lean
+    kernel's C++ source are in it."""
     import importlib.util
     import shutil
     import zipfile
@@ -54,5 +55,6 @@ def test_the_wheel_installs_one_top_level_package_with_all_its_data(tmp_path):
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"planner"}
     data = {p.relative_to(source).as_posix() for p in (source / "planner" / "profiles").rglob("*") if p.is_file()}
     assert data <= set(names), sorted(data - set(names))
+    assert "planner/runtime/csrc/lean_linear.cpp" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "specplan = planner.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -77,12 +77,18 @@ def _plan(source: str, hf_config, context: int):
 
 def llama_cpp_engine(gguf: str, tokens: int):
     """llama.cpp decoding `gguf` greedily with torch's thread count: run(ids) -> (tokens, tokens/s
-    after the first token); None when llama-cpp-python is not installed."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
+    after the first token); None when llama-cpp-python is not installed or cannot run here."""
+    import subprocess
+
     import torch
+
+    probe = ("import itertools, sys; from llama_cpp import Llama; "
+             "llm = Llama(model_path=sys.argv[1], n_ctx=64, verbose=False); list(itertools.islice(llm.generate([1, 2]), 2))")
+    proc = subprocess.run([sys.executable, "-c", probe, gguf], capture_output=True, text=True)
+    if proc.returncode != 0:  # not installed, or built for another CPU (SIGILL): a child finds out
+        print(f"llama.cpp left out: {(proc.stderr.strip().splitlines() or [f'exit {proc.returncode}'])[-1]}", flush=True)
+        return None
+    from llama_cpp import Llama
 
     llm = Llama(model_path=gguf, n_ctx=1024, n_threads=torch.get_num_threads(), n_batch=512, verbose=False, seed=0)
 

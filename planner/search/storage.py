@@ -25,7 +25,7 @@ _EXAMPLES = "sqlite:///study.db, postgresql://user@host/db, or a journal file su
 
 SQLITE_BUSY_TIMEOUT_S = 60  # a worker waits this long for another's write to a shared SQLite file
 HEARTBEAT_S = 60  # database storages: a trial whose worker has been silent for 2 heartbeats is marked failed
-_OPEN_ATTEMPTS = 5  # workers starting together on a fresh SQLite file race to create its tables
+_OPEN_ATTEMPTS = 5  # workers starting together on a fresh database race to create its tables
 
 
 def open_study(storage: str | None, study_name: str | None, *, sampler, directions: list[str], fingerprint: dict,
@@ -40,16 +40,17 @@ def open_study(storage: str | None, study_name: str | None, *, sampler, directio
             name made by another search (`fingerprint` differs) or for other objectives.
         MissingDependencyError: the database's driver is not installed.
     """
-    import optuna
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     with storage_errors(storage):
         for attempt in range(_OPEN_ATTEMPTS):
             try:
                 study, created = _create_or_load(storage, study_name, sampler=sampler, directions=directions, pruner=pruner)
                 break
-            except OperationalError:  # another worker is creating the same SQLite tables: wait, then load them
-                if not str(storage).startswith("sqlite:") or attempt == _OPEN_ATTEMPTS - 1:
+            except (OperationalError, IntegrityError, ProgrammingError):
+                # another worker is creating the same tables (SQLite: locked; PostgreSQL: a duplicate
+                # type or table): wait, then load them
+                if attempt == _OPEN_ATTEMPTS - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
         if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
@@ -70,8 +71,8 @@ def open_study(storage: str | None, study_name: str | None, *, sampler, directio
 def _create_or_load(storage, study_name, *, sampler, directions, pruner):
     import optuna
 
-    backend = _backend(storage)
     try:
+        backend = _backend(storage)
         try:
             return optuna.create_study(study_name=study_name, storage=backend, sampler=sampler, pruner=pruner,
                                        directions=directions), True

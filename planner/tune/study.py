@@ -361,6 +361,7 @@ class _MeasuredTuning:
         log(f"timing autoregressive decoding: 1 round of {len(setup.tuning)} tuning prompts x {r.max_new_tokens} tokens, "
             f"{'through the chat template' if bench.chat else 'as raw text'}")
         step_s = bench.compare([], 1)[0].iteration_ms / 1e3
+        log(f"autoregressive step: {step_s * 1e3:.1f} ms")
         # the model's step made equal to this checkpoint's measured one (autotune's calibration)
         self.calibrated = calibrate_kernel_cost(setup.spec, setup.profile, step_s, context=r.max_new_tokens + CONTEXT_MARGIN)
 

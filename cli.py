@@ -667,7 +667,7 @@ def tune(model_path, prompts_path, held_out, draft_models, quants, methods, tria
     from planner.autotune import describe
     from planner.tune import TuneRequest, tune as run_tune
     from planner.tune.report import (
-        ACCEPTANCE_HEADERS, GROUP_HEADERS, TRIAL_HEADERS, acceptance_rows, group_rows, trial_rows,
+        ACCEPTANCE_HEADERS, GROUP_HEADERS, TRIAL_HEADERS, acceptance_rows, group_rows, summary, trial_rows,
     )
 
     request = TuneRequest(model=model_path, prompts=prompts_path, held_out=held_out, draft_models=tuple(draft_models),
@@ -701,13 +701,8 @@ def tune(model_path, prompts_path, held_out, draft_models, quants, methods, tria
     if acceptance_rows(result):
         click.echo()
         click.echo(_table(acceptance_rows(result), ACCEPTANCE_HEADERS))
-    t = result.plan.tuning
     click.echo()
-    if t.held_out_speedup is not None:
-        same = "yes" if result.plan.measured["identical"] else "NO"
-        click.echo(f"held-out: {describe(result.plan.decoding)} at {t.held_out_speedup:.2f}x "
-                   f"({t.held_out_range[0]:.2f}-{t.held_out_range[1]:.2f}) on {t.held_out_prompts} prompts; "
-                   f"outputs identical to autoregressive: {same}")
+    click.echo(summary(result))
     click.echo(f"wrote {', '.join(str(f) for f in result.files)} (study {result.study} in {result.storage})")
 
 

@@ -116,7 +116,7 @@ def _worker(args, env=None):
                             text=True, env=env)
 
 
-def _two_workers_share_one_study(tu_model, prompts, tmp_path, storage: str, total: int = 6):
+def _two_workers_share_one_study(tu_model, prompts, tmp_path, storage: str, total: int = 4):
     """Two processes started together on one study: both finish, the study holds `total`
     finished trials (one more when both were mid-trial as it reached the total), each once."""
     procs = [_worker(_args(tu_model, prompts, tmp_path / f"w{i}.yaml", "--trials", total, "--storage", storage,
@@ -156,7 +156,7 @@ def test_ctrl_c_fails_the_running_trial_keeps_the_finished_ones_and_exits_130(tu
     args[args.index("--rounds") + 1] = "3"
     proc = _worker(args)
     deadline = time.monotonic() + 120
-    while _states(db).get("COMPLETE", 0) + _states(db).get("PRUNED", 0) < 2 and proc.poll() is None \
+    while _states(db).get("COMPLETE", 0) + _states(db).get("PRUNED", 0) < 1 and proc.poll() is None \
             and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
@@ -166,7 +166,7 @@ def test_ctrl_c_fails_the_running_trial_keeps_the_finished_ones_and_exits_130(tu
     assert not out.exists()
     trials = _trials(f"sqlite:///{db}", "s")
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) >= 2
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) >= 1
     assert {t.user_attrs.get("why") for t in trials if t.state.name == "FAIL"} <= {"interrupted"}
 
 

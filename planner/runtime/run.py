@@ -452,7 +452,6 @@ class DecodingBench:
         self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
                                  device=device, vram_gib=None, max_gamma=max_gamma, chat=chat, dtype=dtype)
         self.chat = self._session.chat
-        self.device = self._session.device
         self._warm = set()
 
     def compare(self, decodings, rounds: int = 3, on_round=None) -> list[Comparison]:

@@ -41,8 +41,32 @@ def group_rows(result) -> list[list[str]]:
     chosen, best = result.chosen, result.mean_optimal
     held = {d: c.group_speedups for d, c in result.held_out.items()}
     groups = [g.group for g in result.plan.tuning.groups]
-    return [[g, cell(chosen.group_speedups, g) if chosen else "1.00x", cell(held.get(_decoding(chosen), ()), g),
+    plain = "1.00x"  # the plan is autoregressive decoding: no set-up beat it in every round
+    return [[g, cell(chosen.group_speedups, g) if chosen else plain, cell(held.get(chosen.decoding, ()), g) if chosen else plain,
              cell(best.group_speedups, g) if best else "-", cell(held.get(_decoding(best), ()), g)] for g in groups]
+
+
+def summary(result) -> str:
+    """One line: the plan's set-up and its speedup on the tuning and the held-out prompts
+    (when the plan is autoregressive decoding, the mean-optimal set-up's instead)."""
+    t, best = result.plan.tuning, result.mean_optimal
+    if result.chosen is None:
+        line = "no set-up beat autoregressive decoding in every tuning round: the plan is autoregressive decoding"
+        held = result.held_out.get(_decoding(best))
+        if best is not None:
+            line += f"; the mean-optimal, {describe(best.decoding)}, measured {best.speedup:.2f}x on the tuning prompts"
+            line += f" and {_figure(held)} on {t.held_out_prompts} held-out prompts" if held is not None else ""
+        return line
+    held = result.held_out.get(result.chosen.decoding)
+    line = f"chosen: {describe(result.plan.decoding)} at {t.tuning_speedup:.2f}x on {t.tuning_prompts} tuning prompts"
+    if held is None:
+        return line + " (no held-out prompts)"
+    same = "identical" if held.identical else "DIFFERENT"
+    return line + f", {_figure(held)} on {t.held_out_prompts} held-out prompts (outputs {same})"
+
+
+def _figure(c) -> str:
+    return f"{c.speedup:.2f}x ({c.speedup_range[0]:.2f}-{c.speedup_range[1]:.2f})"
 
 
 def acceptance_rows(result) -> list[list[str]]:
@@ -76,14 +100,9 @@ def markdown(result) -> str:
     """The report as Markdown: the plan's held-out figure, the group table, per-position
     acceptance and every trial."""
     tuning = result.plan.tuning
-    chosen = describe(result.plan.decoding)
-    held = "no held-out prompts" if tuning.held_out_speedup is None else (
-        f"{tuning.held_out_speedup:.2f}x ({tuning.held_out_range[0]:.2f}-{tuning.held_out_range[1]:.2f}) "
-        f"on {tuning.held_out_prompts} held-out prompts")
-    lines = [f"# tune: {result.plan.model.name}", "",
-             f"chosen: {chosen}: {tuning.tuning_speedup:.2f}x on {tuning.tuning_prompts} tuning prompts, {held} "
-             f"(objective {tuning.objective}, {tuning.max_new_tokens} new tokens, {tuning.rounds} rounds; "
-             f"study {result.study} in {result.storage}, {result.plan.search.trials} trials)", "",
+    lines = [f"# tune: {result.plan.model.name}", "", summary(result) + ".", "",
+             f"Objective {tuning.objective}, {tuning.max_new_tokens} new tokens, {tuning.rounds} rounds; "
+             f"study {result.study} in {result.storage}, {result.plan.search.trials} trials.", "",
              "## Speedup per prompt group", "", _md_table(group_rows(result), GROUP_HEADERS), ""]
     if acceptance_rows(result):
         lines += ["## Per-position acceptance of the chosen set-up", "",

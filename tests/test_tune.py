@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from cli import cli
 from planner.plan.schema import load_plan
 from planner.tune.request import split_prompts
+import planner.tune.study  # noqa: F401  (loaded for monkeypatching by name in sys.modules)
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = [("the cat sat on the mat", "a"), ("abcabcabcabcabc", "a"), ("hello hello hello", "a"),
@@ -93,12 +94,15 @@ def test_a_set_up_whose_output_differs_fails_its_trial_and_the_plan_stays_autore
         return g if isinstance(drafter, Autoregressive) else dataclasses.replace(g, tokens=g.tokens[:-1] + (g.tokens[-1] ^ 1,))
 
     monkeypatch.setattr(run.DecodingBench, "_decode", corrupted)
+    study_module = sys.modules["planner.tune.study"]  # `planner.tune` is the function (planner's public surface)
+    monkeypatch.setattr(study_module, "PRUNE_MEASURED_BELOW", 0.0)  # every set-up decoded in full
+    monkeypatch.setattr(study_module, "PRUNE_PREDICTED_BELOW", 0.0)
     out = tmp_path / "plan.yaml"
     result = CliRunner().invoke(cli, _args(tu_model, prompts, out, "--trials", 3, "--methods", "layer_skip,prompt_lookup"))
     assert result.exit_code == 0, result.output
     trials = _trials(load_plan(out).search.storage, load_plan(out).search.study)
     measured = [t for t in trials if "measured" in t.user_attrs]
-    assert measured and all(t.state.name == "FAIL" for t in measured)
+    assert len(measured) == 3 and all(t.state.name == "FAIL" for t in measured)
     assert {t.user_attrs["why"] for t in measured} == {"output differs from autoregressive decoding"}
     assert load_plan(out).decoding.method == "autoregressive"
 

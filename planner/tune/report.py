@@ -50,19 +50,22 @@ def summary(result) -> str:
     """One line: the plan's set-up and its speedup on the tuning and the held-out prompts
     (when the plan is autoregressive decoding, the mean-optimal set-up's instead)."""
     t, best = result.plan.tuning, result.mean_optimal
+    left_out = "".join(f"; {describe(d)} left out: its held-out output differed from autoregressive decoding"
+                       for d in result.differed)
     if result.chosen is None:
-        line = "no set-up beat autoregressive decoding in every tuning round: the plan is autoregressive decoding"
+        line = ("every set-up that beat autoregressive decoding in every tuning round differed from it on held-out prompts"
+                if result.differed else "no set-up beat autoregressive decoding in every tuning round")
+        line += ": the plan is autoregressive decoding"
         held = result.held_out.get(_decoding(best))
         if best is not None:
             line += f"; the mean-optimal, {describe(best.decoding)}, measured {best.speedup:.2f}x on the tuning prompts"
             line += f" and {_figure(held)} on {t.held_out_prompts} held-out prompts" if held is not None else ""
-        return line
+        return line + left_out
     held = result.held_out.get(result.chosen.decoding)
     line = f"chosen: {describe(result.plan.decoding)} at {t.tuning_speedup:.2f}x on {t.tuning_prompts} tuning prompts"
     if held is None:
-        return line + " (no held-out prompts)"
-    same = "identical" if held.identical else "DIFFERENT"
-    return line + f", {_figure(held)} on {t.held_out_prompts} held-out prompts (outputs {same})"
+        return line + " (no held-out prompts)" + left_out
+    return line + f", {_figure(held)} on {t.held_out_prompts} held-out prompts (outputs identical)" + left_out
 
 
 def _figure(c) -> str:

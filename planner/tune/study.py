@@ -21,6 +21,7 @@ from pathlib import Path
 
 from planner._files import content_digest, ensure_writable
 from planner._signals import sigint_handler
+from planner.autotune import describe
 from planner.errors import InputError, SpecplanError
 from planner.plan.schema import (
     Candidate, Constraints, Decoding, GroupSpeedup, HardwareRef, ModelRef, Plan, SearchSettings, Tuning,
@@ -39,6 +40,7 @@ PRUNE_PREDICTED_BELOW = 0.5
 PRUNE_MEASURED_BELOW = 0.7
 ANALYTICAL_TRIALS = 100  # the analytical search behind the seeds: microseconds a trial
 NGRAMS = (1, 5)  # prompt_lookup n-gram sizes searched
+HELD_OUT_CANDIDATES = 3  # set-ups checked on the held-out prompts: the plan is the best lossless there
 CONTEXT_MARGIN = 1024  # prompt tokens the KV cache holds beside max_new_tokens
 
 
@@ -70,6 +72,7 @@ class TuneResult:
     chosen: Measured | None  # None: no set-up beat autoregressive decoding in every round
     mean_optimal: Measured | None  # the best median speedup over all prompts
     held_out: dict  # decoding -> runtime.Comparison on the held-out prompts (autoregressive included)
+    differed: tuple[Decoding, ...]  # better-ranked set-ups left out: their held-out outputs differed
     storage: str
     study: str
     files: tuple[Path, ...]  # the plan and its reports
@@ -96,26 +99,51 @@ def tune(request: TuneRequest, *, log=lambda message: None, on_trial=None) -> Tu
         measured_tuning.seed()
     measured_tuning.run(on_trial)
     trials = tuple(_measured(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished() and "decoding" in t.user_attrs)
-    chosen, mean_optimal = choose(trials)
+    candidates, mean_optimal = _held_out_candidates(ranked(trials)), choose(trials)[1]
     measured_tuning.close()
-    held_out = setup.measure_held_out([m.decoding for m in (chosen, mean_optimal) if m is not None])
+    held_out = setup.measure_held_out([m.decoding for m in candidates + [mean_optimal] if m is not None])
+    # the plan: the best candidate whose held-out outputs are identical too
+    chosen = next((m for m in candidates if not setup.held or held_out[m.decoding].identical), None)
+    differed = tuple(m.decoding for m in candidates[: candidates.index(chosen) if chosen else len(candidates)])
+    for d in differed:
+        log(f"left out {describe(d)}: its output differed from autoregressive decoding on held-out prompts")
     plan = setup.plan(chosen, trials, held_out, finished=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
                       study_name=setup.study_name, calibrated=measured_tuning.calibrated)
     save_plan(plan, request.out)
-    result = TuneResult(plan, trials, chosen, mean_optimal, held_out, setup.storage, setup.study_name, ())
+    result = TuneResult(plan, trials, chosen, mean_optimal, held_out, differed, setup.storage, setup.study_name, ())
     files = write_reports(result, request.out)
     return dataclasses.replace(result, files=(Path(request.out), *files))
 
 
+def ranked(trials) -> list[Measured]:
+    """Candidates for the plan, best first: complete trials whose slowest round beat
+    autoregressive decoding (a median over rounds that dip below 1.0 is within a shared
+    machine's noise), by objective value, each set-up once."""
+    clear = sorted((m for m in trials if m.state == "complete" and m.speedup_range[0] > 1.0), key=lambda m: -m.value)
+    seen, unique = set(), []
+    for m in clear:
+        if m.decoding not in seen:
+            seen.add(m.decoding)
+            unique.append(m)
+    return unique
+
+
+def _held_out_candidates(candidates: list[Measured]) -> list[Measured]:
+    """The best set-up of each method, best first, HELD_OUT_CANDIDATES at most: where one
+    set-up's held-out output differs (a near-tie its multi-token verify breaks otherwise
+    than a one-token step), its method's neighbours tend to as well."""
+    best = {}
+    for m in candidates:
+        best.setdefault(m.decoding.method, m)
+    return list(best.values())[:HELD_OUT_CANDIDATES]
+
+
 def choose(trials) -> tuple[Measured | None, Measured | None]:
-    """(the plan's set-up, the mean-optimal one) among complete trials. The plan's is the best
-    objective value among set-ups whose slowest round beat autoregressive decoding (a median
-    over rounds that dip below 1.0 is within a shared machine's noise; None when none did)."""
-    complete = [m for m in trials if m.state == "complete"]
-    clear = [m for m in complete if m.speedup_range[0] > 1.0]
-    chosen = max(clear, key=lambda m: m.value, default=None)
-    mean_optimal = max(complete, key=lambda m: m.speedup, default=None)
-    return chosen, mean_optimal
+    """(the best candidate for the plan (see `ranked`; None when no set-up beat autoregressive
+    decoding in every round), the set-up with the best median speedup over all prompts)."""
+    candidates = ranked(trials)
+    mean_optimal = max((m for m in trials if m.state == "complete"), key=lambda m: m.speedup, default=None)
+    return (candidates[0] if candidates else None), mean_optimal
 
 
 # ------------------------------------------------------------------------ set-up
@@ -236,11 +264,12 @@ class _Setup:
         prompts, in one bench per target quantization."""
         if not self.held or not decodings:
             return {}
-        chosen_quant = decodings[0].quant
-        same = list(dict.fromkeys(d for d in decodings if d.quant == chosen_quant))
-        self.log(f"measuring {len(same)} set-up(s) on {len(self.held)} held-out prompts in {self.request.rounds} rounds")
-        comparisons = self.bench(self.held, chosen_quant).compare(same, self.request.rounds)
-        return {c.decoding: c for c in comparisons}
+        comparisons = {}
+        for quant in dict.fromkeys(d.quant for d in decodings):
+            same = list(dict.fromkeys(d for d in decodings if d.quant == quant))
+            self.log(f"measuring {len(same)} set-up(s) on {len(self.held)} held-out prompts in {self.request.rounds} rounds")
+            comparisons |= {c.decoding: c for c in self.bench(self.held, quant).compare(same, self.request.rounds)}
+        return comparisons
 
     def plan(self, chosen, trials, held_out, *, finished: int, study_name: str, calibrated) -> Plan:
         from planner.autotune import with_measured_speedup

@@ -29,10 +29,12 @@ _OPEN_ATTEMPTS = 5  # workers starting together on a fresh database race to crea
 
 
 def open_study(storage: str | None, study_name: str | None, *, sampler, directions: list[str], fingerprint: dict,
-               pruner=None):
+               pruner=None, heartbeat: bool = False):
     """(the Optuna study `study_name` in `storage`, whether this call created it): created,
     or loaded to resume; in memory when `storage` is None. Of several workers that start
-    together exactly one creates the study (and should queue its seed trials).
+    together exactly one creates the study (and should queue its seed trials). `heartbeat`:
+    a database storage marks failed a trial whose worker stopped beating (trials that take
+    seconds; analytical ones take microseconds and need none).
 
     Raises:
         InputError: `storage` is no URL or journal file name, names a directory that does not
@@ -45,7 +47,8 @@ def open_study(storage: str | None, study_name: str | None, *, sampler, directio
     with storage_errors(storage):
         for attempt in range(_OPEN_ATTEMPTS):
             try:
-                study, created = _create_or_load(storage, study_name, sampler=sampler, directions=directions, pruner=pruner)
+                study, created = _create_or_load(storage, study_name, sampler=sampler, directions=directions, pruner=pruner,
+                                                 heartbeat=heartbeat)
                 break
             except (OperationalError, IntegrityError, ProgrammingError):
                 # another worker is creating the same tables (SQLite: locked; PostgreSQL: a duplicate
@@ -68,11 +71,11 @@ def open_study(storage: str | None, study_name: str | None, *, sampler, directio
     return study, created
 
 
-def _create_or_load(storage, study_name, *, sampler, directions, pruner):
+def _create_or_load(storage, study_name, *, sampler, directions, pruner, heartbeat):
     import optuna
 
     try:
-        backend = _backend(storage)
+        backend = _backend(storage, heartbeat)
         try:
             return optuna.create_study(study_name=study_name, storage=backend, sampler=sampler, pruner=pruner,
                                        directions=directions), True
@@ -86,11 +89,11 @@ def _create_or_load(storage, study_name, *, sampler, directions, pruner):
         raise InputError(f"`storage` {storage}: {reason}") from None
 
 
-def _backend(storage: str | None):
+def _backend(storage: str | None, heartbeat: bool = False):
     """What optuna.create_study takes for `storage`: None, an RDBStorage, or a JournalStorage.
-    Database storages beat a heartbeat, so a trial left running by a worker that died is
-    marked failed instead of counting as running for ever; SQLite files wait for each other's
-    writes instead of failing at once."""
+    With `heartbeat`, database storages beat one, so a trial left running by a worker that died
+    is marked failed instead of counting as running for ever; SQLite files wait for each
+    other's writes instead of failing at once."""
     if storage is None:
         return None
     if "://" in storage:
@@ -103,6 +106,8 @@ def _backend(storage: str | None):
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         elif storage.startswith("sqlite:"):
             return storage
+        if not heartbeat:
+            return RDBStorage(storage, engine_kwargs=engine_kwargs)
         with warnings.catch_warnings():  # the heartbeat is marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,

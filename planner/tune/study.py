@@ -222,7 +222,7 @@ class _Setup:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed and pruned trials are reported by tune, not logged
         pruner = optuna.pruners.ThresholdPruner(lower=PRUNE_MEASURED_BELOW)
         study, created = open_study(self.storage, self.study_name, sampler=None, directions=["maximize"],
-                                    fingerprint=self.fingerprint, pruner=pruner)
+                                    fingerprint=self.fingerprint, pruner=pruner, heartbeat=True)
         with storage_errors(self.storage):
             known = len(study.get_trials(deepcopy=False))
         study.sampler = _sampler(self.request.seed + known, self.request.trials)  # workers that join later sample anew

@@ -602,6 +602,105 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
     click.echo(f"outputs identical to autoregressive: {'yes' if result.report.identical else 'NO'}")
     click.echo(f"wrote {result.out} (prediction basis: {result.plan.prediction.basis})")
 
+# ---------------------------------------------------------------- measured tuning (issue 15)
+
+
+def _held_out(ctx, param, text: str):
+    """--held-out: a fraction (0 up to 1) or a prompts file."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@cli.command()
+@click.option("--model", "model_path", help="Model directory or .gguf file (default: the bundled demo model).")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
+              help="Prompts: one per line, or JSONL with \"prompt\" and an optional \"group\" (default: the demo's).")
+@click.option("--held-out", default="0.5", show_default=True, callback=_held_out,
+              help="Fraction of each group's prompts held out for the final check (the last ones), or a prompts file.")
+@click.option("--draft-model", "draft_models", multiple=True,
+              help="Draft model directory for draft_model (same tokenizer); repeatable. Default: the demo's draft with the "
+                   "demo model.")
+@click.option("--quant", "quants", multiple=True, type=_QUANTS, help="A target quantization the study may choose; "
+              "repeatable (default: none only, the model as given).")
+@click.option("--methods", help="Comma-separated methods to search (default: every one the checkpoint can run).")
+@click.option("--trials", type=click.IntRange(1), default=20, show_default=True,
+              help="The study's total: a second run on the same study continues to it.")
+@click.option("--storage", help="Optuna storage: sqlite:///FILE.db, a journal FILE.log or postgresql://... shared by "
+              "workers (default: sqlite next to --out).")
+@click.option("--study", "study_name", help="Study name (default: tune-<fingerprint>).")
+@click.option("--objective", type=click.Choice(["mean", "worst-group"]), default="mean", show_default=True,
+              help="A trial's value: the median paired speedup over all prompts, or over the slowest group's.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Interleaved rounds per trial.")
+@click.option("--skip-pattern", type=click.Choice(["middle", "any"]), default="middle", show_default=True,
+              help="Skipped layers: a centred block, or arbitrary subsets.")
+@click.option("--profile", "profile_name", help="Hardware profile for the analytical model (default: measure this "
+              "device, ~20 s on a CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_CHAT_OPTION
+@click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
+def tune(model_path, prompts_path, held_out, draft_models, quants, methods, trials, storage, study_name, objective,
+         max_new_tokens, rounds, skip_pattern, profile_name, device, dtype, seed, chat, out):
+    """Tune speculative decoding by measurement: an Optuna study whose trials decode set-ups
+    on your prompts against autoregressive decoding in the same rounds; writes the best as
+    the plan, checked on held-out prompts, with reports beside it (NAME.tune.md,
+    NAME.acceptance.png, NAME.trials.png).
+
+    \b
+    Examples:
+      specplan tune --trials 12                        (the bundled demo model)
+      specplan tune --model SmolLM2-135M-Instruct.Q4_1.gguf --prompts bench/prompts/chat_code.jsonl \\
+          --objective worst-group --trials 12 --device cpu
+      specplan tune --model ./my-llama --prompts p.jsonl --storage postgresql://user@db/studies --study llama
+    """
+    from tqdm import tqdm
+
+    from planner.autotune import describe
+    from planner.tune import TuneRequest, tune as run_tune
+    from planner.tune.report import (
+        ACCEPTANCE_HEADERS, GROUP_HEADERS, TRIAL_HEADERS, acceptance_rows, group_rows, summary, trial_rows,
+    )
+
+    request = TuneRequest(model=model_path, prompts=prompts_path, held_out=held_out, draft_models=tuple(draft_models),
+                          quants=tuple(quants) or ("none",), methods=tuple(_method_list(methods)) if methods else None,
+                          trials=trials, storage=storage, study=study_name, objective=objective,
+                          max_new_tokens=max_new_tokens, rounds=rounds, skip_pattern=skip_pattern, device=device,
+                          dtype=dtype, chat=chat, profile=profile_name, seed=seed, out=out)
+    bar = None
+
+    def on_trial(finished, total, best):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=finished, desc="tuning", unit="trial", file=sys.stderr, leave=False)
+        bar.update(finished - bar.n)
+        bar.set_postfix_str(f"best {best.value:.2f}x {describe(best.decoding)}" if best else "best -")
+
+    def log(message):
+        if bar is None:
+            click.echo(message, err=True)
+        else:
+            bar.write(message, file=sys.stderr)
+
+    try:
+        result = run_tune(request, log=log, on_trial=on_trial)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(_table(trial_rows(result), TRIAL_HEADERS))
+    click.echo()
+    click.echo(_table(group_rows(result), GROUP_HEADERS))
+    if acceptance_rows(result):
+        click.echo()
+        click.echo(_table(acceptance_rows(result), ACCEPTANCE_HEADERS))
+    click.echo()
+    click.echo(summary(result))
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)} (study {result.study} in {result.storage})")
+
+
 # ---------------------------------------------------------------- deployment (issue 7)
 # (commands: export)
 

@@ -419,6 +419,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def device_name(device: str) -> str:
+    """What the device is, as its driver names it (a CUDA GPU) or /proc/cpuinfo does (a CPU).
+
+    Raises:
+        DeviceError: as `resolve_device`.
+    """
+    import torch
+
+    dev = resolve_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as info:

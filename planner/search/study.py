@@ -169,9 +169,9 @@ def _run_study(storage, study_name, *, sampler, directions, fingerprint, space, 
     import optuna
 
     with _interrupt_between_trials() as interrupted:
-        study = open_study(storage, study_name, sampler=sampler, directions=directions, fingerprint=fingerprint)
+        study, created = open_study(storage, study_name, sampler=sampler, directions=directions, fingerprint=fingerprint)
         with storage_errors(storage):
-            if len(study.trials) == 0 and not interrupted:
+            if created and not interrupted:
                 for point in seeds(space):
                     study.enqueue_trial(point, skip_if_exists=True)
             if not interrupted:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from planner.cli import cli
 from planner.plan.schema import load_plan
 from planner.tune.request import split_prompts
 import planner.tune.study  # noqa: F401  (loaded for monkeypatching by name in sys.modules)

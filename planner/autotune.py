@@ -6,8 +6,9 @@ Calibration, on prompts other than the final run's:
    per-kernel cost is set so that the performance model's step equals it (the bandwidth and
    FLOP/s terms stay the profile's). On GPUs with CUDA graphs this changes little; on CPUs the
    eager dispatch cost of a real model's ops differs from any micro-benchmark's.
-2. the search, with that profile, proposes each method's best set-up (for s3d: the adapted
-   skip set and gamma from s3d.json; for draft_model: the gamma the model prefers).
+2. the search, with that profile, proposes each method's best set-up (for s3d: the skip set
+   and gamma of the checkpoint's adapter, when it has one; for draft_model: the gamma the
+   model prefers).
 3. each set-up and autoregressive decoding are run in interleaved rounds (one
    runtime.DecodingBench: the model loaded once): tokens per iteration gives the acceptance,
    and the median round's speedup over autoregressive gives the iteration time. The performance model with
@@ -21,7 +22,6 @@ prompts and longer outputs, is the check of that prediction.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -78,12 +78,12 @@ def _draft_decoding(spec, profile, draft: Path, draft_spec, *, context: int, pri
     return max(options, key=lambda d: predict(spec, profile, d, context=context, draft_spec=draft_spec, priors=priors).tokens_per_s)
 
 
-def s3d_decoding(source: Path) -> Decoding | None:
-    path = source / "s3d.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    return Decoding(method="s3d", gamma=int(meta["gamma"]), skip_layers=tuple(int(i) for i in meta["skip_layers"]))
+def s3d_decoding(source: Path, spec) -> Decoding | None:
+    """The set-up of the checkpoint's S3D adapter (its own or a shipped one), or None."""
+    from planner.runtime.adapter import planned_s3d
+
+    found = planned_s3d(str(source), (spec.num_layers, spec.hidden_size, spec.vocab_size))
+    return found[0] if found else None
 
 
 def autotune(
@@ -140,7 +140,7 @@ def autotune(
               priors=priors, model_source=str(source.resolve()))
     first = search(spec, profile, **kw)
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
-    s3d = s3d_decoding(source)
+    s3d = s3d_decoding(source, spec)
     bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
                           max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0), chat=chat)
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"

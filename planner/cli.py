@@ -344,6 +344,8 @@ def _describe(d) -> str:
         parts.append(f"exit {d.exit_layer}")
     if d.draft_model:
         parts.append(f"draft {d.draft_model}")
+    if d.adapter:
+        parts.append(f"adapter {d.adapter}")
     parts.append(d.quant)
     return ", ".join(parts)
 
@@ -368,9 +370,12 @@ def _describe(d) -> str:
 @click.option("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
 @click.option("--study", "study_name", help="Study name in --storage.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw every evaluated set-up (PNG).")
+@click.option("--adapter", type=click.Path(file_okay=False),
+              help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
+                   "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
-                 seed, objective, methods, skip_pattern, storage, study_name, plot, out):
+                 seed, objective, methods, skip_pattern, storage, study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -379,16 +384,19 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
       specplan plan --model llama-3.1-8b --gpu h100-sxm --batch-sizes 1-128 --engine vllm --plot sched.png
       specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
           --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
+      specplan plan --model SmolLM2-135M-Instruct.Q4_1.gguf --gpu cpu.yaml --methods s3d,autoregressive
     """
     from planner._files import ensure_writable
     from planner.hardware import load_profile
     from planner.plan import save_plan
+    from planner.runtime.adapter import planned_s3d
     from planner.search import search
     from planner.search.engines import engine_space
     from planner.search.plot import check_plot_path
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
-    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern)
+    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
+                        adapter, methods)
     sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
     if gpus:
         return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
@@ -398,6 +406,8 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
             ensure_writable(path)
     method_list, quants = engine_space([engine] if engine else [], _method_list(methods))
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    adapted = None if sizes or (method_list and "s3d" not in method_list) else \
+        planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
     if sizes:
         result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, context=context, trials=trials,
                                  seed=seed, methods=method_list, quants=quants, skip_pattern=skip_pattern,
@@ -405,7 +415,8 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     else:
         result = search(spec, profile, vram_gib=vram_gib, context=context, trials=trials, seed=seed, objective=objective,
                         methods=method_list, quants=quants, skip_pattern=skip_pattern, storage=storage,
-                        study_name=study_name, model_source=model_name)
+                        study_name=study_name, model_source=model_name, s3d=adapted and adapted[0],
+                        acceptance={"s3d": adapted[1]} if adapted and adapted[1] is not None else None)
     if plot:
         from planner.search.plot import plot_schedule, plot_search
 
@@ -417,9 +428,14 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
-def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern):
+def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
+                        adapter, methods):
     from planner.errors import InputError
 
+    if adapter and (gpus or batch_sizes):
+        raise InputError("--adapter plans s3d for one GPU at one batch size: leave out --gpus and --batch-sizes")
+    if adapter and methods and "s3d" not in _method_list(methods):
+        raise InputError("--adapter is s3d's draft: add s3d to --methods, or leave out --adapter")
     if bool(gpu) == bool(gpus):
         raise InputError("give --gpu NAME for one plan, or --gpus LIST --out-dir DIR for a fleet")
     fleet_only = {"--out-dir": out_dir, "--export": exports, "--usd-per-hour": usd_per_hour}
@@ -539,31 +555,47 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 
 @cli.command()
 @click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory, .gguf file or hub id.")
-@click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
+              help="Distillation prompts, one per line or JSONL with \"prompt\" (default: the shipped chat and code set).")
 @click.option("--skip-layers", required=True, callback=_layer_list,
               help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
 @click.option("--gamma", type=int, required=True, help="Tokens drafted per forward, 1-16 (mask tokens = gamma - 1).")
+@click.option("--rank", type=click.IntRange(1), default=8, show_default=True, help="LoRA rank (alpha = 2 x rank).")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--lr", type=_Finite(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate.")
-@click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=_Finite(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Draft blocks per step.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True,
+              help="Length of each prompt's greedy continuation (the training data).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
-def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device, out):
-    """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
-    trained to predict the next gamma tokens in one forward, the full model kept as it was.
+@click.option("--seed", type=int, default=0, show_default=True)
+@_CHAT_OPTION
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapter.")
+def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, max_new_tokens, resume, device, seed, chat,
+          out):
+    """Train an S3D draft adapter for a checkpoint, which stays untouched: LoRA on the kept
+    layers and the mask token's embedding, trained on the checkpoint's own greedy
+    continuations of the prompts to draft the next gamma tokens in one forward. Decoding
+    with it (specplan plan/run --methods s3d) is token-identical to the checkpoint's.
 
     \b
     Example:
-      specplan adapt --model ./my-llama --data src/ --skip-layers 4-7 --gamma 4 --out ./my-llama-s3d
+      specplan adapt --model ./my-llama --skip-layers 10-15 --gamma 3 --out ./my-llama-s3d
+      specplan plan --model ./my-llama --gpu cpu.yaml --methods s3d --adapter ./my-llama-s3d
     """
+    from pathlib import Path
+
+    from planner.runtime import read_prompts
     from planner.train.adapt import adapt as run_adapt
 
-    r = run_adapt(model_path, data, skip_layers=skip_layers, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
-                  resume=resume, device=device)
-    draft = "-" if r.draft_loss is None else f"{r.draft_loss:.3f}"  # None: resumed after the last step
-    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {draft}")
-    click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
+    prompts = read_prompts(prompts_path) if prompts_path else None
+    r = run_adapt(model_path, prompts, skip_layers=skip_layers, gamma=gamma, out=out, rank=rank, steps=steps, lr=lr,
+                  batch=batch, max_new_tokens=max_new_tokens, resume=resume, device=device, seed=seed, chat=chat,
+                  prompts_name=prompts_path and Path(prompts_path).name, log=lambda m: click.echo(m, err=True))
+    click.echo(f"held-out greedy draft: {r.tokens_per_iteration_before:.2f} -> {r.tokens_per_iteration_after:.2f} tokens per "
+               f"iteration (estimate), draft loss {r.draft_loss_before:.3f} -> {r.draft_loss_after:.3f}")
+    click.echo(f"wrote {r.out} (adapter.safetensors {r.adapter_mb:.1f} MB, s3d.json: skip {list(r.skip_layers)}, "
+               f"gamma {r.gamma}, rank {r.rank}) in {r.seconds:.0f} s")
 
 
 @cli.command()

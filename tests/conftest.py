@@ -250,3 +250,34 @@ def tu_postgres():
         subprocess.run(as_user + [f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], capture_output=True,
                        timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- S3D adapters (issue 16)
+
+
+def rt_write_adapter(checkpoint: str, out, *, skip_layers=(1, 2), gamma: int = 3, seed: int = 0, scale: float = 0.05):
+    """Save, as `specplan adapt` does, an S3D adapter for `checkpoint` whose LoRA matrices and
+    mask embedding are random (B != 0: the draft differs from plain layer skipping). Returns `out`."""
+    from pathlib import Path
+
+    import torch
+
+    from planner.runtime.adapter import FORMAT, AdapterInfo, BaseRef, Draft, config_shape, linear_modules
+    from planner.runtime.checkpoint import content_fingerprint
+    from planner.runtime.load import load_target
+
+    target = load_target(checkpoint, device=torch.device("cpu"), max_seq_len=16, dtype=torch.float32)
+    kept = tuple(i for i in range(target.num_layers) if i not in skip_layers)
+    modules = linear_modules(target.decoder, kept)
+    draft = Draft(target.decoder, ("rt-write",), skip_layers=skip_layers, rank=4, alpha=8.0, target_modules=modules,
+                  mask_token_id=target.vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    layers, hidden, vocab = config_shape(target.hf_config)
+    info = AdapterInfo(format=FORMAT, skip_layers=tuple(skip_layers), gamma=gamma, rank=4, alpha=8.0, target_modules=modules,
+                       mask_token_id=vocab, base=BaseRef(sha256=content_fingerprint(checkpoint), name=Path(checkpoint).name,
+                                                         num_layers=layers, hidden_size=hidden, vocab_size=vocab))
+    draft.save(Path(out), info, dtype=torch.float32)
+    return Path(out)

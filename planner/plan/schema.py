@@ -53,6 +53,7 @@ class Decoding:
     draft_model: str | None = None  # draft_model: card name, path or hub id
     draft_quant: str = "none"
     ngram: int = 3  # prompt_lookup: longest n-gram matched in the context
+    adapter: str | None = None  # s3d: the draft adapter's directory; None: the checkpoint's own or a shipped one
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
     ignored = {"skip_layers": method not in ("layer_skip", "s3d") and decoding.skip_layers,
                "exit_layer": method != "early_exit" and decoding.exit_layer is not None,
                "draft_model": method != "draft_model" and decoding.draft_model,
+               "adapter": method != "s3d" and decoding.adapter,
                "gamma": method == "autoregressive" and decoding.gamma}
     for name, given in ignored.items():
         if given:  # a value the method would silently ignore

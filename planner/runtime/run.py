@@ -1,6 +1,6 @@
 """run_plan: check a plan against its checkpoint and budget, load it, decode, measure.
 
-Every check that can refuse a run (model mismatch, unadapted s3d model, prompt too long,
+Every check that can refuse a run (model mismatch, s3d without an adapter for the checkpoint, prompt too long,
 missing GPU or quantization backend, memory budget) happens before any weight is loaded.
 """
 
@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from planner._files import read_utf8
 from planner.errors import InputError, PlanError
@@ -147,18 +146,22 @@ def check_plan_matches(plan, hf_config) -> None:
         raise PlanError(f"decoding.exit_layer: {exit_layer} is outside 1-{layers - 1} for this checkpoint")
 
 
-def read_s3d_config(source: str, vocab_size: int) -> dict:
-    path = Path(source) / "s3d.json"
-    if not path.is_file():
-        raise PlanError(f"decoding.method: s3d needs a model adapted for it ({source} has no s3d.json): run `specplan adapt` first")
-    try:
-        config = json.loads(path.read_text())
-        mask = int(config["mask_token_id"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise InputError(f"{path}: expected a JSON object with an integer \"mask_token_id\"") from None
-    if not 0 <= mask < vocab_size:
-        raise InputError(f"{path}: mask_token_id {mask} is outside the vocabulary (0-{vocab_size - 1})")
-    return config
+def s3d_adapter(decoding, source: str, hf_config):
+    """The adapter an s3d `decoding` of the checkpoint `source` drafts with (see
+    planner.runtime.adapter.find_adapter), checked against the decoding's skip set.
+
+    Raises PlanError when there is none or it was trained for other skipped layers; what
+    find_adapter raises for an unreadable adapter or one trained on another checkpoint."""
+    from planner.runtime.adapter import config_shape, find_adapter
+
+    adapter = find_adapter(source, config_shape(hf_config), given=decoding.adapter)
+    if adapter is None:
+        raise PlanError(f"decoding.method: s3d drafts with an adapter trained on this checkpoint, and {source} has none "
+                        "(none given, none in its directory, none shipped for it): run `specplan adapt` first")
+    if tuple(decoding.skip_layers) != adapter.info.skip_layers:
+        raise PlanError(f"decoding.skip_layers: {list(decoding.skip_layers)} differs from the layers the adapter "
+                        f"{adapter.path} was trained to skip, {list(adapter.info.skip_layers)}")
+    return adapter
 
 
 def _use_chat(tokenizer, chat: bool | None) -> bool:
@@ -209,8 +212,9 @@ def _budget_gib(device, vram_gib: float | None, plan_vram_gib: float | None):
     return min(limits) if limits else (None, "")
 
 
-def make_drafter(plan, target, *, source: str, draft=None):
-    """The plan's drafter on `target` (`draft`: the loaded draft model, for draft_model)."""
+def make_drafter(plan, target, *, draft=None, adapter=None):
+    """The plan's drafter on `target` (`draft`: the loaded draft model, for draft_model;
+    `adapter`: the s3d_adapter, for s3d)."""
     from planner.runtime import drafters
 
     d = plan.decoding
@@ -221,8 +225,9 @@ def make_drafter(plan, target, *, source: str, draft=None):
     if d.method == "early_exit":
         return drafters.EarlyExit(target, d.gamma, d.exit_layer)
     if d.method == "s3d":
-        mask = read_s3d_config(source, target.vocab_size)["mask_token_id"]
-        return drafters.S3D(target, d.gamma, d.skip_layers, mask)
+        from planner.runtime.adapter import attach
+
+        return drafters.S3D(target, d.gamma, attach(target.decoder, adapter), adapter.info.mask_token_id)
     if d.method == "draft_model":
         return drafters.DraftModel(draft, d.gamma)
     return drafters.PromptLookup(target, d.gamma, d.ngram)
@@ -313,7 +318,7 @@ class _Session:
         self.dtype = resolve_dtype(dtype, self.device, _plan_profile(plan))
         self.dtype_name = next(name for name, value in DTYPES.items() if value == self.dtype)
         self._budget = _budget_gib(self.device, vram_gib, plan.constraints.vram_gib)
-        self._draft_configs, self._drafts, self._drafters, self._estimates = {}, {}, {}, {}
+        self._draft_configs, self._drafts, self._drafters, self._estimates, self._adapters = {}, {}, {}, {}, {}
         for d in decodings:
             self.check(d)
         require_backend(plan.decoding.quant)
@@ -346,7 +351,7 @@ class _Session:
             raise PlanError(f"decoding.gamma: {d.gamma} is more than the {self.max_gamma} this checkpoint's cache was sized for")
         check_plan_matches(self.plan.replace(decoding=d), self.hf_config)
         if d.method == "s3d":
-            read_s3d_config(self.source, self.hf_config.vocab_size)
+            self._adapters[d] = s3d_adapter(d, self.source, self.hf_config)
         if d.method == "draft_model" and d.draft_model not in self._draft_configs:
             config = read_hf_config(d.draft_model)
             if config.vocab_size != self.hf_config.vocab_size:
@@ -372,7 +377,8 @@ class _Session:
                     self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.cache_len,
                                                               dtype=self.dtype)
                 draft = self._drafts[d.draft_model]
-            self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, source=self.source, draft=draft)
+            self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, draft=draft,
+                                             adapter=self._adapters.get(d))
         return self._drafters[d]
 
 

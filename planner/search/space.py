@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.models.spec import ModelSpec
 from planner.perf.speedup import middle_block
@@ -21,12 +21,12 @@ class Space:
     max_gamma: int = MAX_PREDICTORS
     skip_pattern: str = "middle"  # "middle": a centred block of any size; "any": arbitrary subsets
     ngrams: tuple[int, int] | None = None  # prompt_lookup: the n-gram sizes searched (None: the default 3)
-    s3d: Decoding | None = None  # s3d: the adapted checkpoint's skip set and gamma (None: searched like layer_skip)
+    s3d: Decoding | None = None  # an adapter's set-up: s3d trials take its skipped layers and gamma as they are
 
     @classmethod
-    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle") -> "Space":
+    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None) -> "Space":
         chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
-        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern)
+        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d)
 
 
 def suggest(trial, space: Space) -> Decoding:
@@ -35,6 +35,8 @@ def suggest(trial, space: Space) -> Decoding:
     quant = trial.suggest_categorical("quant", list(space.quants))
     if method == "autoregressive":
         return Decoding(method=method, quant=quant)
+    if method == "s3d" and space.s3d is not None:
+        return replace(space.s3d, quant=quant)
     gamma = trial.suggest_int("gamma", 1, space.max_gamma)
     L = space.num_layers
     if method == "s3d" and space.s3d is not None:  # the skip set it was adapted for; gamma up to the adapted one
@@ -82,6 +84,8 @@ def enumerate_space(space: Space):
     for method, quant in itertools.product(space.methods, space.quants):
         if method == "autoregressive":
             yield Decoding(method=method, quant=quant)
+        elif method == "s3d" and space.s3d is not None:
+            yield replace(space.s3d, quant=quant)
         elif method in ("layer_skip", "s3d"):
             for count, gamma in itertools.product(range(1, L - 1), gammas):
                 yield Decoding(method=method, gamma=gamma, quant=quant, skip_layers=middle_block(L, count))
@@ -101,7 +105,7 @@ def seeds(space: Space) -> list[dict]:
     L, points = space.num_layers, []
     for quant in space.quants:
         for method in space.methods:
-            if method == "autoregressive":
+            if method == "autoregressive" or (method == "s3d" and space.s3d is not None):
                 points.append({"method": method, "quant": quant})
             elif method in ("layer_skip", "s3d") and space.skip_pattern == "middle":
                 points.append({"method": method, "quant": quant, "gamma": 4, "skip_count": max(1, L // 2 - 2)})

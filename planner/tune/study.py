@@ -193,7 +193,7 @@ class _Setup:
             tuning, held = prompts, read_grouped_prompts(request.held_out)
         else:
             tuning, held = split_prompts(prompts, request.held_out)
-        s3d = s3d_decoding(source) if source.is_dir() else None
+        s3d = s3d_decoding(source, spec)  # its own adapter, or one shipped for this checkpoint
         space = Space(spec.num_layers, _methods(request, draft_specs, s3d), tuple(request.quants), tuple(draft_specs),
                       skip_pattern=request.skip_pattern, ngrams=NGRAMS, s3d=s3d)
         profile = cls._profile(request, log)

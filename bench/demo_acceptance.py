@@ -31,35 +31,39 @@ GAMMAS = tuple(range(1, 9))
 SKIPPED_COUNTS = (2, 4, 6, 8, 10)
 
 
-def _drafter(method: str, target, gamma: int, skipped: int, mask_id: int):
+def _drafter(method: str, target, gamma: int, skipped: int, adapter):
+    """s3d drafts with the demo's adapter at the skip set it was trained for, and with an
+    untrained one (plain layer skipping with a mask token) at the others."""
     from planner.runtime import drafters
+    from planner.runtime.adapter import attach, untrained_draft
 
     L = target.num_layers
     if method == "early_exit":
         return drafters.EarlyExit(target, gamma, L - skipped)
+    skip = middle_block(L, skipped)
     if method == "s3d":
-        return drafters.S3D(target, gamma, middle_block(L, skipped), mask_id)
-    return drafters.LayerSkip(target, gamma, middle_block(L, skipped))
+        key = attach(target.decoder, adapter) if skip == adapter.info.skip_layers else untrained_draft(target.decoder, skip)
+        return drafters.S3D(target, gamma, key, target.vocab_size)
+    return drafters.LayerSkip(target, gamma, skip)
 
 
 def measure(model: Path, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """One row per (method, skipped layers, gamma): measured tokens per iteration."""
-    import json
-
     import torch
     from transformers import AutoTokenizer
 
+    from planner.runtime.adapter import read_adapter
     from planner.runtime.decode import generate
     from planner.runtime.load import load_target
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model)
-    mask_id = json.loads((model / "s3d.json").read_text())["mask_token_id"]
+    adapter = read_adapter(model)
     encoded = [tokenizer(p).input_ids for p in prompts]
     target = load_target(str(model), device=torch.device("cpu"), max_seq_len=max(map(len, encoded)) + max_new_tokens + 10)
     rows = []
     for method, skipped, gamma in itertools.product(METHODS, SKIPPED_COUNTS, GAMMAS):
-        drafter = _drafter(method, target, gamma, skipped, mask_id)
+        drafter = _drafter(method, target, gamma, skipped, adapter)
         runs = [generate(target, drafter, ids, max_new_tokens=max_new_tokens, temperature=0.0, seed=0) for ids in encoded]
         tau = sum(g.decode_tokens for g in runs) / sum(g.iterations for g in runs)
         exit_layer = target.num_layers - skipped if method == "early_exit" else None

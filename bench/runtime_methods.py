@@ -45,6 +45,7 @@ def main() -> None:
 
     from _runtime_shapes import default_shape, llama_config
     from planner.runtime import drafters
+    from planner.runtime.adapter import untrained_draft
     from planner.runtime.decode import generate
     from planner.runtime.load import random_target, resolve_device
 
@@ -59,7 +60,8 @@ def main() -> None:
     kept = tuple(i for i in range(L) if i not in skip)
     exit_layer = L // 2
     t_all_1, t_verify = forward_ms(target, 1, None), forward_ms(target, GAMMA + 1, None)
-    t_kept_1, t_kept_g = forward_ms(target, 1, kept), forward_ms(target, GAMMA, kept)
+    s3d_key = untrained_draft(target.decoder, skip)  # a rank-8 adapter's cost; it drafts like plain layer skipping
+    t_kept_1, t_kept_g = forward_ms(target, 1, kept), forward_ms(target, GAMMA, s3d_key)
     t_lower_1 = forward_ms(target, 1, tuple(range(exit_layer)))
     t_upper_v = forward_ms(target, GAMMA + 1, tuple(range(exit_layer, L)))
     t_draft_1 = forward_ms(draft, 1, None)
@@ -67,7 +69,7 @@ def main() -> None:
         "autoregressive": (drafters.Autoregressive(), t_all_1),
         "layer_skip": (drafters.LayerSkip(target, GAMMA, skip), GAMMA * t_kept_1 + t_verify),
         "early_exit": (drafters.EarlyExit(target, GAMMA, exit_layer), GAMMA * t_lower_1 + t_lower_1 + t_upper_v),
-        "s3d": (drafters.S3D(target, GAMMA, skip, 3), t_kept_g + t_verify),
+        "s3d": (drafters.S3D(target, GAMMA, s3d_key, target.vocab_size), t_kept_g + t_verify),
         "draft_model": (drafters.DraftModel(draft, GAMMA), GAMMA * t_draft_1 + t_verify),
         "prompt_lookup": (drafters.PromptLookup(target, GAMMA, 3), t_verify),
     }

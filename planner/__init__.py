@@ -2,7 +2,7 @@
 
 The public surface is small and lazy: planning never imports torch.
 
-    from planner import load_profile, load_model_spec, plan, predict, run_plan, profile_device
+    from planner import load_profile, load_model_spec, plan, predict, run_plan, profile_device, tune, TuneRequest
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ _EXPORTS = {
     "plan": "planner.search",
     "run_plan": "planner.runtime",
     "compare_decodings": "planner.runtime",
+    "tune": "planner.tune",
+    "TuneRequest": "planner.tune",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -39,9 +41,9 @@ def __getattr__(name: str):
 
 
 class _Package(types.ModuleType):
-    """`planner.plan` is the function `plan`, although a subpackage has that name: importing a
-    subpackage binds it as an attribute of its parent, which would shadow the function for
-    every later `from planner import plan`. The subpackage stays importable by its full name
+    """`planner.plan` is the function `plan` (and `planner.tune` the function `tune`), although
+    a subpackage has that name: importing a subpackage binds it as an attribute of its parent,
+    which would shadow the function for every later `from planner import plan`. The subpackage stays importable by its full name
     (`from planner.plan import Plan`)."""
 
     def __setattr__(self, name: str, value) -> None:

@@ -38,6 +38,37 @@ def read_utf8(path: str | os.PathLike) -> str:
         raise InputError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
+_DIGEST_SPAN = 1 << 20  # bytes read from each end of a file
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """A SHA-256 (hex) of the file at `path`, or of every file under the directory `path`:
+    names, sizes and the first and last MiB of each. Cheap on multi-GiB checkpoints, and
+    still changes when weights are replaced (a retrained or requantized file differs in size
+    or at its ends; its header at least).
+
+    Raises:
+        InputError: a file that cannot be read.
+    """
+    import hashlib
+
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for file in files:
+        try:
+            size = file.stat().st_size
+            with file.open("rb") as handle:
+                head = handle.read(_DIGEST_SPAN)
+                handle.seek(max(size - _DIGEST_SPAN, 0))
+                tail = handle.read(_DIGEST_SPAN)
+        except OSError as exc:
+            raise InputError(f"{file}: cannot read ({exc.strerror})") from None
+        digest.update(f"{file.relative_to(root) if root.is_dir() else file.name}\0{size}\0".encode())
+        digest.update(head + tail)
+    return digest.hexdigest()
+
+
 def ensure_writable(path: str | os.PathLike) -> None:
     """Fail before a long computation, not after it, when `path` could not be written.
 

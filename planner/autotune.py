@@ -6,8 +6,9 @@ Calibration, on prompts other than the final run's:
    per-kernel cost is set so that the performance model's step equals it (the bandwidth and
    FLOP/s terms stay the profile's). On GPUs with CUDA graphs this changes little; on CPUs the
    eager dispatch cost of a real model's ops differs from any micro-benchmark's.
-2. the search, with that profile, proposes each method's best set-up (for s3d: the adapted
-   skip set and gamma from s3d.json; for draft_model: the gamma the model prefers).
+2. the search, with that profile, proposes each method's best set-up (for s3d: the skip set
+   and gamma of the checkpoint's adapter, when it has one; for draft_model: the gamma the
+   model prefers).
 3. each set-up and autoregressive decoding are run in interleaved rounds (one
    runtime.DecodingBench: the model loaded once): tokens per iteration gives the acceptance,
    and the median round's speedup over autoregressive gives the iteration time. The performance model with
@@ -21,7 +22,6 @@ prompts and longer outputs, is the check of that prediction.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,7 +61,7 @@ class AutotuneResult:
     kernel_us: tuple[float, float]  # per-kernel cost: the profile's, and calibrated on this model
 
 
-def _best_per_method(evaluated) -> dict[str, Candidate]:
+def best_per_method(evaluated) -> dict[str, Candidate]:
     best: dict[str, Candidate] = {}
     for c in evaluated:
         m = c.decoding.method
@@ -78,12 +78,12 @@ def _draft_decoding(spec, profile, draft: Path, draft_spec, *, context: int, pri
     return max(options, key=lambda d: predict(spec, profile, d, context=context, draft_spec=draft_spec, priors=priors).tokens_per_s)
 
 
-def _s3d_decoding(source: Path) -> Decoding | None:
-    path = source / "s3d.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    return Decoding(method="s3d", gamma=int(meta["gamma"]), skip_layers=tuple(int(i) for i in meta["skip_layers"]))
+def s3d_decoding(source: Path, spec) -> Decoding | None:
+    """The set-up of the checkpoint's S3D adapter (its own or a shipped one), or None."""
+    from planner.runtime.adapter import planned_s3d
+
+    found = planned_s3d(str(source), (spec.num_layers, spec.hidden_size, spec.vocab_size))
+    return found[0] if found else None
 
 
 def autotune(
@@ -140,7 +140,7 @@ def autotune(
               priors=priors, model_source=str(source.resolve()))
     first = search(spec, profile, **kw)
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
-    s3d = _s3d_decoding(source)
+    s3d = s3d_decoding(source, spec)
     bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
                           max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0), chat=chat)
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
@@ -148,7 +148,7 @@ def autotune(
     step_s = bench.compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
     searched_profile = calibrate_kernel_cost(spec, profile, step_s, context=context)
     result = search(spec, searched_profile, **kw)
-    candidates = [c.decoding for m, c in _best_per_method(result.evaluated).items() if m != "autoregressive"]
+    candidates = [c.decoding for m, c in best_per_method(result.evaluated).items() if m != "autoregressive"]
     candidates += [s3d] if s3d else []
     candidates += [_draft_decoding(spec, searched_profile, draft, draft_spec, context=context, priors=priors)] if draft else []
     measured = _measure(bench, candidates, log)
@@ -162,16 +162,16 @@ def autotune(
         alpha = None if d.method == "autoregressive" else alpha_from_tokens_per_iteration(m.tokens_per_iteration, d.gamma)
         model = predict(spec, calibrated_profile, d, context=context, acceptance=alpha, priors=priors, draft_spec=draft_spec,
                         basis="calibrated")
-        return Calibrated(Candidate(d, _with_measured_speedup(model, m.speedup)), model, m)
+        return Calibrated(Candidate(d, with_measured_speedup(model, m.speedup)), model, m)
 
     calibrated = [calibrate(m) for m in measured if m.identical]
     for m in measured:
         if not m.identical:
-            log(f"left out {_describe(m.decoding)}: its output differed from autoregressive decoding")
+            log(f"left out {describe(m.decoding)}: its output differed from autoregressive decoding")
     ranked = [c.candidate for c in ranked_calibrations(calibrated)]
     plan = result.plan.replace(decoding=ranked[0].decoding, prediction=ranked[0].prediction, alternatives=tuple(ranked[1:]))
     plan.save(out)
-    log(f"wrote {out}; running {_describe(plan.decoding)} and autoregressive on {len(prompts)} prompts")
+    log(f"wrote {out}; running {describe(plan.decoding)} and autoregressive on {len(prompts)} prompts")
     report = run_plan(plan, prompts, max_new_tokens=max_new_tokens, seed=seed, baseline=True, device=device, dtype=dtype,
                       chat=bench.chat)
     plan = plan.replace(measured={"tokens_per_s": report.tokens_per_s, "tokens_per_iteration": report.tokens_per_iteration,
@@ -186,12 +186,12 @@ def _measure(bench, candidates: list[Decoding], log) -> list:
     rounds; then the fastest also at its neighbouring gammas."""
     log(f"calibrating against autoregressive in {CALIBRATION_ROUNDS} interleaved rounds:")
     for d in candidates:
-        log(f"  {_describe(d)}")
+        log(f"  {describe(d)}")
     measured = bench.compare(candidates, CALIBRATION_ROUNDS)
     best = max(measured[1:], key=lambda m: m.speedup, default=None)
     near = [d for d in _neighbours(best.decoding) if d not in candidates] if best is not None else []
     if near:
-        log(f"the fastest, {_describe(best.decoding)} ({best.speedup:.2f}x), at gamma " + " and ".join(str(d.gamma) for d in near))
+        log(f"the fastest, {describe(best.decoding)} ({best.speedup:.2f}x), at gamma " + " and ".join(str(d.gamma) for d in near))
         measured += bench.compare(near, CALIBRATION_ROUNDS)[1:]
     return measured
 
@@ -203,7 +203,7 @@ def _neighbours(d: Decoding) -> list[Decoding]:
     return [replace(d, gamma=g) for g in (d.gamma - 1, d.gamma + 1) if 1 <= g <= MAX_PREDICTORS]
 
 
-def _with_measured_speedup(model, speedup: float):
+def with_measured_speedup(model, speedup: float):
     """`model` (a Prediction) with its iteration time set by a measured speedup over
     autoregressive decoding (whose step the calibrated profile already reproduces)."""
     scale = model.speedup / speedup  # measured iteration time / the model's
@@ -225,14 +225,20 @@ def calibrate_kernel_cost(spec, profile, step_s: float, *, context: int):
     return replace(profile, **{field: max(0.0, (step_s - roofline_s) / kernels * 1e6)})
 
 
-def _describe(d: Decoding) -> str:
+def describe(d: Decoding) -> str:
+    """A set-up in a few words: method, gamma and what the method's own choice is."""
     if d.method in ("layer_skip", "s3d"):
-        return f"{d.method} gamma {d.gamma} skipping layers {d.skip_layers[0]}-{d.skip_layers[-1]}"
+        first, last = d.skip_layers[0], d.skip_layers[-1]
+        contiguous = list(d.skip_layers) == list(range(first, last + 1))
+        skipped = f"{first}-{last}" if contiguous else ",".join(map(str, d.skip_layers))
+        return f"{d.method} gamma {d.gamma} skipping layers {skipped}"
     if d.method == "early_exit":
         return f"early_exit gamma {d.gamma} exit layer {d.exit_layer}"
     if d.method == "draft_model":
         return f"draft_model gamma {d.gamma} draft {Path(d.draft_model).parent.name}/{Path(d.draft_model).name}"
-    return d.method if d.method == "autoregressive" else f"{d.method} gamma {d.gamma}"
+    if d.method == "prompt_lookup":
+        return f"prompt_lookup gamma {d.gamma}" + (f" ngram {d.ngram}" if d.ngram != Decoding.ngram else "")
+    return d.method
 
 
 def summary_rows(result: AutotuneResult) -> list[list[str]]:
@@ -240,7 +246,7 @@ def summary_rows(result: AutotuneResult) -> list[list[str]]:
     r, p = result.report, result.plan.prediction
     ar = result.calibrated[0].candidate.prediction
     return [
-        [_describe(result.plan.decoding), f"{p.tokens_per_s:.1f}", f"{r.tokens_per_s:.1f}", f"{p.speedup:.2f}x", f"{r.speedup:.2f}x"],
+        [describe(result.plan.decoding), f"{p.tokens_per_s:.1f}", f"{r.tokens_per_s:.1f}", f"{p.speedup:.2f}x", f"{r.speedup:.2f}x"],
         ["autoregressive", f"{ar.tokens_per_s:.1f}", f"{r.baseline_tokens_per_s:.1f}", "1.00x", "1.00x"],
     ]
 
@@ -261,7 +267,7 @@ def ranked_calibrations(calibrated) -> list[Calibrated]:
 def calibration_rows(result: AutotuneResult) -> list[list[str]]:
     """Every calibrated set-up, best first, as the plan ranked them."""
     ranked = ranked_calibrations(result.calibrated)
-    return [["chosen" if c.candidate.decoding == result.plan.decoding else "", _describe(c.candidate.decoding),
+    return [["chosen" if c.candidate.decoding == result.plan.decoding else "", describe(c.candidate.decoding),
              f"{c.measured.tokens_per_iteration:.2f}", f"{c.model.speedup:.2f}x",
              f"{c.measured.speedup:.2f}x ({c.measured.speedup_range[0]:.2f}-{c.measured.speedup_range[1]:.2f})"]
             for c in ranked]

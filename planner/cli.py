@@ -344,6 +344,8 @@ def _describe(d) -> str:
         parts.append(f"exit {d.exit_layer}")
     if d.draft_model:
         parts.append(f"draft {d.draft_model}")
+    if d.adapter:
+        parts.append(f"adapter {d.adapter}")
     parts.append(d.quant)
     return ", ".join(parts)
 
@@ -368,9 +370,12 @@ def _describe(d) -> str:
 @click.option("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
 @click.option("--study", "study_name", help="Study name in --storage.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Draw every evaluated set-up (PNG).")
+@click.option("--adapter", type=click.Path(file_okay=False),
+              help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
+                   "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
-                 seed, objective, methods, skip_pattern, storage, study_name, plot, out):
+                 seed, objective, methods, skip_pattern, storage, study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -379,16 +384,19 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
       specplan plan --model llama-3.1-8b --gpu h100-sxm --batch-sizes 1-128 --engine vllm --plot sched.png
       specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
           --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
+      specplan plan --model SmolLM2-135M-Instruct.Q4_1.gguf --gpu cpu.yaml --methods s3d,autoregressive
     """
     from planner._files import ensure_writable
     from planner.hardware import load_profile
     from planner.plan import save_plan
+    from planner.runtime.adapter import planned_s3d
     from planner.search import search
     from planner.search.engines import engine_space
     from planner.search.plot import check_plot_path
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
-    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern)
+    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
+                        adapter, methods)
     sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
     if gpus:
         return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
@@ -398,6 +406,8 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
             ensure_writable(path)
     method_list, quants = engine_space([engine] if engine else [], _method_list(methods))
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    adapted = None if sizes or (method_list and "s3d" not in method_list) else \
+        planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
     if sizes:
         result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, context=context, trials=trials,
                                  seed=seed, methods=method_list, quants=quants, skip_pattern=skip_pattern,
@@ -405,7 +415,8 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     else:
         result = search(spec, profile, vram_gib=vram_gib, context=context, trials=trials, seed=seed, objective=objective,
                         methods=method_list, quants=quants, skip_pattern=skip_pattern, storage=storage,
-                        study_name=study_name, model_source=model_name)
+                        study_name=study_name, model_source=model_name, s3d=adapted and adapted[0],
+                        acceptance={"s3d": adapted[1]} if adapted and adapted[1] is not None else None)
     if plot:
         from planner.search.plot import plot_schedule, plot_search
 
@@ -417,9 +428,14 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
-def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern):
+def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
+                        adapter, methods):
     from planner.errors import InputError
 
+    if adapter and (gpus or batch_sizes):
+        raise InputError("--adapter plans s3d for one GPU at one batch size: leave out --gpus and --batch-sizes")
+    if adapter and methods and "s3d" not in _method_list(methods):
+        raise InputError("--adapter is s3d's draft: add s3d to --methods, or leave out --adapter")
     if bool(gpu) == bool(gpus):
         raise InputError("give --gpu NAME for one plan, or --gpus LIST --out-dir DIR for a fleet")
     fleet_only = {"--out-dir": out_dir, "--export": exports, "--usd-per-hour": usd_per_hour}
@@ -539,31 +555,47 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 
 @cli.command()
 @click.option("--model", "model_path", required=True, help="Hugging Face causal LM: local directory, .gguf file or hub id.")
-@click.option("--data", required=True, multiple=True, help="Text files or directories (*.py, *.txt, *.md); repeatable.")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
+              help="Distillation prompts, one per line or JSONL with \"prompt\" (default: the shipped chat and code set).")
 @click.option("--skip-layers", required=True, callback=_layer_list,
               help="Layers the draft skips: A-B (inclusive) or a list 3,4,5.")
 @click.option("--gamma", type=int, required=True, help="Tokens drafted per forward, 1-16 (mask tokens = gamma - 1).")
+@click.option("--rank", type=click.IntRange(1), default=8, show_default=True, help="LoRA rank (alpha = 2 x rank).")
 @click.option("--steps", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--lr", type=_Finite(min=0, min_open=True), default=5e-4, show_default=True, help="Peak learning rate.")
-@click.option("--batch", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--lr", type=_Finite(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Draft blocks per step.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True,
+              help="Length of each prompt's greedy continuation (the training data).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapted model.")
-def adapt(model_path, data, skip_layers, gamma, steps, lr, batch, resume, device, out):
-    """Adapt a causal LM for S3D drafting: a mask token and the mid-layer-skipped model
-    trained to predict the next gamma tokens in one forward, the full model kept as it was.
+@click.option("--seed", type=int, default=0, show_default=True)
+@_CHAT_OPTION
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapter.")
+def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, max_new_tokens, resume, device, seed, chat,
+          out):
+    """Train an S3D draft adapter for a checkpoint, which stays untouched: LoRA on the kept
+    layers and the mask token's embedding, trained on the checkpoint's own greedy
+    continuations of the prompts to draft the next gamma tokens in one forward. Decoding
+    with it (specplan plan/run --methods s3d) is token-identical to the checkpoint's.
 
     \b
     Example:
-      specplan adapt --model ./my-llama --data src/ --skip-layers 4-7 --gamma 4 --out ./my-llama-s3d
+      specplan adapt --model ./my-llama --skip-layers 10-15 --gamma 3 --out ./my-llama-s3d
+      specplan plan --model ./my-llama --gpu cpu.yaml --methods s3d --adapter ./my-llama-s3d
     """
+    from pathlib import Path
+
+    from planner.runtime import read_prompts
     from planner.train.adapt import adapt as run_adapt
 
-    r = run_adapt(model_path, data, skip_layers=skip_layers, gamma=gamma, out=out, steps=steps, lr=lr, batch=batch,
-                  resume=resume, device=device)
-    draft = "-" if r.draft_loss is None else f"{r.draft_loss:.3f}"  # None: resumed after the last step
-    click.echo(f"full-model held-out loss {r.loss_before:.4f} -> {r.loss_after:.4f}; draft loss {draft}")
-    click.echo(f"wrote {r.out} (s3d.json: mask token {r.mask_token_id}, skip {list(r.skip_layers)}, gamma {r.gamma})")
+    prompts = read_prompts(prompts_path) if prompts_path else None
+    r = run_adapt(model_path, prompts, skip_layers=skip_layers, gamma=gamma, out=out, rank=rank, steps=steps, lr=lr,
+                  batch=batch, max_new_tokens=max_new_tokens, resume=resume, device=device, seed=seed, chat=chat,
+                  prompts_name=prompts_path and Path(prompts_path).name, log=lambda m: click.echo(m, err=True))
+    click.echo(f"held-out greedy draft: {r.tokens_per_iteration_before:.2f} -> {r.tokens_per_iteration_after:.2f} tokens per "
+               f"iteration (estimate), draft loss {r.draft_loss_before:.3f} -> {r.draft_loss_after:.3f}")
+    click.echo(f"wrote {r.out} (adapter.safetensors {r.adapter_mb:.1f} MB, s3d.json: skip {list(r.skip_layers)}, "
+               f"gamma {r.gamma}, rank {r.rank}) in {r.seconds:.0f} s")
 
 
 @cli.command()
@@ -601,6 +633,105 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
     click.echo(_table(summary_rows(result), SUMMARY_HEADERS))
     click.echo(f"outputs identical to autoregressive: {'yes' if result.report.identical else 'NO'}")
     click.echo(f"wrote {result.out} (prediction basis: {result.plan.prediction.basis})")
+
+# ---------------------------------------------------------------- measured tuning (issue 15)
+
+
+def _held_out(ctx, param, text: str):
+    """--held-out: a fraction (0 up to 1) or a prompts file."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@cli.command()
+@click.option("--model", "model_path", help="Model directory or .gguf file (default: the bundled demo model).")
+@click.option("--prompts", "prompts_path", type=click.Path(dir_okay=False),
+              help="Prompts: one per line, or JSONL with \"prompt\" and an optional \"group\" (default: the demo's).")
+@click.option("--held-out", default="0.5", show_default=True, callback=_held_out,
+              help="Fraction of each group's prompts held out for the final check (the last ones), or a prompts file.")
+@click.option("--draft-model", "draft_models", multiple=True,
+              help="Draft model directory for draft_model (same tokenizer); repeatable. Default: the demo's draft with the "
+                   "demo model.")
+@click.option("--quant", "quants", multiple=True, type=_QUANTS, help="A target quantization the study may choose; "
+              "repeatable (default: none only, the model as given).")
+@click.option("--methods", help="Comma-separated methods to search (default: every one the checkpoint can run).")
+@click.option("--trials", type=click.IntRange(1), default=20, show_default=True,
+              help="The study's total: a second run on the same study continues to it.")
+@click.option("--storage", help="Optuna storage: sqlite:///FILE.db, a journal FILE.log or postgresql://... shared by "
+              "workers (default: sqlite next to --out).")
+@click.option("--study", "study_name", help="Study name (default: tune-<fingerprint>).")
+@click.option("--objective", type=click.Choice(["mean", "worst-group"]), default="mean", show_default=True,
+              help="A trial's value: the median paired speedup over all prompts, or over the slowest group's.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Interleaved rounds per trial.")
+@click.option("--skip-pattern", type=click.Choice(["middle", "any"]), default="middle", show_default=True,
+              help="Skipped layers: a centred block, or arbitrary subsets.")
+@click.option("--profile", "profile_name", help="Hardware profile for the analytical model (default: measure this "
+              "device, ~20 s on a CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_CHAT_OPTION
+@click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
+def tune(model_path, prompts_path, held_out, draft_models, quants, methods, trials, storage, study_name, objective,
+         max_new_tokens, rounds, skip_pattern, profile_name, device, dtype, seed, chat, out):
+    """Tune speculative decoding by measurement: an Optuna study whose trials decode set-ups
+    on your prompts against autoregressive decoding in the same rounds; writes the best as
+    the plan, checked on held-out prompts, with reports beside it (NAME.tune.md,
+    NAME.acceptance.png, NAME.trials.png).
+
+    \b
+    Examples:
+      specplan tune --trials 12                        (the bundled demo model)
+      specplan tune --model SmolLM2-135M-Instruct.Q4_1.gguf --prompts bench/prompts/chat_code.jsonl \\
+          --objective worst-group --trials 12 --device cpu
+      specplan tune --model ./my-llama --prompts p.jsonl --storage postgresql://user@db/studies --study llama
+    """
+    from tqdm import tqdm
+
+    from planner.autotune import describe
+    from planner.tune import TuneRequest, tune as run_tune
+    from planner.tune.report import (
+        ACCEPTANCE_HEADERS, GROUP_HEADERS, TRIAL_HEADERS, acceptance_rows, group_rows, summary, trial_rows,
+    )
+
+    request = TuneRequest(model=model_path, prompts=prompts_path, held_out=held_out, draft_models=tuple(draft_models),
+                          quants=tuple(quants) or ("none",), methods=tuple(_method_list(methods)) if methods else None,
+                          trials=trials, storage=storage, study=study_name, objective=objective,
+                          max_new_tokens=max_new_tokens, rounds=rounds, skip_pattern=skip_pattern, device=device,
+                          dtype=dtype, chat=chat, profile=profile_name, seed=seed, out=out)
+    bar = None
+
+    def on_trial(finished, total, best):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, initial=finished, desc="tuning", unit="trial", file=sys.stderr, leave=False)
+        bar.update(finished - bar.n)
+        bar.set_postfix_str(f"best {best.value:.2f}x {describe(best.decoding)}" if best else "best -")
+
+    def log(message):
+        if bar is None:
+            click.echo(message, err=True)
+        else:
+            bar.write(message, file=sys.stderr)
+
+    try:
+        result = run_tune(request, log=log, on_trial=on_trial)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(_table(trial_rows(result), TRIAL_HEADERS))
+    click.echo()
+    click.echo(_table(group_rows(result), GROUP_HEADERS))
+    if acceptance_rows(result):
+        click.echo()
+        click.echo(_table(acceptance_rows(result), ACCEPTANCE_HEADERS))
+    click.echo()
+    click.echo(summary(result))
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)} (study {result.study} in {result.storage})")
+
 
 # ---------------------------------------------------------------- deployment (issue 7)
 # (commands: export)

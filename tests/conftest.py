@@ -183,3 +183,101 @@ def ck_cache(tmp_path, monkeypatch):
     cache = tmp_path / "specplan-cache"
     monkeypatch.setenv("SPECPLAN_CACHE", str(cache))
     return cache
+
+
+# ---------------------------------------------------------------- measured tuning (issue 15)
+# One tiny random Llama (4 layers) for `tune`, and a throwaway PostgreSQL server on a local
+# socket for the many-workers test: started by the test session from Debian's postgresql
+# binaries, stopped at its end.
+
+
+@pytest.fixture(scope="session")
+def tu_model(tmp_path_factory):
+    return _rt_save(tmp_path_factory.mktemp("tu_model") / "llama", "llama", 4, seed=7)
+
+
+def _tu_postgres_bin() -> "str | None":
+    import glob
+    import os
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return os.path.dirname(os.path.realpath(found))
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return os.path.dirname(versions[-1]) if versions else None
+
+
+@pytest.fixture(scope="session")
+def tu_postgres():
+    """A PostgreSQL URL (database `optuna` on a Unix socket of a server this session started).
+    Skips without PostgreSQL's binaries (apt-get install postgresql), fails instead under CI."""
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    missing = pytest.fail if os.environ.get("CI") else pytest.skip
+    bin_dir = _tu_postgres_bin()
+    if bin_dir is None:
+        missing("no PostgreSQL binaries (pg_ctl, initdb): apt-get install postgresql")
+    try:
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1 reaches postgresql:// URLs through psycopg 3)
+    except ImportError:
+        missing("psycopg is not installed: pip install '.[test]'")
+    root = tempfile.mkdtemp(prefix="specplan-pg-")
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as its own user
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            missing("running as root and there is no postgres user to run the server as")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(root, "data"), "55432"
+
+    def run(*args):
+        subprocess.run(as_user + list(args), check=True, capture_output=True, timeout=120)
+
+    run(f"{bin_dir}/initdb", "-D", data, "-U", "postgres", "--auth=trust")
+    run(f"{bin_dir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(root, "log"),
+        "-o", f"-k {root} -p {port} -c listen_addresses=''", "start")
+    try:
+        run(f"{bin_dir}/createdb", "-h", root, "-p", port, "-U", "postgres", "optuna")
+        yield f"postgresql://postgres@/optuna?host={root}&port={port}"
+    finally:
+        subprocess.run(as_user + [f"{bin_dir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], capture_output=True,
+                       timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- S3D adapters (issue 16)
+
+
+def rt_write_adapter(checkpoint: str, out, *, skip_layers=(1, 2), gamma: int = 3, seed: int = 0, scale: float = 0.05):
+    """Save, as `specplan adapt` does, an S3D adapter for `checkpoint` whose LoRA matrices and
+    mask embedding are random (B != 0: the draft differs from plain layer skipping). Returns `out`."""
+    from pathlib import Path
+
+    import torch
+
+    from planner.runtime.adapter import FORMAT, AdapterInfo, BaseRef, Draft, config_shape, linear_modules
+    from planner.runtime.checkpoint import content_fingerprint
+    from planner.runtime.load import load_target
+
+    target = load_target(checkpoint, device=torch.device("cpu"), max_seq_len=16, dtype=torch.float32)
+    kept = tuple(i for i in range(target.num_layers) if i not in skip_layers)
+    modules = linear_modules(target.decoder, kept)
+    draft = Draft(target.decoder, ("rt-write",), skip_layers=skip_layers, rank=4, alpha=8.0, target_modules=modules,
+                  mask_token_id=target.vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    layers, hidden, vocab = config_shape(target.hf_config)
+    info = AdapterInfo(format=FORMAT, skip_layers=tuple(skip_layers), gamma=gamma, rank=4, alpha=8.0, target_modules=modules,
+                       mask_token_id=vocab, base=BaseRef(sha256=content_fingerprint(checkpoint), name=Path(checkpoint).name,
+                                                         num_layers=layers, hidden_size=hidden, vocab_size=vocab))
+    draft.save(Path(out), info, dtype=torch.float32)
+    return Path(out)

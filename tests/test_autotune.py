@@ -3,13 +3,13 @@ model and on a user's model directory (a tiny random Llama), with small settings
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from planner.cli import cli
+from conftest import rt_write_adapter
 from planner.autotune import ranked_calibrations
 from planner.plan.schema import load_plan
 
@@ -79,7 +79,7 @@ def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp
     assert "s3d" not in {c.candidate.decoding.method for c in plain.calibrated}
     assert plain.report.identical is True
 
-    (model / "s3d.json").write_text(json.dumps({"mask_token_id": 100, "skip_layers": [1, 2], "gamma": 3}))
+    rt_write_adapter(str(model), model, skip_layers=(1, 2), gamma=3)  # an adapter saved beside the weights
     adapted = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=20, device="cpu")
     s3d = [c.candidate for c in adapted.calibrated if c.candidate.decoding.method == "s3d"]
     assert [c.decoding.skip_layers for c in s3d] == [(1, 2)]

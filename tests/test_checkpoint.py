@@ -204,16 +204,16 @@ def test_run_refuses_a_bad_checkpoint_in_one_line(rt_models, ck_cache, tmp_path,
 
 def test_every_command_taking_a_model_refuses_bad_ones_in_one_line(rt_models, ck_cache, tmp_path, capsys):
     bad = _bad_sources(tmp_path, rt_models["llama"])
-    data = tmp_path / "data.txt"
-    data.write_text("some text to adapt on\n" * 400)
+    data = tmp_path / "prompts.txt"
+    data.write_text("a prompt to continue\nanother one\n")
     out = tmp_path / "out"
     cases = [
         (["predict", "--model", bad["not_gguf"], "--gpu", "a10g", "--method", "autoregressive"], "not a GGUF file"),
         (["plan", "--model", bad["alien_gguf"], "--gpu", "a10g", "--out", str(tmp_path / "plan.yaml")], "frobnicator"),
         (["autotune", "--model", bad["alien_gguf"], "--out", str(tmp_path / "auto.yaml"), "--device", "cpu"], "frobnicator"),
-        (["adapt", "--model", bad["truncated"], "--data", str(data), "--skip-layers", "1", "--gamma", "2", "--out", str(out)],
+        (["adapt", "--model", bad["truncated"], "--prompts", str(data), "--skip-layers", "1", "--gamma", "2", "--out", str(out)],
          "cannot load weights from"),
-        (["adapt", "--model", bad["config_only"], "--data", str(data), "--skip-layers", "1", "--gamma", "2", "--out", str(out)],
+        (["adapt", "--model", bad["config_only"], "--prompts", str(data), "--skip-layers", "1", "--gamma", "2", "--out", str(out)],
          "config.json but no weights"),
     ]
     for args, message in cases:

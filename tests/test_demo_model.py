@@ -1,4 +1,4 @@
-"""The bundled demo model (planner/profiles/demo): size, shape, S3D metadata, prompts from held-out
+"""The bundled demo model (planner/profiles/demo): size, shape, its S3D adapter, prompts from held-out
 files only, a full model that is useful on held-out code, its small draft, and every method
 lossless on it."""
 
@@ -28,22 +28,28 @@ def test_demo_model_is_a_small_llama_with_a_tokenizer():
     from transformers import AutoConfig, AutoTokenizer
 
     files = {p.name for p in DEMO.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "s3d.json", "prompts.jsonl", "README.md"} <= files
+    assert {"config.json", "model.safetensors", "tokenizer.json", "s3d.json", "adapter.safetensors", "prompts.jsonl",
+            "README.md"} <= files
     assert not (DEMO / "checkpoints").exists()
     assert sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file()) <= MAX_BYTES
     config = AutoConfig.from_pretrained(DEMO)
     assert config.model_type == "llama" and config.num_hidden_layers >= 12
     tokenizer = AutoTokenizer.from_pretrained(DEMO)
     assert len(tokenizer) == config.vocab_size
-    assert tokenizer.mask_token_id == _meta()["mask_token_id"]
 
 
-def test_s3d_metadata_names_a_middle_block_and_kept_the_full_model():
-    meta = _meta()
-    assert meta["gamma"] >= 2
-    assert meta["skip_layers"] == list(range(meta["skip_layers"][0], meta["skip_layers"][-1] + 1))
-    assert 0 < meta["skip_layers"][0] and meta["skip_layers"][-1] < 11
-    assert meta["full_model_heldout_loss_after"] <= meta["full_model_heldout_loss_before"] * 1.01
+def test_the_s3d_adapter_is_the_demo_models_own_and_learned_to_draft():
+    from planner.runtime.adapter import config_shape, find_adapter
+    from planner.runtime.checkpoint import read_hf_config
+
+    adapter = find_adapter(str(DEMO), config_shape(read_hf_config(str(DEMO))))  # refused if made for other weights
+    info = adapter.info
+    assert adapter.path == DEMO and info.gamma >= 2 and info.mask_token_id == 4096
+    assert list(info.skip_layers) == list(range(info.skip_layers[0], info.skip_layers[-1] + 1))
+    assert 0 < info.skip_layers[0] and info.skip_layers[-1] < 11
+    held_out = info.training["held_out"]
+    assert held_out["tokens_per_iteration_after"] > held_out["tokens_per_iteration_before"]
+    assert (DEMO / "adapter.safetensors").stat().st_size < 2_000_000
 
 
 def test_prompts_come_from_held_out_files_only():
@@ -105,7 +111,7 @@ def _plan(decoding: Decoding) -> Plan:
 def test_every_method_is_lossless_on_the_demo_model(decoding):
     from planner.runtime import run_plan
 
-    if decoding.method == "s3d":
+    if decoding.method == "s3d":  # the adapter's own skip set and gamma
         decoding = Decoding(method="s3d", gamma=_meta()["gamma"], skip_layers=tuple(_meta()["skip_layers"]))
     report = run_plan(_plan(decoding), _prompts()[:1], max_new_tokens=24, baseline=True, device="cpu")
     assert report.identical is True

@@ -1,6 +1,7 @@
 """The runtime decodes losslessly: every method's greedy output equals plain greedy decoding
-of the same model (and plain greedy equals transformers' own), and speculative sampling's
-accept rule leaves the target's distribution unchanged."""
+of the same model (and plain greedy equals transformers' own), S3D's draft adapter changes
+the draft and never the verify forward, and speculative sampling's accept rule leaves the
+target's distribution unchanged."""
 
 from __future__ import annotations
 
@@ -65,13 +66,28 @@ def test_cached_decoding_follows_transformers_full_forward(arch, rt_models, rt_t
     assert list(rt_plain[arch]) == expected
 
 
+def random_s3d(target, gamma: int, skip: tuple[int, ...], *, seed: int = 0, scale: float = 0.05) -> S3D:
+    """S3D on `target` with an adapter of random LoRA matrices (B != 0, so the draft really
+    differs from plain layer skipping) and a random mask embedding, mask id one past the vocabulary."""
+    from planner.runtime.adapter import Draft, linear_modules
+
+    kept = tuple(i for i in range(target.num_layers) if i not in skip)
+    draft = Draft(target.decoder, ("s3d-test", skip, seed), skip_layers=skip, rank=4, alpha=8.0,
+                  target_modules=linear_modules(target.decoder, kept), mask_token_id=target.vocab_size)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return S3D(target, gamma, draft.key, target.vocab_size)
+
+
 DRAFTERS = {
     "layer_skip g2 skip{1}": lambda t, d: LayerSkip(t, 2, (1,)),
     "layer_skip g4 skip{1,2}": lambda t, d: LayerSkip(t, 4, (1, 2)),
     "early_exit g3 E1": lambda t, d: EarlyExit(t, 3, 1),
     "early_exit g5 E3": lambda t, d: EarlyExit(t, 5, 3),
-    "s3d g2 skip{2}": lambda t, d: S3D(t, 2, (2,), 5),
-    "s3d g4 skip{1,2}": lambda t, d: S3D(t, 4, (1, 2), 127),
+    "s3d g2 skip{2}": lambda t, d: random_s3d(t, 2, (2,)),
+    "s3d g4 skip{1,2}": lambda t, d: random_s3d(t, 4, (1, 2)),
     "draft_model g2": lambda t, d: DraftModel(d, 2),
     "draft_model g4": lambda t, d: DraftModel(d, 4),
     "prompt_lookup g3 n3": lambda t, d: PromptLookup(t, 3, 3),
@@ -86,6 +102,22 @@ def test_greedy_speculative_output_equals_plain_greedy(arch, method, rt_targets,
     result = generate(rt_targets[arch], drafter, PROMPT, max_new_tokens=NEW_TOKENS)
     assert result.tokens == rt_plain[arch]
     assert result.iterations < NEW_TOKENS - 1 or result.accepted == 0  # accepted drafts save iterations
+
+
+@pytest.mark.parametrize("arch", RT_ARCHITECTURES)
+def test_an_s3d_adapter_changes_the_draft_and_never_the_verify_forward(arch, rt_models, rt_targets):
+    """With an adapter attached, the full model's logits still equal transformers' own, while
+    the draft view's differ from plain layer skipping over the same kept layers."""
+    from transformers import AutoModelForCausalLM
+
+    target = rt_targets[arch]
+    drafter = random_s3d(target, 3, (1, 2), seed=7, scale=0.2)
+    ids = torch.tensor([PROMPT])
+    positions = target.positions(0, len(PROMPT))
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(rt_models[arch], dtype=torch.float32)(ids).logits
+    assert torch.allclose(target.step(ids, positions), expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(target.step(ids, positions, drafter.draft_key), target.step(ids, positions, (0, 3)), atol=1e-3)
 
 
 def test_speculation_accepts_and_rejects(rt_targets):
@@ -131,11 +163,12 @@ def test_speculative_sampling_keeps_the_target_distribution():
     assert _chi_square(first, q[0]) > CHI2_DF5_P001  # the test can tell the draft's distribution apart
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
-def test_speculative_sampling_keeps_the_models_distribution_end_to_end(arch, rt_models, rt_targets):
+@pytest.mark.parametrize("arch, method", [("llama", "layer_skip"), ("gpt_neox", "layer_skip"), ("qwen2", "s3d")])
+def test_speculative_sampling_keeps_the_models_distribution_end_to_end(arch, method, rt_models, rt_targets):
     """The second sampled token (the first one an iteration emits: a kept draft or a
-    resample) of layer-skip decoding is distributed as the model's own marginal
-    sum_t0 p(t0) p(t1 | t0), computed exactly by transformers over the whole vocabulary."""
+    resample) of layer-skip or S3D decoding (with an adapter) is distributed as the model's
+    own marginal sum_t0 p(t0) p(t1 | t0), computed exactly by transformers over the whole
+    vocabulary."""
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(rt_models[arch], dtype=torch.float32)
@@ -145,8 +178,9 @@ def test_speculative_sampling_keeps_the_models_distribution_end_to_end(arch, rt_
         p1 = torch.softmax(hf(every_next).logits[:, -1], -1)  # (V, V): row t0 is p(. | t0)
     marginal = p0 @ p1  # (V,)
     target, counts = rt_targets[arch], torch.zeros_like(marginal)
+    drafter = LayerSkip(target, 2, (1,)) if method == "layer_skip" else random_s3d(target, 2, (1,), seed=3)
     for seed in range(1000):
-        tokens = generate(target, LayerSkip(target, 2, (1,)), PROMPT, max_new_tokens=2, temperature=1.0, seed=seed).tokens
+        tokens = generate(target, drafter, PROMPT, max_new_tokens=2, temperature=1.0, seed=seed).tokens
         counts[tokens[1]] += 1
     top = marginal.argsort(descending=True)[:5]  # five most likely tokens and the rest: 5 degrees of freedom
     observed = torch.cat([counts[top], (counts.sum() - counts[top].sum())[None]])

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from planner.cli import main
+from conftest import rt_write_adapter
 from planner.plan.schema import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
 from planner.runtime import run_plan
 
@@ -73,14 +74,46 @@ def test_run_plan_draft_model_and_sampling(rt_models, rt_draft_model):
     assert first.tokens == again.tokens
 
 
-def test_s3d_with_adapted_model(rt_models, tmp_path):
+@pytest.mark.parametrize("where", ["given", "own"])
+def test_s3d_with_an_adapter_is_identical_to_the_checkpoint(rt_models, tmp_path, where):
+    """An adapter named by the plan, or saved in the checkpoint's directory, drafts; greedy
+    output equals plain decoding of the checkpoint, and sampling is reproducible."""
     import shutil
 
-    adapted = tmp_path / "adapted"
-    shutil.copytree(rt_models["phi3"], adapted)
-    (adapted / "s3d.json").write_text(json.dumps({"mask_token_id": 100, "skip_layers": [1, 2], "gamma": 3}))
-    report = run_plan(_plan(str(adapted), method="s3d", skip_layers=(1, 2)), ["hello"], max_new_tokens=12, baseline=True)
-    assert report.identical is True
+    model = tmp_path / "model"
+    shutil.copytree(rt_models["phi3"], model)
+    adapter = rt_write_adapter(str(model), model if where == "own" else tmp_path / "adapter", skip_layers=(1, 2), gamma=3)
+    plan = _plan(str(model), method="s3d", skip_layers=(1, 2), adapter=None if where == "own" else str(adapter))
+    report = run_plan(plan, ["hello", "the cat"], max_new_tokens=16, baseline=True)
+    assert report.identical is True and report.acceptance is not None
+    sampled = [run_plan(plan, ["hello"], max_new_tokens=10, temperature=0.9, seed=5).tokens for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_an_adapter_for_another_checkpoint_is_refused_in_one_line(rt_models, tmp_path, capsys):
+    """Same shape, other weights: the content fingerprint tells them apart."""
+    adapter = rt_write_adapter(rt_models["llama"], tmp_path / "adapter", skip_layers=(1, 2))
+    other = tmp_path / "other"
+    _rewrite_weights(rt_models["llama"], other)
+    path = tmp_path / "plan.yaml"
+    _plan(str(other), method="s3d", skip_layers=(1, 2), adapter=str(adapter)).save(path)
+    code, out, err = _cli(["run", "--plan", str(path), "--prompt", "hello"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"adapter {adapter} was trained on llama (sha256 " in err and "not on this checkpoint (sha256 " in err
+
+
+def _rewrite_weights(source: str, out) -> None:
+    """A copy of the checkpoint `source` whose weights differ slightly."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(source, out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    model.save_pretrained(out)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +122,8 @@ def test_s3d_with_adapted_model(rt_models, tmp_path):
         ({"layers": 6}, [], "num_layers: the plan says 6 but the checkpoint has 4"),
         ({"vocab": 32000}, [], "vocab_size: the plan says 32000"),
         ({"skip_layers": (1, 9), "layers": 4}, [], "skip_layers[1]: layer 9"),
-        ({"method": "s3d", "skip_layers": (1,)}, [], "specplan adapt"),
+        ({"method": "s3d", "skip_layers": (1,)}, [], "has none (none given, none in its directory, none shipped for it): run `specplan adapt` first"),
+        ({"method": "s3d", "skip_layers": (1,), "adapter": "/no/adapter"}, [], "/no/adapter: no S3D adapter here (no s3d.json)"),
         ({"context": 16}, ["--max-new-tokens", "10"], "with --max-new-tokens 10 it exceeds the plan's context of 16"),
         ({}, ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
         ({}, ["--temperature", "-1"], "Invalid value for '--temperature': -1.0 is not in the range x>=0"),

@@ -9,6 +9,7 @@ per cache, each test loads the model in ~2 s, and the decodes are the rest."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from test_runtime_run import _cli, _plan
 
@@ -59,3 +60,26 @@ def test_plan_and_run_a_gguf_from_the_cli(ck_smollm2_gguf, ck_smollm2_dir, tmp_p
     report = json.loads(out)
     assert report["chat"] is True and report["identical"] is True
     assert "Paris" in report["texts"][0]  # the converted weights, tokenizer and template answer like the model
+
+
+def test_the_shipped_s3d_adapter_is_found_by_fingerprint_and_decodes_losslessly(ck_smollm2_gguf, tmp_path, capsys):
+    """`plan --methods s3d` and `run` on the GGUF need no adapt step: the adapter shipped under
+    profiles/adapters/ was trained on this very file (its sha256)."""
+    from planner.runtime.adapter import shipped_adapters
+
+    shipped = [a for a in shipped_adapters() if a.info.base.num_layers == 30 and a.info.base.vocab_size == 49152]
+    assert shipped, "no SmolLM2 adapter under profiles/adapters/"
+    plan_path = tmp_path / "plan.yaml"
+    code, _, err = _cli(["plan", "--model", ck_smollm2_gguf, "--gpu", "a10g", "--methods", "s3d", "--context", "512",
+                         "--trials", "5", "--out", str(plan_path)], capsys)
+    assert code == 0, err
+    plan = load_plan(plan_path)
+    decoding = plan.decoding
+    assert decoding.method == "s3d" and decoding.adapter is None  # found again by `run`, not written into the plan
+    assert (decoding.skip_layers, decoding.gamma) == (shipped[0].info.skip_layers, shipped[0].info.gamma)
+    plan.replace(decoding=replace(decoding, quant="none")).save(plan_path)  # the GPU plan may quantize; torchao is optional
+    code, out, err = _cli(["run", "--plan", str(plan_path), "--prompt", CHAT_PROMPTS[1], "--max-new-tokens", "24",
+                           "--baseline", "--json", "--device", "cpu"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["identical"] is True and report["tokens_per_iteration"] > 1.0

@@ -419,6 +419,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def device_name(device) -> str:
+    """What `device` (a name such as 'cuda:0' or a torch.device) is, as its driver names it (a
+    CUDA GPU) or /proc/cpuinfo does (a CPU): what a profile records as its device_name.
+
+    Raises:
+        DeviceError: as `resolve_device`.
+    """
+    import torch
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as info:
@@ -428,14 +441,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def device_name(device) -> str:
-    """What a profile of `device` (a torch.device) records as its device_name: the GPU's name
-    as the driver reports it, or the CPU's model name."""
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
 
 def _cpu_memory_gib() -> tuple[float, float | None]:

@@ -53,6 +53,7 @@ class Decoding:
     draft_model: str | None = None  # draft_model: card name, path or hub id
     draft_quant: str = "none"
     ngram: int = 3  # prompt_lookup: longest n-gram matched in the context
+    adapter: str | None = None  # s3d: the draft adapter's directory; None: the checkpoint's own or a shipped one
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,31 @@ class SearchSettings:
 
 
 @dataclass(frozen=True)
+class GroupSpeedup:
+    """One prompt group's median paired speedup over autoregressive decoding."""
+
+    group: str
+    tuning: float  # on the tuning prompts of the group
+    held_out: float | None = None  # on its held-out prompts; None when it has none
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What `tune` measured for the plan's decoding: on the prompts the study chose it on,
+    and on held-out prompts it never saw (the figure to believe)."""
+
+    objective: str  # mean | worst-group: what the trial value was
+    tuning_prompts: int
+    held_out_prompts: int  # 0: no held-out check
+    tuning_speedup: float  # median over rounds of the paired speedup, all tuning prompts
+    held_out_speedup: float | None  # the same on the held-out prompts
+    held_out_range: tuple[float, ...] = ()  # slowest and fastest held-out round
+    groups: tuple[GroupSpeedup, ...] = ()
+    max_new_tokens: int = 0
+    rounds: int = 0
+
+
+@dataclass(frozen=True)
 class Plan:
     model: ModelRef
     hardware: HardwareRef
@@ -108,6 +134,7 @@ class Plan:
     schedule: tuple[ScheduleEntry, ...] = ()
     search: SearchSettings | None = None
     measured: dict | None = None
+    tuning: Tuning | None = None  # set by `tune`; plans without it (older ones too) read as before
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -128,12 +155,14 @@ _CHOICES = {
     "quant": QUANTIZATIONS,
     "draft_quant": QUANTIZATIONS,
     "basis": BASES,
-    "objective": ("speed", "pareto"),
+    "objective": ("speed", "pareto", "mean", "worst-group"),  # plan's, then tune's
 }
 _POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib"}
 _NON_NEGATIVE = {
     "tokens_per_s", "speedup", "tokens_per_iteration", "target_latency_ms", "draft_latency_ms",
     "iteration_ms", "hidden_size", "trials", "tokens_per_s_per_sequence", "tokens_per_s_total",
+    "tuning", "held_out", "tuning_prompts", "held_out_prompts", "tuning_speedup", "held_out_speedup", "max_new_tokens",
+    "rounds",
 }
 
 
@@ -164,6 +193,7 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
     ignored = {"skip_layers": method not in ("layer_skip", "s3d") and decoding.skip_layers,
                "exit_layer": method != "early_exit" and decoding.exit_layer is not None,
                "draft_model": method != "draft_model" and decoding.draft_model,
+               "adapter": method != "s3d" and decoding.adapter,
                "gamma": method == "autoregressive" and decoding.gamma}
     for name, given in ignored.items():
         if given:  # a value the method would silently ignore

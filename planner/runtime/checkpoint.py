@@ -141,6 +141,47 @@ def _checked_directory(path: Path) -> Path:
     return path
 
 
+def content_fingerprint(source: str) -> str:
+    """The sha256 that names the weights of `source` (anything local_checkpoint takes): for a
+    .gguf file, or a directory converted from one, the GGUF file's sha256; for a directory
+    with one weight file (model.safetensors or pytorch_model.bin), that file's sha256 (what
+    the hub lists for it); for shards, the sha256 of one 'name sha256' line per shard in name
+    order. Other files (an S3D adapter saved beside the weights) do not count. Files are read
+    once per process (memoised by path, size and modification time).
+
+    Raises what local_checkpoint raises."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        _checked_gguf(path, needs=())
+        return _sha256(str(path.resolve()), *_stamp(path))
+    directory = Path(local_checkpoint(source))
+    converted = directory / CONVERTED_FROM
+    if converted.is_file():
+        try:
+            return str(json.loads(converted.read_text())["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"{converted}: unreadable; delete {directory} so that the GGUF file is converted again") from None
+    files = _weight_files(directory)
+    digests = [_sha256(str(p.resolve()), *_stamp(p)) for p in files]
+    if len(files) == 1:
+        return digests[0]
+    return hashlib.sha256("".join(f"{p.name} {d}\n" for p, d in zip(files, digests)).encode()).hexdigest()
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The checkpoint's weight files: the single file, else the shards its index names."""
+    for single, index in zip(WEIGHT_FILES[::2], WEIGHT_FILES[1::2]):
+        if (directory / single).is_file():
+            return [directory / single]
+        if (directory / index).is_file():
+            try:
+                shards = set(json.loads((directory / index).read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise InputError(f"{directory / index}: not a readable weight index") from None
+            return sorted(directory / name for name in shards)
+    return []
+
+
 # ---------------------------------------------------------------- GGUF
 
 

@@ -24,6 +24,7 @@ class Generation:
     accepted: int  # draft tokens accepted
     prefill_s: float
     decode_s: float  # all iterations, device-synchronised
+    accept_counts: tuple[int, ...] = ()  # [n]: iterations that accepted exactly n draft tokens, n = 0..gamma
 
     @property
     def decode_tokens(self) -> int:
@@ -106,6 +107,7 @@ def generate(
     if on_tokens:
         on_tokens(tokens[:])
     iterations = drafted = accepted = 0
+    accept_counts = [0] * (drafter.gamma + 1)
     start = time.perf_counter()
     while len(tokens) < max_new_tokens and tokens[-1] not in eos_ids:
         draft, draft_probs = drafter.propose(state)  # (gamma,), (gamma, V) | None
@@ -121,10 +123,12 @@ def generate(
         tokens += new
         state.history += new
         iterations, drafted, accepted = iterations + 1, drafted + draft.shape[0], accepted + n_acc
+        accept_counts[n_acc] += 1
         if on_tokens:
             on_tokens(new)
     _sync(device)
-    return Generation(tuple(tokens), iterations, drafted, accepted, prefill_s, time.perf_counter() - start)
+    return Generation(tuple(tokens), iterations, drafted, accepted, prefill_s, time.perf_counter() - start,
+                      tuple(accept_counts))
 
 
 def _cut(new: list[int], room: int, eos_ids) -> list[int]:

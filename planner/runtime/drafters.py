@@ -91,18 +91,20 @@ class EarlyExit(LayerSkip):
 
 
 class S3D(Drafter):
-    """Simultaneous drafting on the mid-layer-skipped model: [pending, mask x (gamma-1)] in
-    one forward; the logits at position pos+i give draft token i+1."""
+    """Simultaneous drafting: [pending, mask x (gamma-1)] in one forward of an adapter's
+    draft view (`draft_key`, see planner.runtime.adapter.attach: the kept layers with their
+    LoRA, the mask's own embedding); the logits at position pos+i give draft token i+1. The
+    verify forward runs the checkpoint's own modules."""
 
-    def __init__(self, target, gamma: int, skip_layers, mask_token_id: int):
+    def __init__(self, target, gamma: int, draft_key: tuple, mask_token_id: int):
         self.gamma = gamma
-        self.kept = tuple(i for i in range(target.num_layers) if i not in set(skip_layers))
+        self.draft_key = draft_key
         self.target = target
         self.masks = torch.full((gamma - 1,), mask_token_id, dtype=torch.long, device=target.device)
 
     def propose(self, state: DecodeState):
         tokens = torch.cat([state.pending, self.masks])  # (gamma,)
-        logits = self.target.step(tokens[None], self.target.positions(state.pos, self.gamma), self.kept)[0]
+        logits = self.target.step(tokens[None], self.target.positions(state.pos, self.gamma), self.draft_key)[0]
         return pick(logits, state.temperature, state.generator)
 
 

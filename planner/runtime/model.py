@@ -7,7 +7,10 @@ decoder layers: a skip set, the first E layers, all of them. A subset is a *view
 shallow copy of the model whose layer list holds only those layers (the same modules, no
 weight copied), built once per subset. So every architecture transformers runs is run the
 same way, and a step over all layers computes exactly what plain decoding of the
-checkpoint computes.
+checkpoint computes. A draft whose modules differ from the checkpoint's (an S3D adapter's
+layer copies, planner.runtime.adapter) is a *registered* view: the same shallow copy with
+those modules standing in for the originals, run under its own key; every other view, the
+full model included, still runs the checkpoint's own modules.
 
 The KV cache is preallocated per layer, (B, H_kv, S_max, D), and written at `input_pos`
 (transformers' cache interface: each attention calls `cache.update(k, v, layer_idx)`).
@@ -90,6 +93,19 @@ def _layer_list_path(hf_model, num_layers: int) -> tuple[str, ...]:
     return tuple(min(lists, key=lambda name: name.count(".")).split("."))
 
 
+def _with_stand_ins(module: nn.Module, stand_ins: dict) -> nn.Module:
+    """`module`, or a shallow copy of it along every path to a module that `stand_ins`
+    replaces (an identity-keyed dict: original -> stand-in); nothing else is copied."""
+    if module in stand_ins:
+        return stand_ins[module]
+    children = {name: _with_stand_ins(child, stand_ins) for name, child in module._modules.items()}
+    if all(children[name] is child for name, child in module._modules.items()):
+        return module
+    out = copy.copy(module)
+    out._modules = children
+    return out
+
+
 def _view(module: nn.Module, path: tuple[str, ...], layers: nn.ModuleList, config) -> nn.Module:
     """A shallow copy of `module` whose submodule at `path` is `layers`; everything else
     (weights included) is shared. Modules that hold the config get the view's config."""
@@ -134,7 +150,8 @@ class Decoder:
         return module
 
     def view(self, layers: tuple[int, ...]) -> nn.Module:
-        """The causal LM over decoder layers `layers`, built on first use."""
+        """The causal LM over decoder layers `layers` (or the view registered under that key),
+        built on first use."""
         if layers not in self._views:
             if not layers or list(layers) != sorted(set(layers)) or layers[-1] >= self.num_layers:
                 raise InputError(f"layer subset {layers} is not an ascending set of layers below {self.num_layers}")
@@ -144,6 +161,21 @@ class Decoder:
             subset = nn.ModuleList(self._all_layers[i] for i in layers)
             self._views[layers] = _view(self.hf_model, self._path, subset, config)
         return self._views[layers]
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The checkpoint's decoder layers, in order."""
+        return self._all_layers
+
+    def register_view(self, key: tuple, layers: tuple[int, ...], stand_ins: dict) -> None:
+        """Make `decoder(tokens, input_pos, key)` run the view of `layers` with some of its
+        modules replaced: `stand_ins` maps modules of the checkpoint (decoder layers, the
+        input embedding) to the modules that run in their place. The checkpoint and its
+        other views are untouched. `key` is a tuple that starts with a name, so it never
+        equals a layer subset. Raises InputError for another key."""
+        if not (isinstance(key, tuple) and key and isinstance(key[0], str)):
+            raise InputError(f"view key {key!r}: expected a tuple that starts with a name")
+        self._views[key] = _with_stand_ins(self.view(layers), stand_ins)
 
     def masks(self, input_pos: torch.Tensor):
         """Additive attention masks (1, 1, T, S_max) by position: 0 where query i may see key

@@ -1,6 +1,6 @@
 """run_plan: check a plan against its checkpoint and budget, load it, decode, measure.
 
-Every check that can refuse a run (model mismatch, unadapted s3d model, prompt too long,
+Every check that can refuse a run (model mismatch, s3d without an adapter for the checkpoint, prompt too long,
 missing GPU or quantization backend, memory budget) happens before any weight is loaded.
 """
 
@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from planner._files import read_utf8
 from planner.errors import InputError, PlanError
@@ -88,27 +87,43 @@ class _Totals:
     iteration_ms: float
 
 
+UNGROUPED = "all"  # the group of a prompt that names none
+
+
 def read_prompts(path) -> list[str]:
     """The prompts of the UTF-8 text file at `path`: one per line, or JSONL with a string
     "prompt" field per line; blank lines are skipped.
 
     Raises NotFoundError for a missing file; InputError for an unreadable or non-UTF-8
     file, a JSON line without a string "prompt", or a file without prompts."""
+    return [prompt for prompt, _ in read_grouped_prompts(path)]
+
+
+def read_grouped_prompts(path) -> list[tuple[str, str]]:
+    """(prompt, group) for each prompt of `path` (as read_prompts reads it); a JSON line may
+    name its group in a string "group" field (chat, code, math...), and a prompt that names
+    none is in group UNGROUPED.
+
+    Raises what read_prompts raises, and InputError for a "group" that is not a non-empty string."""
     text = read_utf8(path)
     prompts = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        if line.lstrip().startswith("{"):
-            try:
-                prompt = json.loads(line)["prompt"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise InputError(f"{path}: line {number}: expected a JSON object with a \"prompt\" field") from None
-            if not isinstance(prompt, str):
-                raise InputError(f"{path}: line {number}: \"prompt\" must be a string, got {type(prompt).__name__} {prompt!r:.40}")
-            prompts.append(prompt)
-        else:
-            prompts.append(line)
+        if not line.lstrip().startswith("{"):
+            prompts.append((line, UNGROUPED))
+            continue
+        try:
+            record = json.loads(line)
+            prompt = record["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"{path}: line {number}: expected a JSON object with a \"prompt\" field") from None
+        if not isinstance(prompt, str):
+            raise InputError(f"{path}: line {number}: \"prompt\" must be a string, got {type(prompt).__name__} {prompt!r:.40}")
+        group = record.get("group", UNGROUPED)
+        if not isinstance(group, str) or not group.strip():
+            raise InputError(f"{path}: line {number}: \"group\" must be a non-empty string, got {group!r:.40}")
+        prompts.append((prompt, group))
     if not prompts:
         raise InputError(f"{path}: no prompts in the file")
     return prompts
@@ -131,18 +146,22 @@ def check_plan_matches(plan, hf_config) -> None:
         raise PlanError(f"decoding.exit_layer: {exit_layer} is outside 1-{layers - 1} for this checkpoint")
 
 
-def read_s3d_config(source: str, vocab_size: int) -> dict:
-    path = Path(source) / "s3d.json"
-    if not path.is_file():
-        raise PlanError(f"decoding.method: s3d needs a model adapted for it ({source} has no s3d.json): run `specplan adapt` first")
-    try:
-        config = json.loads(path.read_text())
-        mask = int(config["mask_token_id"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise InputError(f"{path}: expected a JSON object with an integer \"mask_token_id\"") from None
-    if not 0 <= mask < vocab_size:
-        raise InputError(f"{path}: mask_token_id {mask} is outside the vocabulary (0-{vocab_size - 1})")
-    return config
+def s3d_adapter(decoding, source: str, hf_config):
+    """The adapter an s3d `decoding` of the checkpoint `source` drafts with (see
+    planner.runtime.adapter.find_adapter), checked against the decoding's skip set.
+
+    Raises PlanError when there is none or it was trained for other skipped layers; what
+    find_adapter raises for an unreadable adapter or one trained on another checkpoint."""
+    from planner.runtime.adapter import config_shape, find_adapter
+
+    adapter = find_adapter(source, config_shape(hf_config), given=decoding.adapter)
+    if adapter is None:
+        raise PlanError(f"decoding.method: s3d drafts with an adapter trained on this checkpoint, and {source} has none "
+                        "(none given, none in its directory, none shipped for it): run `specplan adapt` first")
+    if tuple(decoding.skip_layers) != adapter.info.skip_layers:
+        raise PlanError(f"decoding.skip_layers: {list(decoding.skip_layers)} differs from the layers the adapter "
+                        f"{adapter.path} was trained to skip, {list(adapter.info.skip_layers)}")
+    return adapter
 
 
 def _use_chat(tokenizer, chat: bool | None) -> bool:
@@ -193,8 +212,9 @@ def _budget_gib(device, vram_gib: float | None, plan_vram_gib: float | None):
     return min(limits) if limits else (None, "")
 
 
-def make_drafter(plan, target, *, source: str, draft=None):
-    """The plan's drafter on `target` (`draft`: the loaded draft model, for draft_model)."""
+def make_drafter(plan, target, *, draft=None, adapter=None):
+    """The plan's drafter on `target` (`draft`: the loaded draft model, for draft_model;
+    `adapter`: the s3d_adapter, for s3d)."""
     from planner.runtime import drafters
 
     d = plan.decoding
@@ -205,8 +225,9 @@ def make_drafter(plan, target, *, source: str, draft=None):
     if d.method == "early_exit":
         return drafters.EarlyExit(target, d.gamma, d.exit_layer)
     if d.method == "s3d":
-        mask = read_s3d_config(source, target.vocab_size)["mask_token_id"]
-        return drafters.S3D(target, d.gamma, d.skip_layers, mask)
+        from planner.runtime.adapter import attach
+
+        return drafters.S3D(target, d.gamma, attach(target.decoder, adapter), adapter.info.mask_token_id)
     if d.method == "draft_model":
         return drafters.DraftModel(draft, d.gamma)
     return drafters.PromptLookup(target, d.gamma, d.ngram)
@@ -250,6 +271,13 @@ class Comparison:
     speedup: float  # median over rounds of tokens/s over the same round's autoregressive tokens/s
     speedup_range: tuple[float, float]  # slowest and fastest round
     identical: bool  # every prompt's tokens equal autoregressive decoding's
+    group_speedups: tuple[tuple[str, float], ...] = ()  # (group, median over rounds of its paired speedup), in prompt order
+    accept_counts: tuple[int, ...] = ()  # [n]: iterations (first round, every prompt) that accepted n drafts, n = 0..gamma
+
+    def acceptance_by_position(self) -> tuple[float, ...]:
+        """[i]: the fraction of iterations whose draft token i + 1 was accepted (tokens 1..gamma)."""
+        iterations = sum(self.accept_counts)
+        return tuple(sum(self.accept_counts[n:]) / iterations for n in range(1, len(self.accept_counts))) if iterations else ()
 
 
 def _plan_profile(plan):
@@ -290,7 +318,7 @@ class _Session:
         self.dtype = resolve_dtype(dtype, self.device, _plan_profile(plan))
         self.dtype_name = next(name for name, value in DTYPES.items() if value == self.dtype)
         self._budget = _budget_gib(self.device, vram_gib, plan.constraints.vram_gib)
-        self._draft_configs, self._drafts, self._drafters, self._estimates = {}, {}, {}, {}
+        self._draft_configs, self._drafts, self._drafters, self._estimates, self._adapters = {}, {}, {}, {}, {}
         for d in decodings:
             self.check(d)
         require_backend(plan.decoding.quant)
@@ -323,7 +351,7 @@ class _Session:
             raise PlanError(f"decoding.gamma: {d.gamma} is more than the {self.max_gamma} this checkpoint's cache was sized for")
         check_plan_matches(self.plan.replace(decoding=d), self.hf_config)
         if d.method == "s3d":
-            read_s3d_config(self.source, self.hf_config.vocab_size)
+            self._adapters[d] = s3d_adapter(d, self.source, self.hf_config)
         if d.method == "draft_model" and d.draft_model not in self._draft_configs:
             config = read_hf_config(d.draft_model)
             if config.vocab_size != self.hf_config.vocab_size:
@@ -349,7 +377,8 @@ class _Session:
                     self._drafts[d.draft_model] = load_target(d.draft_model, device=self.device, max_seq_len=self.cache_len,
                                                               dtype=self.dtype)
                 draft = self._drafts[d.draft_model]
-            self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, source=self.source, draft=draft)
+            self._drafters[d] = make_drafter(self.plan.replace(decoding=d), self.target, draft=draft,
+                                             adapter=self._adapters.get(d))
         return self._drafters[d]
 
 
@@ -449,23 +478,29 @@ class DecodingBench:
 
     def __init__(self, plan, prompts: list[str], *, decodings=(), model: str | None = None, max_new_tokens: int = 32,
                  max_gamma: int = 8, seed: int = 0, device: str = "auto", chat: bool | None = None,
-                 dtype: str = "auto"):
+                 dtype: str = "auto", groups=None):
+        """`groups`: a group name per prompt (default: all in one), for per-group speedups."""
         from planner.plan.schema import Decoding
 
         if max_new_tokens < 2:  # the first token comes from the prefill: no decoding step to time
             raise InputError(f"`max_new_tokens` must be at least 2 to time decoding, got {max_new_tokens}")
+        if groups is not None and len(groups) != len(prompts):
+            raise InputError(f"{len(groups)} group names for {len(prompts)} prompts")
         self.plain = Decoding(method="autoregressive", quant=plan.decoding.quant)
         self.max_new_tokens, self.seed = max_new_tokens, seed
+        self.groups = tuple(groups) if groups is not None else (UNGROUPED,) * len(prompts)
         self._session = _Session(plan, [self.plain, *decodings], prompts, model=model, max_new_tokens=max_new_tokens,
                                  device=device, vram_gib=None, max_gamma=max_gamma, chat=chat, dtype=dtype)
         self.chat = self._session.chat
         self._warm = set()
 
-    def compare(self, decodings, rounds: int = 3) -> list[Comparison]:
+    def compare(self, decodings, rounds: int = 3, on_round=None) -> list[Comparison]:
         """Each of `decodings` and autoregressive decoding (first in the result), `rounds`
         times, interleaved prompt by prompt. Timing on a shared machine drifts by up to 27%
         over seconds: each round's speedups are taken against that round's autoregressive
-        run, and the median round is reported."""
+        run, and the median round is reported, over all prompts and per group.
+        on_round(r, speedups) is called after round r with that round's speedup of each
+        decoding (autoregressive's 1.0 first); an exception it raises ends the comparison."""
         import statistics
 
         if rounds < 1:
@@ -480,20 +515,28 @@ class DecodingBench:
             for ids in s.encoded:
                 for k in _rotated(len(decodings), r):
                     runs[k][r].append(self._decode(drafters[k], ids))
-        totals = [[_totals(gens) for gens in per_round] for per_round in runs]
-        if not all(t.tokens_per_s for t in totals[0]):
+            if on_round is not None:
+                on_round(r, [_speedup(runs[k][r], runs[0][r]) for k in range(len(decodings))])
+        if not all(_totals(gens).tokens_per_s for gens in runs[0]):
             raise InputError("every prompt ended at its first token: nothing to time")
+        names = list(dict.fromkeys(self.groups))
+        in_group = {g: [i for i, name in enumerate(self.groups) if name == g] for g in names}
         result = []
         for k, d in enumerate(decodings):
-            ratios = [totals[k][r].tokens_per_s / totals[0][r].tokens_per_s for r in range(rounds)]
+            totals = [_totals(gens) for gens in runs[k]]
+            ratios = [_speedup(runs[k][r], runs[0][r]) for r in range(rounds)]
+            per_group = [(g, statistics.median(_speedup([runs[k][r][i] for i in idx], [runs[0][r][i] for i in idx])
+                                               for r in range(rounds))) for g, idx in in_group.items()]
             result.append(Comparison(
                 decoding=d,
-                tokens_per_iteration=totals[k][0].tokens_per_iteration,  # greedy: the same every round
-                tokens_per_s=statistics.median(t.tokens_per_s for t in totals[k]),
-                iteration_ms=statistics.median(t.iteration_ms for t in totals[k]),
+                tokens_per_iteration=totals[0].tokens_per_iteration,  # greedy: the same every round
+                tokens_per_s=statistics.median(t.tokens_per_s for t in totals),
+                iteration_ms=statistics.median(t.iteration_ms for t in totals),
                 speedup=statistics.median(ratios),
                 speedup_range=(min(ratios), max(ratios)),
                 identical=all(a.tokens == b.tokens for a, b in zip(runs[k][0], runs[0][0])),
+                group_speedups=tuple(per_group),
+                accept_counts=tuple(map(sum, zip(*(g.accept_counts for g in runs[k][0])))),
             ))
         return result
 
@@ -522,6 +565,12 @@ def compare_decodings(plan, decodings, prompts: list[str], *, model: str | None 
                           max_gamma=max((d.gamma for d in decodings), default=0), seed=seed, device=device, chat=chat,
                           dtype=dtype)
     return bench.compare(decodings, rounds)
+
+
+def _speedup(generations, plain_generations) -> float:
+    """Tokens/s of `generations` over that of the autoregressive `plain_generations` of the same prompts."""
+    plain = _totals(plain_generations).tokens_per_s
+    return _totals(generations).tokens_per_s / plain if plain else 0.0
 
 
 def _rotated(n: int, r: int) -> list[int]:

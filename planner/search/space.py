@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.models.spec import ModelSpec
 from planner.perf.speedup import middle_block
@@ -20,11 +20,13 @@ class Space:
     drafts: tuple[str, ...] = ()  # draft model names for method draft_model
     max_gamma: int = MAX_PREDICTORS
     skip_pattern: str = "middle"  # "middle": a centred block of any size; "any": arbitrary subsets
+    ngrams: tuple[int, int] | None = None  # prompt_lookup: the n-gram sizes searched (None: the default 3)
+    s3d: Decoding | None = None  # an adapter's set-up: s3d trials take its skipped layers and gamma as they are
 
     @classmethod
-    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle") -> "Space":
+    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None) -> "Space":
         chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
-        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern)
+        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d)
 
 
 def suggest(trial, space: Space) -> Decoding:
@@ -33,8 +35,13 @@ def suggest(trial, space: Space) -> Decoding:
     quant = trial.suggest_categorical("quant", list(space.quants))
     if method == "autoregressive":
         return Decoding(method=method, quant=quant)
+    if method == "s3d" and space.s3d is not None:
+        return replace(space.s3d, quant=quant)
     gamma = trial.suggest_int("gamma", 1, space.max_gamma)
     L = space.num_layers
+    if method == "s3d" and space.s3d is not None:  # the skip set it was adapted for; gamma up to the adapted one
+        gamma = min(gamma, space.s3d.gamma)
+        return Decoding(method=method, gamma=gamma, quant=quant, skip_layers=space.s3d.skip_layers)
     if method in ("layer_skip", "s3d"):
         if space.skip_pattern == "any":
             skipped = tuple(i for i in range(1, L - 1) if trial.suggest_categorical(f"skip_{i}", [False, True]))
@@ -46,7 +53,29 @@ def suggest(trial, space: Space) -> Decoding:
         return Decoding(method=method, gamma=gamma, quant=quant, exit_layer=trial.suggest_int("exit_layer", 1, L - 1))
     if method == "draft_model":
         return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)))
-    return Decoding(method=method, gamma=gamma, quant=quant)  # prompt_lookup
+    ngram = trial.suggest_int("ngram", *space.ngrams) if space.ngrams else Decoding.ngram
+    return Decoding(method=method, gamma=gamma, quant=quant, ngram=ngram)  # prompt_lookup
+
+
+def params_of(decoding: Decoding, space: Space) -> dict:
+    """The trial parameters under which `suggest` returns `decoding` (for study.enqueue_trial)."""
+    d = decoding
+    params = {"method": d.method, "quant": d.quant}
+    if d.method == "autoregressive":
+        return params
+    params["gamma"] = min(d.gamma, space.max_gamma)
+    if d.method in ("layer_skip", "s3d") and not (d.method == "s3d" and space.s3d is not None):
+        if space.skip_pattern == "any":
+            params |= {f"skip_{i}": i in d.skip_layers for i in range(1, space.num_layers - 1)}
+        else:
+            params["skip_count"] = len(d.skip_layers)
+    elif d.method == "early_exit":
+        params["exit_layer"] = d.exit_layer
+    elif d.method == "draft_model":
+        params["draft_model"] = d.draft_model
+    elif d.method == "prompt_lookup" and space.ngrams:
+        params["ngram"] = min(max(d.ngram, space.ngrams[0]), space.ngrams[1])
+    return params
 
 
 def enumerate_space(space: Space):
@@ -55,6 +84,8 @@ def enumerate_space(space: Space):
     for method, quant in itertools.product(space.methods, space.quants):
         if method == "autoregressive":
             yield Decoding(method=method, quant=quant)
+        elif method == "s3d" and space.s3d is not None:
+            yield replace(space.s3d, quant=quant)
         elif method in ("layer_skip", "s3d"):
             for count, gamma in itertools.product(range(1, L - 1), gammas):
                 yield Decoding(method=method, gamma=gamma, quant=quant, skip_layers=middle_block(L, count))
@@ -74,7 +105,7 @@ def seeds(space: Space) -> list[dict]:
     L, points = space.num_layers, []
     for quant in space.quants:
         for method in space.methods:
-            if method == "autoregressive":
+            if method == "autoregressive" or (method == "s3d" and space.s3d is not None):
                 points.append({"method": method, "quant": quant})
             elif method in ("layer_skip", "s3d") and space.skip_pattern == "middle":
                 points.append({"method": method, "quant": quant, "gamma": 4, "skip_count": max(1, L // 2 - 2)})

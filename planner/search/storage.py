@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+import warnings
 from pathlib import Path
 
 from planner.errors import InputError, MissingDependencyError
@@ -21,9 +23,18 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _EXAMPLES = "sqlite:///study.db, postgresql://user@host/db, or a journal file such as study.log"
 
 
-def open_study(storage: str | None, study_name: str | None, *, sampler, directions: list[str], fingerprint: dict):
-    """The Optuna study `study_name` in `storage` (created, or loaded to resume), in memory
-    when `storage` is None.
+SQLITE_BUSY_TIMEOUT_S = 60  # a worker waits this long for another's write to a shared SQLite file
+HEARTBEAT_S = 60  # database storages: a trial whose worker has been silent for 2 heartbeats is marked failed
+_OPEN_ATTEMPTS = 5  # workers starting together on a fresh database race to create its tables
+
+
+def open_study(storage: str | None, study_name: str | None, *, sampler, directions: list[str], fingerprint: dict,
+               pruner=None, heartbeat: bool = False):
+    """(the Optuna study `study_name` in `storage`, whether this call created it): created,
+    or loaded to resume; in memory when `storage` is None. Of several workers that start
+    together exactly one creates the study (and should queue its seed trials). `heartbeat`:
+    a database storage marks failed a trial whose worker stopped beating (trials that take
+    seconds; analytical ones take microseconds and need none).
 
     Raises:
         InputError: `storage` is no URL or journal file name, names a directory that does not
@@ -31,18 +42,20 @@ def open_study(storage: str | None, study_name: str | None, *, sampler, directio
             name made by another search (`fingerprint` differs) or for other objectives.
         MissingDependencyError: the database's driver is not installed.
     """
-    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     with storage_errors(storage):
-        try:
-            study = optuna.create_study(study_name=study_name, storage=_backend(storage),
-                                        load_if_exists=storage is not None, sampler=sampler, directions=directions)
-        except ImportError as exc:
-            missing = exc.__cause__ or exc.__context__ or exc
-            raise MissingDependencyError(f"`storage` {storage}: its database driver is not installed ({missing})") from None
-        except (OSError, ValueError) as exc:  # a journal file that cannot be written, or is not a journal
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not an Optuna journal ({exc})"
-            raise InputError(f"`storage` {storage}: {reason}") from None
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                study, created = _create_or_load(storage, study_name, sampler=sampler, directions=directions, pruner=pruner,
+                                                 heartbeat=heartbeat)
+                break
+            except (OperationalError, IntegrityError, ProgrammingError):
+                # another worker is creating the same tables (SQLite: locked; PostgreSQL: a duplicate
+                # type or table): wait, then load them
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
             raise InputError(f"`study_name` {study_name} in {storage} was made for {len(study.directions)} objective(s), "
                              f"not {len(directions)}: use another study name")
@@ -51,20 +64,54 @@ def open_study(storage: str | None, study_name: str | None, *, sampler, directio
             study.set_user_attr("fingerprint", fingerprint)
         elif made_for != fingerprint:
             changed = [key for key in fingerprint if made_for.get(key) != fingerprint[key]]
+            changed += [key for key in made_for if key not in fingerprint]
             raise InputError(f"`study_name` {study_name} in {storage} holds another search "
-                             f"({', '.join(f'{k} {made_for.get(k)!r}, not {fingerprint[k]!r}' for k in changed)}): "
+                             f"({', '.join(f'{k} {made_for.get(k)!r}, not {fingerprint.get(k)!r}' for k in changed)}): "
                              "use another study name")
-    return study
+    return study, created
 
 
-def _backend(storage: str | None):
-    """What optuna.create_study takes for `storage`: None, a URL, or a JournalStorage."""
+def _create_or_load(storage, study_name, *, sampler, directions, pruner, heartbeat):
+    import optuna
+
+    try:
+        backend = _backend(storage, heartbeat)
+        try:
+            return optuna.create_study(study_name=study_name, storage=backend, sampler=sampler, pruner=pruner,
+                                       directions=directions), True
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.load_study(study_name=study_name, storage=backend, sampler=sampler, pruner=pruner), False
+    except ImportError as exc:
+        missing = exc.__cause__ or exc.__context__ or exc
+        raise MissingDependencyError(f"`storage` {storage}: its database driver is not installed ({missing})") from None
+    except (OSError, ValueError) as exc:  # a journal file that cannot be written, or is not a journal
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not an Optuna journal ({exc})"
+        raise InputError(f"`storage` {storage}: {reason}") from None
+
+
+def _backend(storage: str | None, heartbeat: bool = False):
+    """What optuna.create_study takes for `storage`: None, an RDBStorage, or a JournalStorage.
+    With `heartbeat`, database storages beat one, so a trial left running by a worker that died
+    is marked failed instead of counting as running for ever; SQLite files wait for each
+    other's writes instead of failing at once."""
     if storage is None:
         return None
     if "://" in storage:
+        import optuna
+        from optuna.storages import RDBStorage
+
+        engine_kwargs = {}
         if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
             _check_directory(storage, Path(storage[len("sqlite:///"):]))
-        return storage
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        elif storage.startswith("sqlite:"):
+            return storage
+        if not heartbeat:
+            return RDBStorage(storage, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():  # the heartbeat is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                              grace_period=2 * HEARTBEAT_S)
     path = Path(storage)
     if path.suffix in _SQLITE_SUFFIXES:
         raise InputError(f"`storage` {storage}: a database needs a URL: sqlite:///{storage}")

@@ -83,7 +83,7 @@ def search(
     batch_size: int = 1, trials: int = 300, seed: int = 0, objective: str = "speed", methods=None, quants=None,
     drafts=None, skip_pattern: str = "middle", storage: str | None = None, study_name: str | None = None,
     acceptance=None, priors=None, model_source: str | None = None, progress: bool = False,
-    execution: Execution | None = None,
+    execution: Execution | None = None, s3d: Decoding | None = None,
 ) -> SearchResult:
     """The Optuna search over decoding set-ups of `spec` on `profile`, each trial scored by the
     performance model, and the fastest that fits as a Plan with up to five alternatives.
@@ -94,7 +94,8 @@ def search(
     "middle" (a centred block) or "any" (arbitrary subsets); storage and study_name share the
     study between workers (planner.search.storage); acceptance (one float, or per method) and
     priors replace the acceptance priors; execution is how the engine runs (default: the
-    profile's). The result also holds every evaluated set-up.
+    profile's); s3d is an adapter's set-up (planner.runtime.adapter.planned_s3d), which s3d
+    trials then take as it is. The result also holds every evaluated set-up.
 
     Raises:
         InputError: an unknown objective, trials below 1, a storage without a study name or one
@@ -114,7 +115,8 @@ def search(
     budget = profile.memory_gib if vram_gib is None else vram_gib
     prior_table = resolve_priors(priors)
     draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
-    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern)
+    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern,
+                            s3d=s3d)
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
     execution = execution or Execution.default_for(profile)
@@ -169,9 +171,9 @@ def _run_study(storage, study_name, *, sampler, directions, fingerprint, space, 
     import optuna
 
     with _interrupt_between_trials() as interrupted:
-        study = open_study(storage, study_name, sampler=sampler, directions=directions, fingerprint=fingerprint)
+        study, created = open_study(storage, study_name, sampler=sampler, directions=directions, fingerprint=fingerprint)
         with storage_errors(storage):
-            if len(study.trials) == 0 and not interrupted:
+            if created and not interrupted:
                 for point in seeds(space):
                     study.enqueue_trial(point, skip_if_exists=True)
             if not interrupted:

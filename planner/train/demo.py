@@ -1,12 +1,15 @@
 """The demo model's recipe: a 12-layer Llama trained from scratch on the Python standard
-library's sources (held-out files excluded), saved in fp16 so it ships under 25 MB, then
-S3D-adapted, with prompts taken from the held-out files and a 2-layer draft model.
+library's sources (held-out files excluded), saved in fp16 so it ships under 25 MB, with an
+S3D draft adapter trained beside it (the model itself frozen), prompts taken from the
+held-out files and a 2-layer draft model.
 
-    python -m planner.train.demo --threads 2      # CPU defaults: base model, S3D adaptation, draft
+    python -m planner.train.demo --threads 2      # CPU defaults: base model, S3D adapter, draft
     python -m planner.train.demo --device cuda    # GPU defaults, meant to finish within 10 minutes
 
-The base model goes to --base (skipped when already there), the adapted model, its s3d.json,
-the prompts and the draft (--out/draft) to --out. See planner/profiles/demo/README.md.
+The base model goes to --base and the draft to --out/draft (each skipped when already
+there); --out gets a copy of the base, its adapter (s3d.json, adapter.safetensors) and the
+prompts. --base and --out may be the same directory: then only the adapter and prompts are
+made again. See planner/profiles/demo/README.md.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ SEQ_LEN = 256
 DEMO_SKIP = (4, 5, 6, 7)  # the middle third of 12 layers
 DEMO_GAMMA = 4
 PROMPTS = 12
+ADAPT_PROMPTS = 256  # distillation prompts: the first documented function of training files
+ADAPT_NEW_TOKENS = 96
 DOCSTRING_QUOTES = ('"""', "'''")
 
 
@@ -35,13 +40,13 @@ class Recipe:
     batch: int
     peak_lr: float
     adapt_steps: int
-    adapt_lr: float = 5e-4
+    adapt_lr: float = 1e-3
 
 
 # CPU: about 46 minutes on two cores (base 30, adaptation 8, draft 3, tokenizer 4); CUDA: meant
 # for a few minutes on one GPU (not yet measured).
 DEFAULTS = {
-    "cpu": Recipe(steps=1200, batch=8, peak_lr=2e-3, adapt_steps=600),
+    "cpu": Recipe(steps=1200, batch=8, peak_lr=2e-3, adapt_steps=400),
     "cuda": Recipe(steps=3000, batch=64, peak_lr=2e-3, adapt_steps=1000),
 }
 
@@ -169,15 +174,22 @@ def demo_prompts(files, *, max_prompts: int = PROMPTS, max_chars: int = 320) -> 
     return [p for p in found if p][:max_prompts]
 
 
-def build_demo(base: Path, out: Path, *, device: str, adapt_steps: int, adapt_lr: float = 5e-4, seed: int = 0,
+def build_demo(base: Path, out: Path, *, device: str, adapt_steps: int, adapt_lr: float = 1e-3, seed: int = 0,
                resume: bool = False) -> Path:
-    """S3D-adapt the base model into `out` and add the held-out prompts."""
+    """`out`: the base model as it is, the S3D adapter trained for it (planner.train.adapt, the
+    code of `specplan adapt`; distillation prompts from the training files) and the held-out
+    prompts."""
     from planner.train.adapt import adapt
 
     split = stdlib_split()
-    adapt(str(base), [str(p) for p in split.train], skip_layers=DEMO_SKIP, gamma=DEMO_GAMMA, out=str(out), steps=adapt_steps,
-          lr=adapt_lr, resume=resume, seed=seed, device=device, held_out_files=[str(p) for p in split.held_out])
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # resumable state, not part of the shipped model
+    if base.resolve() != out.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        for path in base.iterdir():
+            if path.is_file():
+                shutil.copy2(path, out / path.name)
+    adapt(str(out), demo_prompts(split.train, max_prompts=ADAPT_PROMPTS), skip_layers=DEMO_SKIP, gamma=DEMO_GAMMA,
+          out=str(out), steps=adapt_steps, lr=adapt_lr, resume=resume, seed=seed, device=device,
+          max_new_tokens=ADAPT_NEW_TOKENS, prompts_name="stdlib training files: first documented function")
     lines = [json.dumps({"prompt": p, "source": "held-out stdlib"}) for p in demo_prompts(split.held_out)]
     write_atomic(out / "prompts.jsonl", "\n".join(lines) + "\n")
     return out
@@ -185,13 +197,13 @@ def build_demo(base: Path, out: Path, *, device: str, adapt_steps: int, adapt_lr
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("planner/profiles/demo"), help="adapted model (default planner/profiles/demo)")
+    parser.add_argument("--out", type=Path, default=Path("planner/profiles/demo"), help="demo directory (default planner/profiles/demo)")
     parser.add_argument("--base", type=Path, default=Path("build/demo-base"), help="base model; trained unless there")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--steps", type=int, help="base-model and draft steps (default: 1200 on cpu, 3000 on cuda)")
     parser.add_argument("--batch", type=int, help="sequences of 256 tokens per step (default: 8 cpu, 64 cuda)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    parser.add_argument("--adapt-steps", type=int, help="S3D adaptation steps (default: 600 cpu, 1000 cuda)")
+    parser.add_argument("--adapt-steps", type=int, help="S3D adapter steps (default: 400 cpu, 1000 cuda)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints under --base / --out")
@@ -207,7 +219,8 @@ def main(argv=None) -> None:
         train_base(args.base, device=args.device, recipe=recipe, seed=args.seed, resume=args.resume)
     build_demo(args.base, args.out, device=args.device, adapt_steps=recipe.adapt_steps, adapt_lr=recipe.adapt_lr, seed=args.seed,
                resume=args.resume)
-    train_draft(args.out, device=args.device, recipe=recipe, seed=args.seed, resume=args.resume)
+    if not (args.out / DRAFT_DIR / "model.safetensors").exists():
+        train_draft(args.out, device=args.device, recipe=recipe, seed=args.seed, resume=args.resume)
 
 
 if __name__ == "__main__":

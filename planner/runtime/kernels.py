@@ -1,21 +1,32 @@
-"""The CPU decode step's matrix-vector kernel, and swapping it into a model's linears.
+"""The CPU decode step's kernels, and swapping them into a loaded model.
 
 On a CPU a decode step is a few hundred matrix-vector products over weights that do not fit
 in cache, so its speed is how fast those products stream the weights. torch's bf16 `linear`
 (oneDNN) streams them at a fraction of the read bandwidth when the batch is one token
 (BENCHMARKS.md, "A lean CPU step"); `specplan::linear` (csrc/lean_linear.cpp) reads each
 weight row once per call, multiplies it with every token's row in fp32, and splits rows over
-torch's threads.
+torch's threads. Once the linears are lean, what is left of a step is the dispatch of a few
+hundred tiny ops; `specplan::rms_norm`, `specplan::rotary` and `specplan::attention`
+(csrc/lean_step.cpp) do an RMSNorm, a layer's rotary embeddings and its attention over the
+KV cache in one call each (BENCHMARKS.md, "The rest of the CPU step").
 
-Its second property is the numerics rule the runtime states: each output is accumulated in
-one fixed order whatever the number of tokens in the step, so the logits of a token inside a
-k-token verify forward equal, bit for bit, those of the one-token step (the linears are where
-a verify and a decode step would otherwise differ; attention and norms are per token).
+Their second property is the numerics rule the runtime states: each output is computed per
+token row in one fixed order whatever the number of tokens in the step, so the logits of a
+token inside a k-token verify forward equal, bit for bit, those of the one-token step.
 
-The kernel is compiled on first use with the machine's own instruction set (-march=native:
+`use_lean_kernels(model)` swaps them in module by module, sharing the parameters: every
+plain nn.Linear, and the norms, attentions and MLPs of the architectures whose transformers
+modules compute exactly what the ops compute (LEAN_NORMS, LEAN_ATTENTIONS, LEAN_MLPS: Llama's
+RMSNorm, Llama's attention with rotate-half rotary over the whole head, Llama's silu-gated MLP,
+as Llama, Mistral, Qwen2 and Qwen3 run them); an attention's q, k and v projections are then
+one `specplan::linears` call and an MLP's gate and up one `specplan::silu_gated_linear`. A swapped module falls back to its own forward wherever the op does not
+apply (gradients on, no KV cache, another mask). Other architectures keep their modules and
+still get the lean linears.
+
+The kernels are compiled on first use with the machine's own instruction set (-march=native:
 AVX-512 or AVX2 with FMA, else a plain loop) into $SPECPLAN_CACHE/kernels, by torch's C++
-extension builder (a C++ compiler and ninja). When it cannot be built, one line says why and
-decoding uses torch's linear.
+extension builder (a C++ compiler and ninja). When they cannot be built, one line says why and
+decoding uses torch's own modules.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "lean_linear.cpp"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = (CSRC / "lean_linear.cpp", CSRC / "lean_step.cpp")
 LEAN_DTYPES = (torch.bfloat16, torch.float32)
 # -fopenmp: ATen's parallel_for is inline; -ffp-contract=off: the scalar tail's multiply and add
 # are never fused in one tile shape and not in another (batch invariance)
@@ -55,13 +67,13 @@ def _build() -> None:
 
     from planner.runtime.checkpoint import cache_root
 
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     tag = hashlib.sha256(source + " ".join((torch.__version__, *CFLAGS)).encode()).hexdigest()[:12]
     build = cache_root() / "kernels" / f"lean_linear-{tag}"
     build.mkdir(parents=True, exist_ok=True)
     load(
         name=f"specplan_lean_linear_{tag}",
-        sources=[str(SOURCE)],
+        sources=[str(path) for path in SOURCES],
         extra_cflags=list(CFLAGS),
         extra_ldflags=["-fopenmp"],
         build_directory=str(build),
@@ -71,11 +83,32 @@ def _build() -> None:
 
 
 class LeanLinear(nn.Linear):
-    """nn.Linear (same parameters, no copy) whose forward is `torch.ops.specplan.linear`.
-    Inference only: the kernel has no backward."""
+    """nn.Linear (same parameters, no copy) whose forward is `torch.ops.specplan.linear`;
+    torch's linear where a gradient is wanted (the kernels have no backward)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _needs_grad(x, self.weight):
+            return super().forward(x)
         return torch.ops.specplan.linear(x, self.weight, self.bias)
+
+
+def _needs_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
+def use_lean_kernels(model: nn.Module) -> int:
+    """Swap the lean kernels into `model` (see the module docstring): linears, then the
+    norms, attentions and MLPs of LEAN_NORMS, LEAN_ATTENTIONS and LEAN_MLPS classes; returns how many modules
+    were swapped (0 when the kernels are not available). Parameters are shared, not copied."""
+    swapped = use_lean_linears(model)
+    if not swapped:
+        return 0
+    for module in model.modules():
+        mixin = _LEAN_MIXINS.get(type(module).__name__) if type(module).__module__.startswith("transformers.") else None
+        if mixin is not None and _fits(next(module.parameters())):
+            module.__class__ = _lean_class(type(module), mixin)
+            swapped += 1
+    return swapped
 
 
 def use_lean_linears(model: nn.Module) -> int:
@@ -96,6 +129,71 @@ def use_lean_linears(model: nn.Module) -> int:
         lean.weight, lean.bias = child.weight, child.bias
         setattr(parent, name, lean)
     return len(candidates)
+
+
+class _LeanRMSNorm:
+    """LlamaRMSNorm's forward, y = w * (x * rsqrt(mean(x^2) + eps)).to(dtype) with fp32
+    statistics, as one `specplan::rms_norm` call."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if _needs_grad(hidden_states, self.weight) or hidden_states.dtype != self.weight.dtype:
+            return super().forward(hidden_states)
+        return torch.ops.specplan.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+
+class _LeanAttention:
+    """LlamaAttention's forward (q, k, v projections, Qwen3's per-head q and k norms, rotate-
+    half rotary over the whole head, the KV cache's update, softmax attention with the
+    additive mask, the output projection) with rotary and attention as one op each. The
+    runtime's mask already holds sliding windows (planner.runtime.model.Decoder.masks)."""
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("past_key_value")))  # transformers 5, 4.5x, 4.4x
+        if (_needs_grad(hidden_states, self.o_proj.weight) or args or cache is None or position_embeddings is None
+                or not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != hidden_states.dtype
+                or position_embeddings[0].shape[-1] != self.head_dim):
+            return super().forward(hidden_states, position_embeddings, attention_mask, *args, **kwargs)
+        tokens = hidden_states.shape[:-1]
+        q, k, v = (y.view(*tokens, -1, self.head_dim) for y in _project(hidden_states, self.q_proj, self.k_proj, self.v_proj))
+        if hasattr(self, "q_norm"):  # Qwen3: RMSNorm over each head before rotary
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = v.transpose(1, 2)
+        q, k = torch.ops.specplan.rotary(q.transpose(1, 2), k.transpose(1, 2), *position_embeddings)
+        k, v = cache.update(k, v, self.layer_idx)
+        out = torch.ops.specplan.attention(q, k, v, attention_mask, self.scaling)  # (B, T, H, D)
+        return self.o_proj(out.view(*tokens, -1)), None
+
+
+class _LeanGatedMLP:
+    """LlamaMLP's forward, down(silu(gate(x)) * up(x)), with silu(gate) * up as one
+    `specplan::silu_gated_linear` call when both projections are lean linears (not, e.g., an
+    adapter's LoRA layers) and the activation is silu."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_proj, self.up_proj
+        if _needs_grad(x, gate.weight) or not (type(gate) is type(up) is LeanLinear) or type(self.act_fn).__name__ != "SiLUActivation":
+            return super().forward(x)
+        return self.down_proj(torch.ops.specplan.silu_gated_linear(x, gate.weight, gate.bias, up.weight, up.bias))
+
+
+def _project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
+    """Each module applied to x: in one `specplan::linears` call when all are lean linears."""
+    if all(type(m) is LeanLinear for m in linears):
+        return torch.ops.specplan.linears(x, [m.weight for m in linears], [m.bias for m in linears])
+    return [m(x) for m in linears]
+
+
+# transformers classes whose forward the lean ops compute (checked per class in tests/test_kernels.py)
+LEAN_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+LEAN_ATTENTIONS = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
+LEAN_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+_LEAN_MIXINS = {**dict.fromkeys(LEAN_NORMS, _LeanRMSNorm), **dict.fromkeys(LEAN_ATTENTIONS, _LeanAttention),
+                **dict.fromkeys(LEAN_MLPS, _LeanGatedMLP)}
+
+
+@functools.cache
+def _lean_class(cls: type, mixin: type) -> type:
+    return type(f"Lean{cls.__name__}", (mixin, cls), {"__module__": __name__})
 
 
 def _fits(weight: torch.Tensor) -> bool:

@@ -3,8 +3,9 @@
 `Target.step` is the fixed-shape call every decoding step goes through (decode one token,
 draft step, verify gamma + 1). On CUDA it is captured with torch.compile's
 "reduce-overhead" mode (CUDA graphs); on CPU it runs eager, where graphs do not exist, with
-the model's linears swapped for the lean kernel (planner/runtime/kernels.py: weights streamed
-once per step, each token's row computed in the same order whatever the step's width).
+the lean kernels swapped in (planner/runtime/kernels.py: linears that stream the weights once
+per step, one-call norms, rotary and attention; each token's row computed in the same order
+whatever the step's width).
 The prefill has a prompt-dependent length and always runs eager.
 """
 
@@ -18,7 +19,7 @@ import torch
 from planner.errors import InputError
 from planner.hardware.measure import resolve_device  # noqa: F401  (the one rule for device names, re-exported)
 from planner.runtime.checkpoint import load_causal_lm, read_hf_config
-from planner.runtime.kernels import use_lean_linears
+from planner.runtime.kernels import use_lean_kernels
 from planner.runtime.model import Decoder, check_runnable
 
 RECOMPILE_LIMIT = 64  # compiled step graphs per process (dynamo's default is 8)
@@ -131,5 +132,5 @@ def random_target(hf_config, *, device: torch.device, max_seq_len: int, dtype=No
 def _target(hf_model, hf_config, device, max_seq_len: int, compiled, lean: bool = True) -> Target:
     compiled = device.type == "cuda" if compiled is None else compiled
     if lean and device.type == "cpu":
-        use_lean_linears(hf_model)
+        use_lean_kernels(hf_model)
     return Target(Decoder(hf_model, max_seq_len), hf_config, device, compiled)

@@ -1,4 +1,6 @@
-// specplan::linear — the CPU decode step's matrix-vector kernel.
+// specplan::linear — the CPU decode step's matrix-vector kernel; specplan::linears runs several
+// projections of the same x in one call (q, k and v), specplan::silu_gated_linear a gated MLP's
+// silu(gate) * up.
 //
 // y (M, N) = x (M, K) . W (N, K)^T + b for bf16 or fp32 x, W, b (nn.Linear's layout, used as
 // stored: no repacking). Every output is one dot product with its own fp32 accumulator
@@ -6,7 +8,7 @@
 // operations whatever M is and whichever rows share a block, so a k-token verify step computes
 // each token's row exactly as a one-token step does (batch-invariant by construction).
 // W is read once per call: blocks of four rows are split over torch's intra-op threads, each
-// block is multiplied with every row of x (two at a time) while it sits in L1, and the next
+// block is multiplied with every row of x (four at a time) while it sits in L1, and the next
 // block is prefetched meanwhile (+35% read bandwidth here: BENCHMARKS.md, "A lean CPU step").
 // Instruction sets: AVX-512 BF16 (vdpbf16ps on bf16 pairs), AVX-512F or AVX2+FMA (bf16
 // widened to fp32, then FMA); elsewhere `simd_width()` is 0 and the runtime keeps torch's linear.
@@ -15,7 +17,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#include <vector>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -24,6 +28,7 @@ namespace {
 
 using bf16 = c10::BFloat16;
 constexpr int64_t kBlock = 4;  // W rows per block
+constexpr int64_t kTileRows = 4;  // most rows of x multiplied with a block at once
 
 #if defined(__AVX512F__)
 constexpr int64_t kWidth = 16;  // fp32 lanes
@@ -81,10 +86,11 @@ inline void dot_tile(const T* x, const T* w, const T* ahead, int64_t K, float* o
       for (int64_t r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(ahead + r * K + k), _MM_HINT_T0);
 #if defined(__AVX512BF16__)
     if constexpr (std::is_same_v<T, bf16>) {
+      __m512bh xv[MT];
+      for (int64_t m = 0; m < MT; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * K + k);
       for (int64_t r = 0; r < R; ++r) {
-        __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + k);
-        for (int64_t m = 0; m < MT; ++m)
-          acc[m * R + r] = _mm512_dpbf16_ps(acc[m * R + r], (__m512bh)_mm512_loadu_si512(x + m * K + k), wv);
+        const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + k);
+        for (int64_t m = 0; m < MT; ++m) acc[m * R + r] = _mm512_dpbf16_ps(acc[m * R + r], xv[m], wv);
       }
       continue;
     }
@@ -99,52 +105,127 @@ inline void dot_tile(const T* x, const T* w, const T* ahead, int64_t K, float* o
       for (int64_t r = 0; r < R; ++r) out[m * R + r] += float(x[m * K + k]) * float(w[r * K + k]);
 }
 
+// One weight matrix of a call: W (N, K), optional bias, output y (M, N).
 template <typename T>
-void rows(const T* x, const T* w, const T* b, T* y, int64_t M, int64_t N, int64_t K) {
-  constexpr int64_t MT = 2;  // rows of x per tile
-  const int64_t blocks = (N + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    float out[MT * kBlock];
-    for (int64_t blk = b0; blk < b1; ++blk) {
+struct Matrix {
+  const T* w;
+  const T* b;
+  T* y;
+  int64_t N;
+};
+
+// ms (1, 2 or kTileRows) rows of x times a block of `rows_here` rows of W into out[m * kBlock + r].
+template <typename T>
+void tile(const T* x, const T* w, const T* ahead, int64_t K, int64_t ms, int64_t rows_here, float* out) {
+  if (rows_here == kBlock && ms == kTileRows) {
+    dot_tile<T, kTileRows, kBlock>(x, w, ahead, K, out);
+  } else if (rows_here == kBlock && ms == 2) {
+    dot_tile<T, 2, kBlock>(x, w, ahead, K, out);
+  } else if (rows_here == kBlock) {
+    dot_tile<T, 1, kBlock>(x, w, ahead, K, out);
+  } else {
+    for (int64_t m = 0; m < ms; ++m)
+      for (int64_t r = 0; r < rows_here; ++r) dot_tile<T, 1, 1>(x + m * K, w + r * K, nullptr, K, out + m * kBlock + r);
+  }
+}
+
+// y_i = x W_i^T + b_i for every matrix of the call, their blocks of rows split over torch's
+// threads in one parallel region (several projections of the same x cost one dispatch).
+template <typename T>
+void rows(const T* x, const std::vector<Matrix<T>>& mats, int64_t M, int64_t K) {
+  std::vector<int64_t> first_block(mats.size() + 1, 0);  // global block index of each matrix's first block
+  for (size_t i = 0; i < mats.size(); ++i) first_block[i + 1] = first_block[i] + (mats[i].N + kBlock - 1) / kBlock;
+  at::parallel_for(0, first_block.back(), 16, [&](int64_t b0, int64_t b1) {
+    float out[kTileRows * kBlock];
+    size_t i = 0;
+    for (int64_t g = b0; g < b1; ++g) {
+      while (g >= first_block[i + 1]) ++i;
+      const Matrix<T>& mat = mats[i];
+      const T* w = mat.w;
+      const int64_t N = mat.N, blk = g - first_block[i];
       const int64_t n0 = blk * kBlock, rows_here = std::min(kBlock, N - n0);
-      const T* ahead = blk + 1 < b1 && (blk + 2) * kBlock <= N ? w + (n0 + kBlock) * K : nullptr;
-      for (int64_t m0 = 0; m0 < M; m0 += MT) {
-        const int64_t ms = std::min(MT, M - m0);
-        if (rows_here == kBlock && ms == MT) {
-          dot_tile<T, MT, kBlock>(x + m0 * K, w + n0 * K, ahead, K, out);
-        } else if (rows_here == kBlock) {
-          dot_tile<T, 1, kBlock>(x + m0 * K, w + n0 * K, ahead, K, out);
-        } else {
-          for (int64_t m = 0; m < ms; ++m)
-            for (int64_t r = 0; r < rows_here; ++r) dot_tile<T, 1, 1>(x + (m0 + m) * K, w + (n0 + r) * K, nullptr, K, out + m * kBlock + r);
-        }
+      const T* ahead = g + 1 < b1 && (blk + 2) * kBlock <= N ? w + (n0 + kBlock) * K : nullptr;
+      for (int64_t m0 = 0, ms; m0 < M; m0 += ms) {
+        ms = M - m0 >= kTileRows ? kTileRows : M - m0 >= 2 ? 2 : 1;  // rows of x in this tile
+        tile(x + m0 * K, w + n0 * K, ahead, K, ms, rows_here, out);
         for (int64_t m = 0; m < ms; ++m)
           for (int64_t r = 0; r < rows_here; ++r)
-            y[(m0 + m) * N + n0 + r] = T(out[m * kBlock + r] + (b ? float(b[n0 + r]) : 0.f));
+            mat.y[(m0 + m) * N + n0 + r] = T(out[m * kBlock + r] + (mat.b ? float(mat.b[n0 + r]) : 0.f));
       }
     }
   });
 }
 
-at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "specplan::linear: weight must be a contiguous (N, K) matrix");
-  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "specplan::linear: x and weight dtypes differ");
-  const int64_t N = weight.size(0), K = weight.size(1);
-  TORCH_CHECK(x.size(-1) == K, "specplan::linear: x's last dimension is not the weight's in-features");
-  const bool has_bias = bias.has_value() && bias->defined();
+// x (..., K) times each (N_i, K) weight: outputs (..., N_i), in x's dtype.
+std::vector<at::Tensor> linears_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases) {
+  TORCH_CHECK(!weights.empty() && biases.size() == weights.size(), "specplan::linears: one bias (or None) per weight");
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat, "specplan::linear: dtype must be bf16 or fp32");
   auto x2 = x.reshape({-1, K}).contiguous();
-  auto b = has_bias ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
   const int64_t M = x2.size(0);
-  auto y = at::empty({M, N}, x.options());
-  if (x.scalar_type() == at::kBFloat16) {
-    rows(x2.data_ptr<bf16>(), weight.data_ptr<bf16>(), has_bias ? b.data_ptr<bf16>() : nullptr, y.data_ptr<bf16>(), M, N, K);
-  } else {
-    TORCH_CHECK(x.scalar_type() == at::kFloat, "specplan::linear: dtype must be bf16 or fp32");
-    rows(x2.data_ptr<float>(), weight.data_ptr<float>(), has_bias ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K);
+  std::vector<at::Tensor> ys, bs;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK(w.dim() == 2 && w.is_contiguous(), "specplan::linear: weight must be a contiguous (N, K) matrix");
+    TORCH_CHECK(x.scalar_type() == w.scalar_type(), "specplan::linear: x and weight dtypes differ");
+    TORCH_CHECK(w.size(1) == K, "specplan::linear: x's last dimension is not the weight's in-features");
+    c10::optional<at::Tensor> b = biases.get(i);
+    bs.push_back(b.has_value() && b->defined() ? b->to(x.scalar_type()).contiguous() : at::Tensor());
+    ys.push_back(at::empty({M, w.size(0)}, x.options()));
   }
-  auto shape = x.sizes().vec();
-  shape.back() = N;
-  return y.view(shape);
+  AT_DISPATCH_SWITCH(x.scalar_type(), "specplan::linears",
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      std::vector<Matrix<bf16>> mats;
+      for (size_t i = 0; i < weights.size(); ++i)
+        mats.push_back({weights[i].data_ptr<bf16>(), bs[i].defined() ? bs[i].data_ptr<bf16>() : nullptr, ys[i].data_ptr<bf16>(), weights[i].size(0)});
+      rows(x2.data_ptr<bf16>(), mats, M, K);
+    })
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      std::vector<Matrix<float>> mats;
+      for (size_t i = 0; i < weights.size(); ++i)
+        mats.push_back({weights[i].data_ptr<float>(), bs[i].defined() ? bs[i].data_ptr<float>() : nullptr, ys[i].data_ptr<float>(), weights[i].size(0)});
+      rows(x2.data_ptr<float>(), mats, M, K);
+    }));
+  for (size_t i = 0; i < ys.size(); ++i) {
+    auto shape = x.sizes().vec();
+    shape.back() = weights[i].size(0);
+    ys[i] = ys[i].view(shape);
+  }
+  return ys;
+}
+
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  c10::List<c10::optional<at::Tensor>> biases;
+  biases.push_back(bias);
+  return linears_cpu(x, {weight}, biases)[0];
+}
+
+// silu(x W_gate^T + b_gate) * (x W_up^T + b_up), the gated MLP's first half (Llama's
+// down_proj(act_fn(gate_proj(x)) * up_proj(x))) in one call, rounded where transformers'
+// three ops round: the two projections, silu, and the product.
+at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>& b_gate,
+                                 const at::Tensor& w_up, const c10::optional<at::Tensor>& b_up) {
+  c10::List<c10::optional<at::Tensor>> biases;
+  biases.push_back(b_gate);
+  biases.push_back(b_up);
+  auto ys = linears_cpu(x, {w_gate, w_up}, biases);
+  TORCH_CHECK(ys[0].sizes() == ys[1].sizes(), "specplan::silu_gated_linear: gate and up widths differ");
+  auto gate = ys[0].contiguous(), up = ys[1].contiguous();
+  AT_DISPATCH_SWITCH(x.scalar_type(), "specplan::silu_gated_linear",
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      bf16* g = gate.data_ptr<bf16>();
+      const bf16* u = up.data_ptr<bf16>();
+      for (int64_t i = 0; i < gate.numel(); ++i) {
+        const float a = float(g[i]);
+        g[i] = bf16(float(bf16(a / (1.f + std::exp(-a)))) * float(u[i]));
+      }
+    })
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      float* g = gate.data_ptr<float>();
+      const float* u = up.data_ptr<float>();
+      for (int64_t i = 0; i < gate.numel(); ++i) g[i] = (g[i] / (1.f + std::exp(-g[i]))) * u[i];
+    }));
+  return gate;
 }
 
 at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
@@ -153,13 +234,34 @@ at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const c10:
   return at::empty(shape, x.options());
 }
 
+std::vector<at::Tensor> linears_meta(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>&) {
+  std::vector<at::Tensor> ys;
+  for (const auto& w : weights) ys.push_back(linear_meta(x, w, c10::nullopt));
+  return ys;
+}
+
+at::Tensor silu_gated_linear_meta(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>&,
+                                  const at::Tensor&, const c10::optional<at::Tensor>&) {
+  return linear_meta(x, w_gate, c10::nullopt);
+}
+
 int64_t simd_width() { return kWidth; }
 
 }  // namespace
 
 TORCH_LIBRARY(specplan, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]");
+  m.def("silu_gated_linear(Tensor x, Tensor w_gate, Tensor? b_gate, Tensor w_up, Tensor? b_up) -> Tensor");
   m.def("simd_width() -> int", simd_width);
 }
-TORCH_LIBRARY_IMPL(specplan, CPU, m) { m.impl("linear", linear_cpu); }
-TORCH_LIBRARY_IMPL(specplan, Meta, m) { m.impl("linear", linear_meta); }
+TORCH_LIBRARY_IMPL(specplan, CPU, m) {
+  m.impl("linear", linear_cpu);
+  m.impl("linears", linears_cpu);
+  m.impl("silu_gated_linear", silu_gated_linear_cpu);
+}
+TORCH_LIBRARY_IMPL(specplan, Meta, m) {
+  m.impl("linear", linear_meta);
+  m.impl("linears", linears_meta);
+  m.impl("silu_gated_linear", silu_gated_linear_meta);
+}

@@ -10,8 +10,10 @@ Drafting per method (T(n, layers) from planner.perf.cost):
                                                for the last draft token only (the runtime
                                                reuses the draft's lower-layer states)
     draft_model   gamma x T_draft(1)
-    prompt_lookup a host-side n-gram search, ~0
-Verify: T(gamma+1, all). Sanity: speedup <= tau.
+    prompt_lookup the engine's n-gram proposer (planner.perf.cost.ngram_proposer_s)
+Verify: T(gamma+1, all). Every target forward (a plain step or a verify) adds the engine's
+host work per step, E(B) = step + B x per-sequence; a speculative iteration adds the
+engine's speculative_step on top (planner.perf.cost.EngineCost). Sanity: speedup <= tau.
 """
 
 from __future__ import annotations
@@ -26,11 +28,9 @@ from planner.models.spec import ModelSpec
 from planner.perf.acceptance import (
     Prior, position_acceptances, resolve_priors, size_gap, skipped_fraction, tokens_per_iteration,
 )
-from planner.perf.cost import Execution, forward_latency_s
+from planner.perf.cost import Execution, forward_latency_s, ngram_proposer_s
 from planner.perf.memory import vram_gib
 from planner.plan.schema import Decoding, Prediction
-
-PROMPT_LOOKUP_S = 50e-6  # n-gram search over the context on the host, per iteration
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,18 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
                                  quant=d.draft_quant, execution=execution)
         return d.gamma * step, verify
     if d.method == "prompt_lookup":
-        return PROMPT_LOOKUP_S, verify
+        return ngram_proposer_s(execution, batch_size=batch_size, context=context), verify
     raise InputError(f"unknown method '{d.method}'")
+
+
+def check_fp8(profile: HardwareProfile, d: Decoding) -> None:
+    """fp8 (W8A8) weights need fp8 tensor cores: a profile with an fp8 peak (Ada, Hopper, Blackwell).
+
+    Raises:
+        InputError: fp8 for the target or the draft on a profile without fp8 tensor cores.
+    """
+    if "fp8" in (d.quant, d.draft_quant) and "fp8" not in profile.peak_tflops:
+        raise InputError(f"fp8 needs fp8 tensor cores (Ada, Hopper or newer); {profile.name} has none")
 
 
 def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | None,
@@ -97,8 +107,9 @@ def predict_detail(
     acceptance: a measured per-token acceptance in [0, 1] that replaces the prior (basis
     "calibrated"); else the prior of `priors` (see resolve_priors) for the method (basis
     "analytical"). draft_spec: the draft model's spec, needed for method draft_model.
-    execution: dtype and CUDA graphs (default: Execution.default_for(profile)). basis
-    overrides the prediction's basis label.
+    execution: dtype, CUDA graphs and the serving engine's own cost per step (default:
+    Execution.default_for(profile): the built-in runtime). basis overrides the prediction's
+    basis label.
 
     Returns a Detail: `prediction` (tokens_per_s per sequence, speedup as a ratio,
     tokens_per_iteration, acceptance as the mean over drafted positions, latencies in ms,
@@ -106,18 +117,21 @@ def predict_detail(
     autoregressive step, of the drafting and of the verify forward of one iteration.
 
     Raises:
-        InputError: method draft_model without `draft_spec`, an unknown method, or `priors`
-            that cannot be read (a priors file that is not valid YAML or lacks `methods`).
+        InputError: method draft_model without `draft_spec`, an unknown method, fp8 on a
+            profile without fp8 tensor cores, or `priors` that cannot be read (a priors file that is not valid YAML or lacks `methods`).
         NotFoundError: `priors` names a file that does not exist.
     """
     ex = execution or Execution.default_for(profile)
+    check_fp8(profile, decoding)
     priors = resolve_priors(priors)
     alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance, draft_spec)
     tau = tokens_per_iteration(alphas)
     draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,
                                             execution=ex, draft_spec=draft_spec)
+    engine_s = ex.engine.step_s(ex.graphs, batch_size)
     ar_s = forward_latency_s(spec, profile, new_tokens=1, context=context, batch_size=batch_size,
-                             quant=decoding.quant, execution=ex)
+                             quant=decoding.quant, execution=ex) + engine_s
+    verify_s += engine_s + (ex.engine.speculative_step_us * 1e-6 if alphas else 0.0)
     iteration_s = draft_s + verify_s
     memory = vram_gib(spec, device_kind=profile.kind, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
                       context=context, batch_size=batch_size, dtype=ex.dtype, graphs=ex.graphs,

@@ -28,8 +28,8 @@ from planner.models.spec import ModelSpec
 from planner.perf.acceptance import load_priors
 from planner.perf.cost import Execution
 from planner.perf.speedup import predict
-from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Constraints, Decoding, Plan, Prediction, ScheduleEntry
-from planner.search.space import MAX_PREDICTORS
+from planner.plan.schema import MAX_GAMMA, Candidate, Constraints, Decoding, Plan, Prediction, ScheduleEntry
+from planner.search.space import DEFAULT_QUANTS, MAX_PREDICTORS
 from planner.search.study import search
 
 Evaluate = Callable[[str, int, int], Prediction]
@@ -160,7 +160,7 @@ def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, batch_sizes: 
     execution = execution or Execution.default_for(profile)
     return tuple(b for b in sorted(set(batch_sizes))
                  if min(_autoregressive_gib(spec, profile, q, b, context=context, execution=execution)
-                        for q in quants or QUANTIZATIONS) <= vram_gib)
+                        for q in quants or DEFAULT_QUANTS) <= vram_gib)
 
 
 def _require_batch_range(spec, profile, sizes, *, budget, quants, context, execution) -> None:
@@ -168,7 +168,7 @@ def _require_batch_range(spec, profile, sizes, *, budget, quants, context, execu
     if fitting and fitting[-1] == sizes[-1]:
         return
     needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], context=context, execution=execution), q)
-                        for q in quants or QUANTIZATIONS)
+                        for q in quants or DEFAULT_QUANTS)
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
         f"batch size {sizes[-1]} does not fit {budget:.1f} GiB on {profile.name}: even autoregressive {quant} needs "

@@ -5,18 +5,36 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
+from planner.errors import InputError, near_matches
 from planner.models.spec import ModelSpec
 from planner.perf.speedup import middle_block
 from planner.plan.schema import METHODS, QUANTIZATIONS, Decoding
 
 MAX_PREDICTORS = 12  # token predictors / draft length per iteration
+DEFAULT_QUANTS = ("none", "int8", "int4")  # fp8 is searched only when asked for
+
+
+def usable_quants(profile, quants=None) -> tuple[str, ...]:
+    """The quantizations to search on `profile` (a HardwareProfile): `quants` as given, else
+    DEFAULT_QUANTS.
+
+    Raises:
+        InputError: an unknown quantization, or fp8 asked for on a profile without fp8 tensor cores.
+    """
+    chosen = tuple(quants or DEFAULT_QUANTS)
+    for quant in chosen:
+        if quant not in QUANTIZATIONS:
+            raise InputError(f"unknown quantization '{quant}'{near_matches(quant, QUANTIZATIONS)}")
+    if "fp8" in chosen and "fp8" not in profile.peak_tflops:
+        raise InputError(f"fp8 needs fp8 tensor cores (Ada, Hopper or newer); {profile.name} has none")
+    return chosen
 
 
 @dataclass(frozen=True)
 class Space:
     num_layers: int
     methods: tuple[str, ...] = METHODS
-    quants: tuple[str, ...] = QUANTIZATIONS
+    quants: tuple[str, ...] = DEFAULT_QUANTS
     drafts: tuple[str, ...] = ()  # draft model names for method draft_model
     max_gamma: int = MAX_PREDICTORS
     skip_pattern: str = "middle"  # "middle": a centred block of any size; "any": arbitrary subsets
@@ -26,7 +44,7 @@ class Space:
     @classmethod
     def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None) -> "Space":
         chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
-        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d)
+        return cls(spec.num_layers, chosen, tuple(quants or DEFAULT_QUANTS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d)
 
 
 def suggest(trial, space: Space) -> Decoding:
@@ -52,7 +70,8 @@ def suggest(trial, space: Space) -> Decoding:
     if method == "early_exit":
         return Decoding(method=method, gamma=gamma, quant=quant, exit_layer=trial.suggest_int("exit_layer", 1, L - 1))
     if method == "draft_model":
-        return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)))
+        return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)),
+                        draft_quant=trial.suggest_categorical("draft_quant", list(space.quants)))
     ngram = trial.suggest_int("ngram", *space.ngrams) if space.ngrams else Decoding.ngram
     return Decoding(method=method, gamma=gamma, quant=quant, ngram=ngram)  # prompt_lookup
 
@@ -73,6 +92,7 @@ def params_of(decoding: Decoding, space: Space) -> dict:
         params["exit_layer"] = d.exit_layer
     elif d.method == "draft_model":
         params["draft_model"] = d.draft_model
+        params["draft_quant"] = d.draft_quant
     elif d.method == "prompt_lookup" and space.ngrams:
         params["ngram"] = min(max(d.ngram, space.ngrams[0]), space.ngrams[1])
     return params
@@ -93,8 +113,8 @@ def enumerate_space(space: Space):
             for exit_layer, gamma in itertools.product(range(1, L), gammas):
                 yield Decoding(method=method, gamma=gamma, quant=quant, exit_layer=exit_layer)
         elif method == "draft_model":
-            for draft, gamma in itertools.product(space.drafts, gammas):
-                yield Decoding(method=method, gamma=gamma, quant=quant, draft_model=draft)
+            for draft, gamma, draft_quant in itertools.product(space.drafts, gammas, space.quants):
+                yield Decoding(method=method, gamma=gamma, quant=quant, draft_model=draft, draft_quant=draft_quant)
         else:
             for gamma in gammas:
                 yield Decoding(method=method, gamma=gamma, quant=quant)

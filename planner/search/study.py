@@ -22,7 +22,7 @@ from planner.perf.speedup import predict
 from planner.plan.schema import (
     Candidate, Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
-from planner.search.space import Space, seeds, suggest
+from planner.search.space import Space, seeds, suggest, usable_quants
 from planner.search.storage import open_study, storage_errors
 
 ALTERNATIVES = 5
@@ -115,7 +115,7 @@ def search(
     budget = profile.memory_gib if vram_gib is None else vram_gib
     prior_table = resolve_priors(priors)
     draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
-    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern,
+    space = Space.for_model(spec, methods=methods, quants=usable_quants(profile, quants), drafts=tuple(draft_specs), skip_pattern=skip_pattern,
                             s3d=s3d)
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")

@@ -47,19 +47,21 @@ VERIFY_KV_READS = ("once", "per_token")
 class EngineCost:
     """What one serving engine adds to a step beside the forward's kernels (engines.yaml `cost`).
 
-    step_graph_us / step_eager_us: host time per engine step (one target forward) that the GPU
-    waits for: scheduling, input preparation, sampling, output processing, host sync; per
-    execution mode. sequence_us: the same per sequence of the batch. speculative_step_us: more
-    per speculative iteration (draft bookkeeping, rejection sampling, the extra sync).
-    ngram_step_us / ngram_token_ns: the n-gram proposer per iteration, fixed and per context
-    token of each sequence. kernels_per_layer: the engine's kernels per decoder layer (None: the
-    built-in runtime's counts, KERNELS_PER_LAYER). verify_kv_reads: "once" (one multi-token
-    attention over the cache per sequence) or "per_token" (each verified token attends as its
-    own sequence: vLLM 0.5's batch expansion)."""
+    step_us: host time per engine step (one target forward) that the GPU waits for:
+    scheduling, input preparation, sampling, output processing, host sync. It is the same
+    under CUDA graphs and eager; the execution mode changes the kernels' launch cost
+    (kernels_per_layer x the profile's per-kernel cost). sequence_us: more per sequence of the
+    batch. speculative_step_us: more per speculative iteration (draft bookkeeping, rejection
+    sampling, the extra sync). ngram_step_us / ngram_token_ns: the n-gram proposer per
+    iteration, fixed and per context token of each sequence. kernels_per_layer: the engine's
+    kernels per decoder layer (None: the built-in runtime's counts, KERNELS_PER_LAYER).
+    verify_kv_reads: "once" (one multi-token attention over the cache per sequence) or
+    "per_token" (each verified token attends as a sequence of its own: vLLM 0.5's batch
+    expansion, vllm/spec_decode/batch_expansion.py)."""
 
     name: str = "specplan"
-    step_graph_us: float = 0.0
-    step_eager_us: float = 0.0
+    graphs: bool = True  # the engine's default execution: CUDA graphs, or eager
+    step_us: float = 0.0
     sequence_us: float = 0.0
     speculative_step_us: float = 0.0
     ngram_step_us: float = 0.0
@@ -67,10 +69,9 @@ class EngineCost:
     kernels_per_layer: int | None = None
     verify_kv_reads: str = "once"
 
-    def step_s(self, graphs: bool, batch_size: int) -> float:
+    def step_s(self, batch_size: int) -> float:
         """Seconds of engine host work per target forward at `batch_size` sequences."""
-        step_us = self.step_graph_us if graphs else self.step_eager_us
-        return (step_us + batch_size * self.sequence_us) * 1e-6
+        return (self.step_us + batch_size * self.sequence_us) * 1e-6
 
 
 RUNTIME = EngineCost()  # specplan's own decoding loop: its kernels are all it costs
@@ -85,8 +86,12 @@ class Execution:
     engine: EngineCost = RUNTIME  # the serving engine's own cost per step
 
     @classmethod
-    def default_for(cls, profile: HardwareProfile, engine: EngineCost = RUNTIME) -> "Execution":
-        return cls(dtype=profile.decode_dtype, graphs=profile.kind == "gpu", engine=engine)
+    def default_for(cls, profile: HardwareProfile, engine: EngineCost = RUNTIME, graphs: bool | None = None) -> "Execution":
+        """The built-in runtime's execution on `profile` (CUDA graphs on a GPU), or `engine`'s
+        default mode there; `graphs` overrides the mode (a CPU never has graphs)."""
+        if graphs is None:
+            graphs = engine.graphs
+        return cls(dtype=profile.decode_dtype, graphs=graphs and profile.kind == "gpu", engine=engine)
 
     def kernel_s(self, profile: HardwareProfile) -> float:
         return (profile.graph_kernel_us if self.graphs else profile.kernel_launch_us) * 1e-6

@@ -128,7 +128,7 @@ def predict_detail(
     tau = tokens_per_iteration(alphas)
     draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,
                                             execution=ex, draft_spec=draft_spec)
-    engine_s = ex.engine.step_s(ex.graphs, batch_size)
+    engine_s = ex.engine.step_s(batch_size)
     ar_s = forward_latency_s(spec, profile, new_tokens=1, context=context, batch_size=batch_size,
                              quant=decoding.quant, execution=ex) + engine_s
     verify_s += engine_s + (ex.engine.speculative_step_us * 1e-6 if alphas else 0.0)

@@ -113,7 +113,9 @@ def gemm_efficiency(profile: HardwareProfile, rows: int) -> float:
     """Achieved fraction of peak FLOP/s of a decode-shaped GEMM over `rows` rows (batch x tokens).
 
     A measured curve (`HardwareProfile.gemm_efficiency`, rows -> fraction, from `specplan
-    profile`) is interpolated linearly in log2(rows) and held flat beyond its ends. Without
+    profile`) is interpolated linearly in log2(rows), held flat below its first point, and
+    beyond its last point keeps that point's latency (the fraction grows with rows) up to
+    compute_efficiency. Without
     one, a GPU pays tensor-core tile quantization: compute_efficiency x min(1, rows / 16)
     (MMA_ROWS); a CPU runs at compute_efficiency whatever the rows."""
     curve = sorted(profile.gemm_efficiency.items())
@@ -127,7 +129,8 @@ def gemm_efficiency(profile: HardwareProfile, rows: int) -> float:
         if rows <= r1:
             t = (math.log2(rows) - math.log2(r0)) / (math.log2(r1) - math.log2(r0))
             return e0 + t * (e1 - e0)
-    return curve[-1][1]
+    last_rows, last = curve[-1]
+    return max(last, min(profile.compute_efficiency, last * rows / last_rows))
 
 
 def compute_dtype(quant: str, dtype: str) -> str:

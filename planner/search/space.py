@@ -22,11 +22,14 @@ class Space:
     skip_pattern: str = "middle"  # "middle": a centred block of any size; "any": arbitrary subsets
     ngrams: tuple[int, int] | None = None  # prompt_lookup: the n-gram sizes searched (None: the default 3)
     s3d: Decoding | None = None  # an adapter's set-up: s3d trials take its skipped layers and gamma as they are
+    gamma_caps: tuple[tuple[str, int], ...] = ()  # (method, most drafted tokens): per-position acceptance ends there
 
     @classmethod
-    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None) -> "Space":
+    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None,
+                  gamma_caps=None) -> "Space":
         chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
-        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d)
+        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d,
+                   gamma_caps=tuple(sorted((gamma_caps or {}).items())))
 
 
 def suggest(trial, space: Space) -> Decoding:
@@ -35,9 +38,12 @@ def suggest(trial, space: Space) -> Decoding:
     quant = trial.suggest_categorical("quant", list(space.quants))
     if method == "autoregressive":
         return Decoding(method=method, quant=quant)
+    cap = dict(space.gamma_caps).get(method, space.max_gamma)
     if method == "s3d" and space.s3d is not None:
-        return replace(space.s3d, quant=quant)
-    gamma = trial.suggest_int("gamma", 1, space.max_gamma)
+        return replace(space.s3d, quant=quant, gamma=min(space.s3d.gamma, cap))
+    # A capped method keeps the one `gamma` distribution (Optuna's grouped TPE models a parameter
+    # whose range changed between trials poorly) and clamps it instead.
+    gamma = min(trial.suggest_int("gamma", 1, space.max_gamma), cap)
     L = space.num_layers
     if method == "s3d" and space.s3d is not None:  # the skip set it was adapted for; gamma up to the adapted one
         gamma = min(gamma, space.s3d.gamma)

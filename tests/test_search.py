@@ -160,3 +160,64 @@ def test_a_request_no_search_could_use_is_refused_naming_the_parameter(options, 
 def test_search_plans_one_batch_size():
     with pytest.raises(InputError, match="one search plans one batch size"):
         search(load_model_spec("tinyllama-1.1b"), load_profile("l4"), SearchRequest(batch_sizes=(1, 4), trials=5))
+
+
+PREDICT_S3D = ["predict", "--model", "llama-3.1-8b", "--gpu", "a10g", "--method", "s3d", "--gamma", "4", "--skip-ratio", "0.4",
+               "--quant", "int4"]
+
+
+def _printed(output: str, figure: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(figure))[len(figure):].split()[0]
+
+
+@pytest.mark.parametrize("given", [None, "0.8", "0.84,0.60,0.39,0.27"])
+def test_predict_prints_acceptance_in_the_form_it_takes_and_it_round_trips(given):
+    """The per-position figures predict prints, fed back as --acceptance, give the same prediction
+    (to the 3 decimals printed, as vLLM logs them)."""
+    first = CliRunner().invoke(cli, PREDICT_S3D + (["--acceptance", given] if given else []))
+    printed = _printed(first.output, "acceptance")
+    if given == "0.8":
+        assert printed == "0.800,0.640,0.512,0.410"  # 0.8 per token: 0.8^i of drafts reach position i
+    if given and "," in given:
+        assert printed == "0.840,0.600,0.390,0.270"
+    again = CliRunner().invoke(cli, PREDICT_S3D + ["--acceptance", printed])
+    assert _printed(again.output, "acceptance") == printed
+    tokens_per_s = [float(_printed(out, "tokens/s")) for out in (first.output, again.output)]
+    assert tokens_per_s[1] == pytest.approx(tokens_per_s[0], rel=2e-3)
+
+
+def test_per_position_acceptance_sets_tokens_per_iteration_as_vllm_counts_it():
+    """vLLM's mean acceptance length is 1 + the sum of its per-position rates."""
+    args = PREDICT_S3D + ["--json", "--acceptance", "0.84,0.60,0.39,0.27"]
+    data = json.loads(CliRunner().invoke(cli, args).output)
+    assert data["tokens_per_iteration"] == pytest.approx(1 + 0.84 + 0.60 + 0.39 + 0.27)
+    assert data["acceptance_per_position"] == pytest.approx([0.84, 0.60, 0.39, 0.27])
+    longer = CliRunner().invoke(cli, [a if a != "4" else "6" for a in args])
+    assert longer.exit_code == 2 and "--acceptance covers 4 drafted positions, fewer than gamma 6" in longer.stderr
+
+
+def test_plan_takes_measured_acceptance_per_method_and_per_position(tmp_path):
+    out = tmp_path / "plan.yaml"
+    base = ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", "60", "--out", str(out),
+            "--methods", "autoregressive,draft_model,prompt_lookup"]
+    result = CliRunner().invoke(cli, base + ["--acceptance", "0.84,0.60,0.39,0.27"])
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    rates = [0.84, 0.60, 0.39, 0.27]
+    assert 1 <= plan.decoding.gamma <= 4 and plan.prediction.basis == "calibrated"
+    assert plan.prediction.tokens_per_iteration == pytest.approx(1 + sum(rates[: plan.decoding.gamma]))
+    # Prompt lookup drafts for free: with a near-perfect measured acceptance (code editing), it wins.
+    result = CliRunner().invoke(cli, base + ["--acceptance", "prompt_lookup=0.95", "--acceptance", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert load_plan(out).decoding.method == "prompt_lookup" and load_plan(out).prediction.acceptance == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("values, message", [
+    (["medusa=0.5"], "'medusa' is not a speculative method"),
+    (["0.5", "0.6"], "give one figure for every method, or METHOD=FIGURES for each"),
+    (["draft_model=0.5,0.7"], "cannot rise"),
+])
+def test_plan_refuses_acceptance_it_cannot_use(tmp_path, values, message):
+    args = ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--out", str(tmp_path / "p.yaml")]
+    result = CliRunner().invoke(cli, args + [a for v in values for a in ("--acceptance", v)])
+    assert result.exit_code == 2 and message in result.stderr and not (tmp_path / "p.yaml").exists()

@@ -75,11 +75,22 @@ def check_fp8(profile: HardwareProfile, d: Decoding) -> None:
         raise InputError(f"fp8 needs fp8 tensor cores (Ada, Hopper or newer); {profile.name} has none")
 
 
-def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | None,
+def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | tuple[float, ...] | None,
                draft_spec: ModelSpec | None = None) -> list[float]:
-    """Per-position acceptance: the measured/overridden alpha (constant), else the prior."""
+    """Acceptance of each drafted position, given that the ones before it were accepted: a
+    measured per-token figure (constant), measured per-position figures (vLLM's form, see
+    `conditional_acceptances`), else the prior.
+
+    Raises:
+        InputError: per-position figures for fewer positions than `d.gamma`.
+    """
     if d.method == "autoregressive" or d.gamma == 0:
         return []
+    if isinstance(acceptance, tuple):
+        if d.gamma > len(acceptance):
+            raise InputError(f"`acceptance` covers {len(acceptance)} drafted positions, fewer than gamma {d.gamma}: "
+                             "give a figure for each position, or one figure for all")
+        return conditional_acceptances(acceptance[: d.gamma])
     if acceptance is not None:
         return [acceptance] * d.gamma
     if d.method == "draft_model" and draft_spec is not None:
@@ -91,7 +102,7 @@ def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: fl
 
 def predict_detail(
     spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, context: int = 2048, batch_size: int = 1,
-    acceptance: float | None = None, draft_spec: ModelSpec | None = None, priors=None,
+    acceptance: float | tuple[float, ...] | None = None, draft_spec: ModelSpec | None = None, priors=None,
     execution: Execution | None = None, basis: str | None = None,
 ) -> Detail:
     """The predicted figures of one set-up, `decoding` of `spec` on `profile`, with the pieces
@@ -104,8 +115,9 @@ def predict_detail(
     et al. 2023, arXiv:2211.17192, with the draft's cost from the same roofline).
 
     context: tokens already in the KV cache; batch_size: sequences decoded together.
-    acceptance: a measured per-token acceptance in [0, 1] that replaces the prior (basis
-    "calibrated"); else the prior of `priors` (see resolve_priors) for the method (basis
+    acceptance: measured acceptance that replaces the prior (basis "calibrated"): one
+    per-token figure in [0, 1], or a tuple of per-position figures in vLLM's form (the share
+    of drafts whose first i tokens were accepted; at least gamma of them); else the prior of `priors` (see resolve_priors) for the method (basis
     "analytical"). draft_spec: the draft model's spec, needed for method draft_model.
     execution: dtype, CUDA graphs and the serving engine's own cost per step (default:
     Execution.default_for(profile): the built-in runtime). basis overrides the prediction's
@@ -118,7 +130,8 @@ def predict_detail(
 
     Raises:
         InputError: method draft_model without `draft_spec`, an unknown method, fp8 on a
-            profile without fp8 tensor cores, or `priors` that cannot be read (a priors file that is not valid YAML or lacks `methods`).
+            profile without fp8 tensor cores, per-position `acceptance` for fewer positions than
+            gamma, or `priors` that cannot be read (a priors file that is not valid YAML or lacks `methods`).
         NotFoundError: `priors` names a file that does not exist.
     """
     ex = execution or Execution.default_for(profile)
@@ -153,6 +166,27 @@ def predict_detail(
 def predict(spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, **kwargs) -> Prediction:
     """Prediction for one set-up. tokens_per_s is per sequence; x batch_size for the total."""
     return predict_detail(spec, profile, decoding, **kwargs).prediction
+
+
+def conditional_acceptances(per_position) -> list[float]:
+    """vLLM's per-position acceptance rates (the share of drafts whose first i tokens were all
+    accepted: `num_accepted_tokens_per_pos[i] / num_drafts` in vllm-project/vllm
+    vllm/v1/spec_decode/metrics.py, logged as "Per-position acceptance rate") as the acceptance of each position given
+    the ones before: alpha_1 = r_1, alpha_i = r_i / r_(i-1) (0 after a position never accepted)."""
+    alphas, before = [], 1.0
+    for rate in per_position:
+        alphas.append(rate / before if before > 0 else 0.0)
+        before = rate
+    return alphas
+
+
+def per_position_acceptances(alphas) -> list[float]:
+    """The inverse of `conditional_acceptances`: r_i = alpha_1 x ... x alpha_i, vLLM's form."""
+    rates, survive = [], 1.0
+    for alpha in alphas:
+        survive *= alpha
+        rates.append(survive)
+    return rates
 
 
 def alpha_from_tokens_per_iteration(tau: float, gamma: int) -> float:

@@ -351,26 +351,42 @@ _QUANTS = click.Choice(list(QUANTIZATIONS))
               "per drafted position as vLLM logs it (0.84,0.60,0.39,0.27: the share of drafts accepted up to each).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--draft-quant", type=_QUANTS, help="draft_model: the draft's weight quantization (default none).")
+@click.option("--engine", help="Cost the serving engine's own step and execution: vllm, sglang, trtllm, hf or llamacpp "
+                               "(default: specplan's runtime).")
+@click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
-            context, batch_size, as_json):
+            context, batch_size, draft_quant, engine, execution, as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
     Example:
       specplan predict --model llama-3.1-8b --gpu a10g --method s3d --gamma 4 --skip-ratio 0.4 --quant int4
+      specplan predict --model llama-3.1-8b --gpu h100-sxm --method autoregressive --engine vllm --quant fp8
     """
+    import dataclasses
+
+    from planner.errors import InputError
     from planner.hardware import load_profile
     from planner.models import load_model_spec
-    from planner.perf import predict_detail
+    from planner.perf import Execution, predict_detail
+    from planner.perf.cost import RUNTIME
+    from planner.plan.export import engine_info
     from planner.perf.speedup import per_position_acceptances
     from planner.search.study import check_draft
 
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
+    if draft_quant is not None:
+        if method != "draft_model":
+            raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
+        decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
+    engine_cost = engine_info(engine).cost if engine else RUNTIME
+    ex = Execution.default_for(profile, engine_cost, graphs=None if execution is None else execution == "graphs")
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
-                            draft_spec=draft_spec)
+                            draft_spec=draft_spec, execution=ex)
     p = detail.prediction
     if as_json:
         data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,

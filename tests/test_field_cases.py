@@ -136,3 +136,31 @@ def test_engine_step_cost_lowers_batch1_rate():
     vllm = predict(spec, profile, Decoding("autoregressive"), context=128,
                    execution=Execution.default_for(profile, engine_info("vllm").cost)).tokens_per_s
     assert vllm < 0.9 * runtime
+
+
+def _predict_cli(*args):
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    return CliRunner().invoke(cli, ["predict", "--model", "llama-3.1-8b", "--method", "autoregressive", "--json", *args])
+
+
+def test_predict_engine_and_execution_flags():
+    """--engine costs the engine's step (vLLM on an A100-40GB: the published 75 tok/s within 15%);
+    --execution eager adds its kernels' launches."""
+    import json
+
+    graphs = json.loads(_predict_cli("--gpu", "a100-40gb", "--engine", "vllm", "--context", "1088").output)
+    eager = json.loads(_predict_cli("--gpu", "a100-40gb", "--engine", "vllm", "--context", "1088", "--execution", "eager").output)
+    assert graphs["tokens_per_s"] == pytest.approx(75.0, rel=0.15)
+    assert eager["tokens_per_s"] < graphs["tokens_per_s"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--gpu", "a100-40gb", "--quant", "fp8"), "error: fp8 needs fp8 tensor cores (Ada, Hopper or newer); a100-40gb has none\n"),
+    (("--gpu", "h100-sxm", "--draft-quant", "int4"), "error: --draft-quant does not apply to --method autoregressive (it applies to draft_model)\n"),
+])
+def test_predict_refuses_in_one_line(args, message):
+    result = _predict_cli(*args)
+    assert result.exit_code == 2 and result.output == message

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.errors import BudgetError  # noqa: E402
 from planner.hardware import load_profile, shipped_profile_names  # noqa: E402
 from planner.models import load_model_spec, shipped_model_names  # noqa: E402
-from planner.search import search  # noqa: E402
+from planner.search import SearchRequest, search  # noqa: E402
 
 SELF_DRAFTING = ["autoregressive", "layer_skip", "s3d", "early_exit"]
 
@@ -21,7 +21,7 @@ for card in shipped_model_names():
     spec = load_model_spec(card)
     for gpu in shipped_profile_names():
         try:
-            plan = search(spec, load_profile(gpu), trials=150, seed=0, methods=SELF_DRAFTING).plan
+            plan = search(spec, load_profile(gpu), SearchRequest(trials=150, seed=0, methods=SELF_DRAFTING)).plan
         except BudgetError as exc:
             print(f"{card:15s} {gpu:10s} {exc}")
             continue

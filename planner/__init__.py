@@ -2,7 +2,7 @@
 
 The public surface is small and lazy: planning never imports torch.
 
-    from planner import load_profile, load_model_spec, plan, predict, run_plan, profile_device, tune, TuneRequest
+    from planner import load_profile, load_model_spec, plan, SearchRequest, predict, run_plan, profile_device, tune, TuneRequest
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ _EXPORTS = {
     "save_plan": "planner.plan",
     "predict": "planner.perf",
     "plan": "planner.search",
+    "SearchRequest": "planner.search",
     "run_plan": "planner.runtime",
     "compare_decodings": "planner.runtime",
     "tune": "planner.tune",

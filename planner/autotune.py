@@ -86,37 +86,52 @@ def s3d_decoding(source: Path, spec) -> Decoding | None:
     return found[0] if found else None
 
 
-def autotune(
-    model: str | None = None,
-    *,
-    out: str = "plan.yaml",
-    prompts_path: str | None = None,
-    draft_model: str | None = None,
-    max_new_tokens: int = 64,
-    num_prompts: int = 3,
-    trials: int = 100,
-    seed: int = 0,
-    device: str = "auto",
-    dtype: str = "auto",
-    chat: bool | None = None,
-    log=lambda message: None,
-) -> AutotuneResult:
-    """Profile, plan, calibrate, save and run; `model` (a directory or a .gguf file) defaults
-    to the bundled demo model (and `draft_model`, for the draft_model method, to the demo's
-    small draft). `dtype` auto: the measured profile's decode dtype. `chat`: prompts as a
-    user turn of the tokenizer's chat template, in the calibration and the final run (None:
-    when the tokenizer has one); plan.measured["chat"] records the choice. Raises InputError
-    (or one of its kinds) for bad options, models or prompts, before anything is measured
-    where it can be known then."""
+@dataclass(frozen=True)
+class AutotuneRequest:
+    """Options of one `autotune` run; each is documented once, here."""
+
+    model: str | None = None  # checkpoint directory or .gguf file; None: the bundled demo model
+    prompts: str | None = None  # one prompt per line, or JSONL with "prompt"; None: the demo's prompts
+    draft_model: str | None = None  # draft_model's draft (a directory); None: the demo's draft with the demo model
+    max_new_tokens: int = 64  # tokens per prompt in the final run (calibration decodes at most 32)
+    num_prompts: int = 3  # prompts of the final run (the next ones calibrate)
+    trials: int = 100  # analytical search trials
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    dtype: str = "auto"  # auto: the measured profile's decode dtype
+    chat: bool | None = None  # prompts as a user turn of the chat template (None: when the tokenizer has one)
+    out: str = "plan.yaml"
+
+    def check(self) -> None:
+        """Raises InputError for a value no run could use."""
+        if self.max_new_tokens < MIN_NEW_TOKENS:
+            raise InputError(f"`max_new_tokens` must be at least {MIN_NEW_TOKENS} for autotune to time decoding, "
+                             f"got {self.max_new_tokens}")
+        if self.num_prompts < 1 or self.trials < 1:
+            raise InputError(f"`num_prompts` and `trials` must be at least 1, got {self.num_prompts} and {self.trials}")
+
+
+def autotune(request: AutotuneRequest | None = None, *, log=lambda message: None) -> AutotuneResult:
+    """Profile, plan, calibrate, save and run, as `request` asks (None: the defaults, the
+    bundled demo model); `log` receives progress lines. plan.measured["chat"] records whether
+    the prompts went through the chat template.
+
+    Raises:
+        InputError (or one of its kinds): bad options, models or prompts, before anything is
+            measured where it can be known then; NotFoundError for a missing model or prompts file.
+        DeviceError: the device asked for is not there.
+    """
     from planner.hardware import profile_device
     from planner.hardware.measure import resolve_device
     from planner.models import load_model_spec
     from planner.perf.speedup import alpha_from_tokens_per_iteration, predict
     from planner.runtime import DecodingBench, read_prompts, run_plan
+    from planner.search.request import SearchRequest
     from planner.search.study import search
 
-    if max_new_tokens < MIN_NEW_TOKENS:
-        raise InputError(f"`max_new_tokens` must be at least {MIN_NEW_TOKENS} for autotune to time decoding, got {max_new_tokens}")
+    r = request or AutotuneRequest()
+    r.check()
+    model, draft_model, device, seed, out = r.model, r.draft_model, r.device, r.seed, r.out
     source = Path(model) if model else DEMO_DIR
     # refuse a bad `model`, `draft_model`, `device` or `out` before measuring anything; the names as
     # given (Path() would drop a leading "./" that marks a local path)
@@ -125,29 +140,30 @@ def autotune(
     draft_spec = load_model_spec(draft_model or str(draft)) if draft is not None else None
     resolve_device(device)
     ensure_writable(out)
-    every_prompt = read_prompts(prompts_path or DEMO_DIR / "prompts.jsonl")
-    prompts = every_prompt[:num_prompts]
+    every_prompt = read_prompts(r.prompts or DEMO_DIR / "prompts.jsonl")
+    prompts = every_prompt[:r.num_prompts]
     # Calibrate on other prompts than the final run's where the file has enough of them.
-    calibration_prompts = every_prompt[num_prompts : num_prompts + CALIBRATION_PROMPTS] or prompts[:CALIBRATION_PROMPTS]
+    calibration_prompts = every_prompt[r.num_prompts : r.num_prompts + CALIBRATION_PROMPTS] or prompts[:CALIBRATION_PROMPTS]
     log(f"profiling {device} (quick)")
     profile = profile_device(device, quick=True)
-    dtype = profile.decode_dtype if dtype == "auto" else dtype
+    dtype = profile.decode_dtype if r.dtype == "auto" else r.dtype
+    max_new_tokens = r.max_new_tokens
     context = max_new_tokens + 512
     priors = str(DEMO_PRIORS) if model is None and DEMO_PRIORS.exists() else None
-    log(f"planning for {source} on {profile.name} in {dtype}: {trials} analytical trials")
+    log(f"planning for {source} on {profile.name} in {dtype}: {r.trials} analytical trials")
     # Unquantized only: the promise is a lossless speed-up of the model as given.
-    kw = dict(context=context, trials=trials, seed=seed, methods=list(SEARCHED_METHODS), quants=("none",),
-              priors=priors, model_source=str(source.resolve()))
-    first = search(spec, profile, **kw)
+    searched = SearchRequest(context=context, trials=r.trials, seed=seed, methods=SEARCHED_METHODS, quants=("none",),
+                             priors=priors, model_source=str(source.resolve()))
+    first = search(spec, profile, searched)
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
     s3d = s3d_decoding(source, spec)
     bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
-                          max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0), chat=chat)
+                          max_gamma=max(MAX_PREDICTORS, s3d.gamma if s3d else 0), chat=r.chat)
     log(f"timing autoregressive decoding: {CALIBRATION_ROUNDS} rounds of {len(calibration_prompts)} calibration prompt(s)"
         f" x {tokens} tokens, {'through the chat template' if bench.chat else 'as raw text'}")
     step_s = bench.compare([], CALIBRATION_ROUNDS)[0].iteration_ms / 1e3
     searched_profile = calibrate_kernel_cost(spec, profile, step_s, context=context)
-    result = search(spec, searched_profile, **kw)
+    result = search(spec, searched_profile, searched)
     candidates = [c.decoding for m, c in best_per_method(result.evaluated).items() if m != "autoregressive"]
     candidates += [s3d] if s3d else []
     candidates += [_draft_decoding(spec, searched_profile, draft, draft_spec, context=context, priors=priors)] if draft else []

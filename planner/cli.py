@@ -223,6 +223,61 @@ def _layer_list(ctx, param, text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(layers))
 
 
+def _acceptance_figures(text: str):
+    """'0.8' (per token) or '0.84,0.60,0.39,0.27' (per position, as vLLM logs it) -> float or tuple.
+
+    Raises:
+        click.BadParameter: not numbers, a figure outside 0-1, or per-position figures that rise.
+    """
+    from planner.errors import InputError
+    from planner.search.request import check_acceptance
+
+    try:
+        figures = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{text}': expected a number from 0 to 1, or one per drafted position like "
+                                 "0.84,0.60,0.39,0.27") from None
+    bad = next((f for f in figures if not math.isfinite(f)), None)
+    if bad is not None:
+        raise click.BadParameter(f"'{text}': {bad} is not a finite number")
+    try:
+        return check_acceptance(figures if "," in text else figures[0])
+    except InputError as exc:
+        raise click.BadParameter(str(exc).replace("`acceptance` ", "")) from None
+
+
+def _acceptance(ctx, param, text: str | None):
+    """predict's --acceptance: one figure per token, or per-position figures."""
+    return None if text is None else _acceptance_figures(text)
+
+
+def _plan_acceptance(ctx, param, texts: tuple[str, ...]):
+    """plan's --acceptance, repeatable: [METHOD=]FIGURES; without METHOD, every method not named."""
+    from planner.search.request import SPECULATIVE
+
+    if not texts:
+        return None
+    bare, named = None, {}
+    for text in texts:
+        method, sep, figures = text.rpartition("=")
+        if sep and method not in SPECULATIVE:
+            raise click.BadParameter(f"'{text}': '{method}' is not a speculative method ({', '.join(SPECULATIVE)})")
+        if not sep and bare is not None:
+            raise click.BadParameter(f"'{text}': give one figure for every method, or METHOD=FIGURES for each")
+        if sep:
+            named[method] = _acceptance_figures(figures)
+        else:
+            bare = _acceptance_figures(figures)
+    return {m: named.get(m, bare) for m in SPECULATIVE if m in named or bare is not None}
+
+
+def _acceptance_text(alphas) -> str:
+    """Acceptance per drafted position in vLLM's form (`--acceptance` takes it back)."""
+    from planner.perf.speedup import per_position_acceptances
+
+    return ",".join(f"{rate:.3f}" for rate in per_position_acceptances(alphas))
+
+
 _SKIPPING = ("layer_skip", "s3d")
 _SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
 _APPLIES_TO = {"--gamma": _SPECULATIVE, "--skip-layers": _SKIPPING, "--skip-ratio": _SKIPPING,
@@ -292,39 +347,59 @@ _QUANTS = click.Choice(list(QUANTIZATIONS))
 @click.option("--exit-layer", type=int, help="early_exit: the draft runs layers [0, E).")
 @click.option("--quant", type=_QUANTS, default="none", show_default=True)
 @click.option("--draft-model", help="draft_model: card name, directory or config.json of the draft.")
-@click.option("--acceptance", type=_Finite(0, 1), help="Per-token acceptance; overrides the prior.")
+@click.option("--acceptance", callback=_acceptance, help="Measured acceptance replacing the prior: per token (0.8), or "
+              "per drafted position as vLLM logs it (0.84,0.60,0.39,0.27: the share of drafts accepted up to each).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--draft-quant", type=_QUANTS, help="draft_model: the draft's weight quantization (default none).")
+@click.option("--engine", help="Cost the serving engine's own step and execution: vllm, sglang, trtllm, hf or llamacpp "
+                               "(default: specplan's runtime).")
+@click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
-            context, batch_size, as_json):
+            context, batch_size, draft_quant, engine, execution, as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
     Example:
       specplan predict --model llama-3.1-8b --gpu a10g --method s3d --gamma 4 --skip-ratio 0.4 --quant int4
+      specplan predict --model llama-3.1-8b --gpu h100-sxm --method autoregressive --engine vllm --quant fp8
     """
+    import dataclasses
+
+    from planner.errors import InputError
     from planner.hardware import load_profile
     from planner.models import load_model_spec
-    from planner.perf import predict_detail
+    from planner.perf import Execution, predict_detail
+    from planner.perf.cost import RUNTIME
+    from planner.plan.export import engine_info
+    from planner.perf.speedup import per_position_acceptances
     from planner.search.study import check_draft
 
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
+    if draft_quant is not None:
+        if method != "draft_model":
+            raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
+        decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
+    engine_cost = engine_info(engine).cost if engine else RUNTIME
+    ex = Execution.default_for(profile, engine_cost, graphs=None if execution is None else execution == "graphs")
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
-                            draft_spec=draft_spec)
+                            draft_spec=draft_spec, execution=ex)
     p = detail.prediction
     if as_json:
         data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,
                     decoding={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(decoding).items()},
-                    acceptance_per_position=list(detail.alphas))
+                    acceptance_per_position=per_position_acceptances(detail.alphas))
         click.echo(json.dumps(data, indent=2))
         return
     rows = [
         ["tokens/s", f"{p.tokens_per_s:.1f}" + (f" per sequence, {p.tokens_per_s * batch_size:.1f} total" if batch_size > 1 else "")],
         ["speedup", f"{p.speedup:.2f}x over autoregressive ({quant})"],
-        ["tokens per iteration", f"{p.tokens_per_iteration:.2f} (acceptance {p.acceptance:.2f}, {p.basis})"],
+        ["tokens per iteration", f"{p.tokens_per_iteration:.2f} ({p.basis})"],
+        ["acceptance", f"{_acceptance_text(detail.alphas)} per position (vLLM's form; mean per token {p.acceptance:.2f})"
+         if detail.alphas else "none drafted"],
         ["target forward", f"{p.target_latency_ms:.2f} ms"],
         ["draft per iteration", f"{p.draft_latency_ms:.2f} ms"],
         ["iteration", f"{p.iteration_ms:.2f} ms"],
@@ -365,6 +440,10 @@ def _describe(d) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objective", type=click.Choice(["speed", "pareto"]), default="speed", show_default=True)
 @click.option("--methods", help="Comma-separated methods to search (default: all).")
+@click.option("--acceptance", multiple=True, callback=_plan_acceptance,
+              help="Measured acceptance replacing the priors, [METHOD=]FIGURES: per token (0.8) or per drafted position "
+                   "as vLLM logs it (0.84,0.60,0.39,0.27; drafts no longer than that); repeatable, one per method, a bare "
+                   "one for every method not named.")
 @click.option("--skip-pattern", type=click.Choice(["middle", "any"]), default="middle", show_default=True,
               help="Skipped layers: a centred block, or arbitrary subsets.")
 @click.option("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
@@ -375,7 +454,7 @@ def _describe(d) -> str:
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
-                 seed, objective, methods, skip_pattern, storage, study_name, plot, adapter, out):
+                 seed, objective, methods, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -393,34 +472,34 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     from planner.search import search
     from planner.search.engines import engine_space
     from planner.search.plot import check_plot_path
+    from planner.search.request import SearchRequest
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
     _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
                         adapter, methods)
-    sizes = parse_batch_sizes(batch_sizes) if batch_sizes else None
+    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
+                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
+                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name, model_source=model_name)
     if gpus:
-        return _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials,
-                           seed, methods)
+        return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
         if path:
             ensure_writable(path)
-    method_list, quants = engine_space([engine] if engine else [], _method_list(methods))
+    method_list, quants = engine_space([engine] if engine else [], request.methods)
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
-    adapted = None if sizes or (method_list and "s3d" not in method_list) else \
+    adapted = None if batch_sizes or (method_list and "s3d" not in method_list) else \
         planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
-    if sizes:
-        result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, context=context, trials=trials,
-                                 seed=seed, methods=method_list, quants=quants, skip_pattern=skip_pattern,
-                                 model_source=model_name)
+    measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
+    request = request.replace(methods=method_list, quants=quants, s3d=adapted and adapted[0],
+                              acceptance=measured | request.acceptance_by_method)
+    if batch_sizes:
+        result = schedule_search(spec, profile, request)
     else:
-        result = search(spec, profile, vram_gib=vram_gib, context=context, trials=trials, seed=seed, objective=objective,
-                        methods=method_list, quants=quants, skip_pattern=skip_pattern, storage=storage,
-                        study_name=study_name, model_source=model_name, s3d=adapted and adapted[0],
-                        acceptance={"s3d": adapted[1]} if adapted and adapted[1] is not None else None)
+        result = search(spec, profile, request)
     if plot:
         from planner.search.plot import plot_schedule, plot_search
 
-        (plot_schedule if sizes else plot_search)(result, plot)
+        (plot_schedule if batch_sizes else plot_search)(result, plot)
     save_plan(result.plan, out)
     _print_plan(result.plan)
     if result.plan.schedule:
@@ -453,15 +532,12 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
                          "--objective pareto, --storage and --skip-pattern any")
 
 
-def _plan_fleet(model_name, gpus, out_dir, exports, usd_per_hour, engine, sizes, vram_gib, context, trials, seed,
-                methods):
+def _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine):
     from planner.search.fleet import SUMMARY_HEADERS, parse_gpus, parse_prices, plan_fleet, summary_rows
 
-    summary = plan_fleet(_target_spec(model_name, context), parse_gpus(gpus), out_dir=out_dir,
+    summary = plan_fleet(_target_spec(model_name, request.context), parse_gpus(gpus), request, out_dir=out_dir,
                          exports=[e.strip() for e in (exports or "").split(",") if e.strip()], engine=engine,
-                         batch_sizes=sizes or (1,), usd_per_hour=parse_prices(usd_per_hour), vram_gib=vram_gib,
-                         context=context, trials=trials, seed=seed, methods=_method_list(methods),
-                         model_source=model_name)
+                         usd_per_hour=parse_prices(usd_per_hour))
     click.echo(_table(summary_rows(summary.rows), SUMMARY_HEADERS))
     click.echo(f"wrote {len(summary.files)} files in {out_dir} (summary.md, summary.png, one directory per GPU)")
 
@@ -623,11 +699,14 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
       specplan autotune --model ./my-llama --prompts prompts.txt
       specplan autotune --model SmolLM2-135M-Instruct.Q4_1.gguf --device cpu
     """
-    from planner.autotune import CALIBRATION_HEADERS, SUMMARY_HEADERS, autotune as run_autotune, calibration_rows, summary_rows
+    from planner.autotune import (
+        CALIBRATION_HEADERS, SUMMARY_HEADERS, AutotuneRequest, autotune as run_autotune, calibration_rows, summary_rows,
+    )
 
-    result = run_autotune(model_path, out=out, prompts_path=prompts_path, draft_model=draft_model, max_new_tokens=max_new_tokens,
-                          num_prompts=num_prompts, trials=trials, seed=seed, device=device, dtype=dtype, chat=chat,
-                          log=lambda message: click.echo(message, err=True))
+    request = AutotuneRequest(model=model_path, prompts=prompts_path, draft_model=draft_model,
+                              max_new_tokens=max_new_tokens, num_prompts=num_prompts, trials=trials, seed=seed,
+                              device=device, dtype=dtype, chat=chat, out=out)
+    result = run_autotune(request, log=lambda message: click.echo(message, err=True))
     click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
     click.echo()
     click.echo(_table(summary_rows(result), SUMMARY_HEADERS))

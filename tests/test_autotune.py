@@ -39,9 +39,10 @@ def test_autotune_on_the_demo_model_writes_a_calibrated_plan_and_identical_outpu
 
 
 def test_autotune_chooses_the_fastest_measured_set_up_and_predicts_its_measured_speedup(tmp_path):
-    from planner.autotune import autotune
+    from planner.autotune import AutotuneRequest, autotune
 
-    result = autotune(out=str(tmp_path / "plan.yaml"), max_new_tokens=12, trials=20, num_prompts=1, device="cpu")
+    result = autotune(AutotuneRequest(out=str(tmp_path / "plan.yaml"), max_new_tokens=12, trials=20, num_prompts=1,
+                                      device="cpu"))
     calibrated = result.calibrated
     assert calibrated[0].candidate.decoding.method == "autoregressive"
     assert {"s3d", "draft_model", "prompt_lookup"} <= {c.candidate.decoding.method for c in calibrated}
@@ -72,15 +73,17 @@ def test_a_set_up_whose_slowest_round_lost_is_never_the_plan():
 
 
 def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp_path):
-    from planner.autotune import autotune
+    from planner.autotune import AutotuneRequest, autotune
 
     model, prompts = user_model
-    plain = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "a.yaml"), max_new_tokens=12, trials=20, device="cpu")
+    plain = autotune(AutotuneRequest(str(model), str(prompts), out=str(tmp_path / "a.yaml"), max_new_tokens=12, trials=20,
+                                     device="cpu"))
     assert "s3d" not in {c.candidate.decoding.method for c in plain.calibrated}
     assert plain.report.identical is True
 
     rt_write_adapter(str(model), model, skip_layers=(1, 2), gamma=3)  # an adapter saved beside the weights
-    adapted = autotune(str(model), prompts_path=str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=20, device="cpu")
+    adapted = autotune(AutotuneRequest(str(model), str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=20,
+                                       device="cpu"))
     s3d = [c.candidate for c in adapted.calibrated if c.candidate.decoding.method == "s3d"]
     assert [c.decoding.skip_layers for c in s3d] == [(1, 2)]
     assert s3d[0].prediction.basis == "calibrated"

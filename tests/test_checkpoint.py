@@ -95,13 +95,13 @@ def test_a_plan_made_from_a_gguf_records_it_and_runs_it(ck_cache, tmp_path, caps
 
 
 def test_autotune_on_a_gguf_calibrates_through_its_chat_template(ck_cache, tmp_path):
-    from planner.autotune import autotune
+    from planner.autotune import AutotuneRequest, autotune
 
     path = ck_write_gguf(tmp_path / "tiny.gguf", seed=3)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello there\nabc abc abc\n")
-    result = autotune(path, prompts_path=str(prompts), out=str(tmp_path / "plan.yaml"), max_new_tokens=8, trials=10,
-                      num_prompts=1, device="cpu")
+    result = autotune(AutotuneRequest(path, str(prompts), out=str(tmp_path / "plan.yaml"), max_new_tokens=8, trials=10,
+                                      num_prompts=1, device="cpu"))
     plan = load_plan(tmp_path / "plan.yaml")
     assert plan.model.source == str(Path(path).resolve())
     assert plan.measured["chat"] is True and result.report.chat is True and result.report.identical is True

@@ -16,6 +16,7 @@ from planner.models import load_model_spec
 from planner.perf import predict
 from planner.plan import load_plan
 from planner.plan.export import engine_info
+from planner.search.request import SearchRequest
 from planner.search.schedule import parse_batch_sizes, schedule_search
 
 TRIALS = "40"
@@ -43,8 +44,9 @@ def _independent_best_gamma(spec, profile, decoding, batch, *, context, budget, 
 def test_schedule_gammas_are_what_the_model_predicts(gpu, context):
     spec, profile = load_model_spec("llama-3.1-8b"), load_profile(gpu)
     sizes = parse_batch_sizes("1-128")
-    result = schedule_search(spec, profile, batch_sizes=sizes, context=context, trials=40,
-                             methods=engine_info("vllm").methods, quants=engine_info("vllm").quants)
+    request = SearchRequest(batch_sizes=sizes, context=context, trials=40, methods=engine_info("vllm").methods,
+                            quants=engine_info("vllm").quants)
+    result = schedule_search(spec, profile, request)
     plan = result.plan
     gamma_at = {b: next(e.gamma for e in plan.schedule if e.batch_min <= b <= e.batch_max) for b in sizes}
     for batch in sizes:

@@ -12,7 +12,7 @@ from planner.cli import cli
 from planner.errors import DeviceError, InputError, NotFoundError
 from planner.hardware import load_profile, measured_profile_names, profile_device, shipped_profile_names
 from planner.hardware import profile as profile_module
-from planner.hardware.measure import STEPS, Sizes, chosen_quant_slowdown, resolve_device, token_slope
+from planner.hardware.measure import STEPS, Sizes, chosen_quant_slowdown, gemm_efficiency_curve, resolve_device, token_slope
 from planner.hardware.nvml import nvml_facts, theoretical_bandwidth_gbps
 
 REQUIRED = {"t4", "a10g", "l4", "l40s", "rtx3090", "rtx4090", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200"}
@@ -79,6 +79,24 @@ def test_quant_slowdown_prefers_the_runtime_backend():
     assert chosen_quant_slowdown(per_backend) == ({"int8": 1.4, "int4": 2.0}, "int8 from torchao, int4 from torch")
     chosen, origin = chosen_quant_slowdown({"torch": {"int8": "unavailable: x"}, "torchao": "not installed"})
     assert chosen == {"int8": 1.3, "int4": 1.45} and origin == "int8 from default, int4 from default"
+
+
+def test_gemm_efficiency_curve_is_flops_over_peak():
+    # (2 x 1 x 1000 x 1000 FLOPs in 1 us = 2 TFLOP/s) / 100 TFLOP/s peak; flat latency: 16 rows 16x the share
+    curve = gemm_efficiency_curve({1: 1.0, 16: 1.0, 1024: 1.0}, (1000, 1000), 100.0)
+    assert curve == {1: pytest.approx(0.02), 16: pytest.approx(0.32), 1024: 1.0}
+
+
+def test_perf_reads_a_measured_gemm_curve_between_its_points():
+    import dataclasses
+
+    from planner.hardware import load_profile
+    from planner.perf.cost import gemm_efficiency
+
+    profile = dataclasses.replace(load_profile("h100-sxm"), gemm_efficiency={1: 0.01, 4: 0.05, 64: 0.6})
+    assert gemm_efficiency(profile, 2) == pytest.approx(0.03)  # halfway in log2(rows)
+    assert gemm_efficiency(profile, 128) == pytest.approx(0.8)  # the 64-row latency held, capped at compute_efficiency
+    assert gemm_efficiency(dataclasses.replace(profile, gemm_efficiency={}), 4) == pytest.approx(0.8 * 4 / 16)
 
 
 def test_token_slope_reads_eight_tokens():

@@ -15,24 +15,40 @@ from planner.hardware import load_profile
 from planner.models import load_model_spec
 from planner.perf import Execution, alpha_from_tokens_per_iteration, predict
 from planner.plan import Decoding
+from planner.plan.export import engine_info
+
+
+def engine_execution(profile, engine):
+    """The execution an engine runs on `profile` (None: the built-in runtime's default)."""
+    return Execution.default_for(profile, engine_info(engine).cost) if engine else Execution.default_for(profile)
 
 GPT_FAST = "https://github.com/pytorch-labs/gpt-fast README, Benchmarks table (A100-80GB power-limited to 330 W, batch 1)"
 MLC = "https://github.com/mlc-ai/llm-perf-bench PR #1 (RTX 4090, CUDA 11.8): MLC LLM 4-bit, batch 1"
 EXLLAMA = "https://github.com/mlc-ai/llm-perf-bench PR #1 (RTX 4090): Exllama 4-bit GPTQ, batch 1"
 LLAMACPP = "https://github.com/ggml-org/llama.cpp PR #15802 (RTX 3090, llama 8B Q4_0, microbatch 1)"
+VLLM_H100 = ("https://yobitelcomm.github.io/bench/recipes/concurrency-sweep/ (vLLM 0.21, H100-80GB, Llama-3.1-8B-Instruct "
+             "fp16, concurrency 1: TPOT p50 6.48 ms; the vllm engine's step_us is derived from this row)")
+VLLM_A100 = ("https://johnmusgrave.com/p/vllm-throughput-latency-sweep-on (vLLM 0.23, A100-40GB, Llama-3.1-8B-Instruct bf16, "
+             "1024 in / 128 out, concurrency 1: about 75 tok/s)")
+QWEN_3090 = ("https://openclawradar.com/article/speculative-decoding-benchmarks-rtx-3090-qwen-hvac (llama.cpp, RTX 3090: "
+             "Qwen2.5-7B Q4_K_M + 0.5B Q8_0 205.4 tok/s, +50% over no draft: 137 tok/s)")
 
-# (model card, shipped GPU profile, weight quantization, published tokens/s, source)
+# (model card, shipped GPU profile, weight quantization, published tokens/s, source, engine, context);
+# engine None: the built-in runtime's cost (kernels only), as gpt-fast, MLC and Exllama run
 DECODE_RATES = [
-    ("llama-2-7b", "a100-80gb", "none", 104.9, GPT_FAST),
-    ("llama-2-7b", "a100-80gb", "int8", 155.58, GPT_FAST),
-    ("llama-2-7b", "a100-80gb", "int4", 196.80, GPT_FAST),
-    ("llama-2-70b", "a100-80gb", "int8", 19.13, GPT_FAST),
-    ("llama-2-70b", "a100-80gb", "int4", 25.25, GPT_FAST),
-    ("llama-2-7b", "rtx4090", "int4", 191.0, MLC),
-    ("llama-2-13b", "rtx4090", "int4", 108.8, MLC),
-    ("llama-2-7b", "rtx4090", "int4", 152.56, EXLLAMA),
-    ("llama-2-13b", "rtx4090", "int4", 93.88, EXLLAMA),
-    ("llama-3.1-8b", "rtx3090", "int4", 155.02, LLAMACPP),
+    ("llama-2-7b", "a100-80gb", "none", 104.9, GPT_FAST, None, 128),
+    ("llama-2-7b", "a100-80gb", "int8", 155.58, GPT_FAST, None, 128),
+    ("llama-2-7b", "a100-80gb", "int4", 196.80, GPT_FAST, None, 128),
+    ("llama-2-70b", "a100-80gb", "int8", 19.13, GPT_FAST, None, 128),
+    ("llama-2-70b", "a100-80gb", "int4", 25.25, GPT_FAST, None, 128),
+    ("llama-2-7b", "rtx4090", "int4", 191.0, MLC, None, 128),
+    ("llama-2-13b", "rtx4090", "int4", 108.8, MLC, None, 128),
+    ("llama-2-7b", "rtx4090", "int4", 152.56, EXLLAMA, None, 128),
+    ("llama-2-13b", "rtx4090", "int4", 93.88, EXLLAMA, None, 128),
+    ("llama-3.1-8b", "rtx3090", "int4", 155.02, LLAMACPP, "llamacpp", 128),
+    ("llama-3.1-8b", "h100-sxm", "none", 1e3 / 6.48, VLLM_H100, "vllm", 128),
+    ("llama-3.1-8b", "a100-40gb", "none", 75.0, VLLM_A100, "vllm", 1088),
+    ("qwen2.5-7b", "rtx3090", "int4", 205.4 / 1.50, QWEN_3090, "llamacpp", 512),
 ]
 
 # LayerSkip's published runs (facebookresearch/LayerSkip README, "Evaluate", Llama2 7B
@@ -55,9 +71,11 @@ EAGER_BF16 = Execution(dtype="bf16", graphs=False)  # LayerSkip runs HF modules 
 
 def decode_rate_errors():
     rows = []
-    for model, gpu, quant, published, source in DECODE_RATES:
-        predicted = predict(load_model_spec(model), load_profile(gpu), Decoding("autoregressive", quant=quant), context=128).tokens_per_s
-        rows.append((model, gpu, quant, published, predicted, predicted / published - 1, source))
+    for model, gpu, quant, published, source, engine, context in DECODE_RATES:
+        profile = load_profile(gpu)
+        predicted = predict(load_model_spec(model), profile, Decoding("autoregressive", quant=quant), context=context,
+                            execution=engine_execution(profile, engine)).tokens_per_s
+        rows.append((model, gpu, quant, published, predicted, predicted / published - 1, source, engine or "-"))
     return rows
 
 
@@ -83,10 +101,20 @@ def test_speedup_median_error_within_15_percent():
     assert statistics.median(errors) <= 0.15, errors
 
 
-@pytest.mark.parametrize("row", DECODE_RATES, ids=lambda r: f"{r[0]}-{r[1]}-{r[2]}-{r[3]}")
+@pytest.mark.xfail(strict=True, reason="median 11.3%: the rows left over 10% are gpt-fast's power-limited (330 W) A100 "
+                   "and its int4 group-32 rows and MLC's int4 kernels, which an engine's step cost cannot explain")
+def test_decode_rate_median_error_within_10_percent():
+    """Issue 14's done-when: the batch-1 table's median error at most 10% (engines' own step cost in)."""
+    errors = [abs(row[5]) for row in decode_rate_errors()]
+    assert statistics.median(errors) <= 0.10, errors
+
+
+@pytest.mark.parametrize("row", DECODE_RATES, ids=lambda r: f"{r[0]}-{r[1]}-{r[2]}-{r[3]:.0f}")
 def test_each_decode_rate_within_factor_of_two(row):
-    model, gpu, quant, published, _ = row
-    predicted = predict(load_model_spec(model), load_profile(gpu), Decoding("autoregressive", quant=quant), context=128).tokens_per_s
+    model, gpu, quant, published, _, engine, context = row
+    profile = load_profile(gpu)
+    predicted = predict(load_model_spec(model), profile, Decoding("autoregressive", quant=quant), context=context,
+                        execution=engine_execution(profile, engine)).tokens_per_s
     assert 0.5 < predicted / published < 2.0
 
 

@@ -13,7 +13,7 @@ from planner.hardware import load_profile, shipped_profile_names
 from planner.models import load_model_spec
 from planner.perf import predict
 from planner.plan import load_plan
-from planner.search import Space, draft_candidates, enumerate_space, search
+from planner.search import SearchRequest, Space, draft_candidates, enumerate_space, search
 
 
 def _exhaustive_best(spec, profile, budget, methods=None):
@@ -30,26 +30,26 @@ def _exhaustive_best(spec, profile, budget, methods=None):
 @pytest.mark.parametrize("model, gpu, budget", [("llama-3.1-8b", "a10g", 12.0), ("tinyllama-1.1b", "rtx4090", 24.0), ("qwen2.5-7b", "l4", 8.0)])
 def test_search_within_two_percent_of_exhaustive(model, gpu, budget):
     spec, profile = load_model_spec(model), load_profile(gpu)
-    found = search(spec, profile, vram_gib=budget, trials=300, seed=1).plan.prediction.tokens_per_s
+    found = search(spec, profile, SearchRequest(vram_gib=budget, trials=300, seed=1)).plan.prediction.tokens_per_s
     assert found >= 0.98 * _exhaustive_best(spec, profile, budget)
 
 
 def test_same_seed_same_plan():
     spec, profile = load_model_spec("mistral-7b"), load_profile("l4")
-    first = search(spec, profile, trials=80, seed=7).plan
-    assert search(spec, profile, trials=80, seed=7).plan == first
+    first = search(spec, profile, SearchRequest(trials=80, seed=7)).plan
+    assert search(spec, profile, SearchRequest(trials=80, seed=7)).plan == first
 
 
 def test_70b_300_trials_is_fast():
     # CPU time, not wall time: the bound is what the search costs on a 2-core CPU, and a shared
     # machine's other load must not fail the test (wall-clock runs are in BENCHMARKS.md).
     start = time.process_time()
-    search(load_model_spec("llama-3.1-70b"), load_profile("h100-sxm"), trials=300, seed=0)
+    search(load_model_spec("llama-3.1-70b"), load_profile("h100-sxm"), SearchRequest(trials=300, seed=0))
     assert time.process_time() - start < 10
 
 
 def test_a10g_12gib_plan_is_quantized_speculative_and_fits():
-    plan = search(load_model_spec("llama-3.1-8b"), load_profile("a10g"), vram_gib=12, trials=300, seed=0).plan
+    plan = search(load_model_spec("llama-3.1-8b"), load_profile("a10g"), SearchRequest(vram_gib=12, trials=300, seed=0)).plan
     assert plan.decoding.quant in ("int8", "int4") and plan.decoding.method != "autoregressive"
     assert plan.prediction.vram_gib <= 12 and plan.prediction.speedup > 1
     assert len(plan.alternatives) == 5 and plan.search.seed == 0 and plan.prediction.basis == "analytical"
@@ -68,7 +68,7 @@ def test_self_speculative_plans_follow_the_literature(card, gpu):
     """Restricted to self-drafting, mid-layer skipping with about four token predictors wins (S3D)."""
     spec, profile = load_model_spec(card), load_profile(gpu)
     try:
-        plan = search(spec, profile, trials=100, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"]).plan
+        plan = search(spec, profile, SearchRequest(trials=100, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"])).plan
     except BudgetError:
         assert spec.weight_bytes("int4") / 2**30 > 0.9 * profile.memory_gib  # only a card that cannot fit at all
         return
@@ -79,24 +79,24 @@ def test_self_speculative_plans_follow_the_literature(card, gpu):
 
 
 def test_memory_forces_quantization():
-    plan = search(load_model_spec("llama-2-13b"), load_profile("t4"), trials=120, seed=0).plan
+    plan = search(load_model_spec("llama-2-13b"), load_profile("t4"), SearchRequest(trials=120, seed=0)).plan
     assert plan.decoding.quant in ("int8", "int4") and plan.prediction.vram_gib <= 15.0
 
 
 def test_nothing_fits_names_the_smallest_budget():
     with pytest.raises(BudgetError, match=r"nothing fits 2.0 GiB: the smallest set-up \(autoregressive, int4\) needs 5.\d GiB"):
-        search(load_model_spec("llama-3.1-8b"), load_profile("a10g"), vram_gib=2, trials=30)
+        search(load_model_spec("llama-3.1-8b"), load_profile("a10g"), SearchRequest(vram_gib=2, trials=30))
 
 
 def test_storage_resumes_a_shared_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     spec, profile = load_model_spec("tinyllama-1.1b"), load_profile("l4")
-    first = search(spec, profile, trials=6, storage=url, study_name="s")
-    second = search(spec, profile, trials=6, storage=url, study_name="s")
+    first = search(spec, profile, SearchRequest(trials=6, storage=url, study_name="s"))
+    second = search(spec, profile, SearchRequest(trials=6, storage=url, study_name="s"))
     assert second.plan.search.trials == 12 and second.evaluated[:6] == first.evaluated  # ranks the whole study
     assert second.plan.prediction.tokens_per_s >= first.plan.prediction.tokens_per_s
     with pytest.raises(InputError, match="`storage` needs `study_name`"):
-        search(spec, profile, trials=5, storage=url)
+        search(spec, profile, SearchRequest(trials=5, storage=url))
 
 
 def test_plan_command_writes_plan_and_plot(tmp_path):
@@ -129,3 +129,95 @@ def test_predict_json_and_table():
 def test_predict_rejects_layers_outside_the_model():
     result = CliRunner().invoke(cli, ["predict", "--model", "llama-3.1-8b", "--gpu", "a10g", "--method", "layer_skip", "--skip-layers", "20-40"])
     assert result.exit_code == 2 and "layer 32 is outside 0-31" in result.output
+
+
+def test_a_request_normalises_its_options_once():
+    request = SearchRequest(methods=["draft_model", "autoregressive", "draft_model"], batch_sizes=[8, 1, 8],
+                            acceptance=[0.84, 0.6, 0.39], priors={"methods": {"prompt_lookup": {"alpha": 0.5}}})
+    assert request.methods == ("draft_model", "autoregressive") and request.batch_sizes == (1, 8)
+    assert request.acceptance_for("draft_model") == (0.84, 0.6, 0.39) and request.acceptance_for("autoregressive") is None
+    assert request.priors["prompt_lookup"].ceiling == 0.5 and request.priors["s3d"].ceiling == 0.9  # the rest shipped
+    per_method = SearchRequest(acceptance={"prompt_lookup": 0.3})
+    assert per_method.acceptance_for("prompt_lookup") == 0.3 and per_method.acceptance_for("s3d") is None
+    assert request.replace(trials=5).acceptance_for("draft_model") == (0.84, 0.6, 0.39)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"objective": "fast"}, "unknown `objective` 'fast'"),
+    ({"trials": 0}, "`trials` must be at least 1"),
+    ({"methods": ["s3e"]}, "`methods`: unknown 's3e' \\(did you mean: s3d"),
+    ({"acceptance": 1.2}, "`acceptance` 1.2: expected a number from 0 to 1"),
+    ({"acceptance": [0.6, 0.7]}, "cannot rise \\(0.6 then 0.7\\)"),
+    ({"acceptance": {"autoregressive": 0.5}}, "'autoregressive' is not a speculative method"),
+    ({"vram_gib": float("nan")}, "`vram_gib` must be a positive number"),
+    ({"batch_sizes": [0, 2]}, "`batch_sizes` \\[0, 2\\]: expected positive whole numbers"),
+])
+def test_a_request_no_search_could_use_is_refused_naming_the_parameter(options, message):
+    with pytest.raises(InputError, match=message):
+        SearchRequest(**options)
+
+
+def test_search_plans_one_batch_size():
+    with pytest.raises(InputError, match="one search plans one batch size"):
+        search(load_model_spec("tinyllama-1.1b"), load_profile("l4"), SearchRequest(batch_sizes=(1, 4), trials=5))
+
+
+PREDICT_S3D = ["predict", "--model", "llama-3.1-8b", "--gpu", "a10g", "--method", "s3d", "--gamma", "4", "--skip-ratio", "0.4",
+               "--quant", "int4"]
+
+
+def _printed(output: str, figure: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith(figure))[len(figure):].split()[0]
+
+
+@pytest.mark.parametrize("given", [None, "0.8", "0.84,0.60,0.39,0.27"])
+def test_predict_prints_acceptance_in_the_form_it_takes_and_it_round_trips(given):
+    """The per-position figures predict prints, fed back as --acceptance, give the same prediction
+    (to the 3 decimals printed, as vLLM logs them)."""
+    first = CliRunner().invoke(cli, PREDICT_S3D + (["--acceptance", given] if given else []))
+    printed = _printed(first.output, "acceptance")
+    if given == "0.8":
+        assert printed == "0.800,0.640,0.512,0.410"  # 0.8 per token: 0.8^i of drafts reach position i
+    if given and "," in given:
+        assert printed == "0.840,0.600,0.390,0.270"
+    again = CliRunner().invoke(cli, PREDICT_S3D + ["--acceptance", printed])
+    assert _printed(again.output, "acceptance") == printed
+    tokens_per_s = [float(_printed(out, "tokens/s")) for out in (first.output, again.output)]
+    assert tokens_per_s[1] == pytest.approx(tokens_per_s[0], rel=2e-3)
+
+
+def test_per_position_acceptance_sets_tokens_per_iteration_as_vllm_counts_it():
+    """vLLM's mean acceptance length is 1 + the sum of its per-position rates."""
+    args = PREDICT_S3D + ["--json", "--acceptance", "0.84,0.60,0.39,0.27"]
+    data = json.loads(CliRunner().invoke(cli, args).output)
+    assert data["tokens_per_iteration"] == pytest.approx(1 + 0.84 + 0.60 + 0.39 + 0.27)
+    assert data["acceptance_per_position"] == pytest.approx([0.84, 0.60, 0.39, 0.27])
+    longer = CliRunner().invoke(cli, [a if a != "4" else "6" for a in args])
+    assert longer.exit_code == 2 and "--acceptance covers 4 drafted positions, fewer than gamma 6" in longer.stderr
+
+
+def test_plan_takes_measured_acceptance_per_method_and_per_position(tmp_path):
+    out = tmp_path / "plan.yaml"
+    base = ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", "60", "--out", str(out),
+            "--methods", "autoregressive,draft_model,prompt_lookup"]
+    result = CliRunner().invoke(cli, base + ["--acceptance", "0.84,0.60,0.39,0.27"])
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    rates = [0.84, 0.60, 0.39, 0.27]
+    assert 1 <= plan.decoding.gamma <= 4 and plan.prediction.basis == "calibrated"
+    assert plan.prediction.tokens_per_iteration == pytest.approx(1 + sum(rates[: plan.decoding.gamma]))
+    # Prompt lookup drafts for free: with a near-perfect measured acceptance (code editing), it wins.
+    result = CliRunner().invoke(cli, base + ["--acceptance", "prompt_lookup=0.95", "--acceptance", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert load_plan(out).decoding.method == "prompt_lookup" and load_plan(out).prediction.acceptance == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("values, message", [
+    (["medusa=0.5"], "'medusa' is not a speculative method"),
+    (["0.5", "0.6"], "give one figure for every method, or METHOD=FIGURES for each"),
+    (["draft_model=0.5,0.7"], "cannot rise"),
+])
+def test_plan_refuses_acceptance_it_cannot_use(tmp_path, values, message):
+    args = ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--out", str(tmp_path / "p.yaml")]
+    result = CliRunner().invoke(cli, args + [a for v in values for a in ("--acceptance", v)])
+    assert result.exit_code == 2 and message in result.stderr and not (tmp_path / "p.yaml").exists()

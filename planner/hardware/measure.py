@@ -410,6 +410,15 @@ def token_slope(latency_us: dict) -> float:
     return round(max(0.0, (latency_us[8] / latency_us[1] - 1) / 7), 4)
 
 
+def gemm_efficiency_curve(latency_us: dict, shape, peak_tflops: float) -> dict[int, float]:
+    """Achieved fraction of `peak_tflops` of the decode matmul (`shape` = (out, in)) at each
+    measured row count: 2 x rows x out x in FLOPs over its latency. planner.perf.cost reads it
+    as the GEMM efficiency over rows (HardwareProfile.gemm_efficiency), capped at 1."""
+    out_features, in_features = shape
+    return {int(rows): _sig(min(1.0, 2 * rows * out_features * in_features / (us * 1e-6) / (peak_tflops * 1e12)))
+            for rows, us in latency_us.items()}
+
+
 def _sig(value: float, digits: int = 4) -> float:
     """Round to significant digits: CPU TFLOP/s and H100 GB/s both keep their precision."""
     return float(f"{value:.{digits}g}")
@@ -577,6 +586,7 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
         "graph_kernel_us": f"measured: {command}" + (" (CUDA-graph replay of the same ops)" if gpu else
                                                       " (no CUDA graphs on a CPU: the eager figure)"),
         "token_slope": f"measured: {command} (decode matmul at 8 tokens over 1 token, per extra token)",
+        "gemm_efficiency": f"measured: {command} (decode matmul FLOP/s at each row count / peak bf16)",
         "quant_slowdown": f"measured: {command} ({quant_origin}; see measured.quant_matmul_slowdown)",
     }
     return HardwareProfile(
@@ -592,6 +602,7 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
         kernel_launch_us=launch["eager"],
         graph_kernel_us=launch.get("graph", launch["eager"]),
         token_slope=token_slope(decode_us),
+        gemm_efficiency=gemm_efficiency_curve(decode_us, measured["decode_matmul_shape"], peak_bf16) if gpu else {},
         quant_slowdown=quant,
         sources=sources,
         measured=measured,

@@ -46,6 +46,9 @@ class HardwareProfile:
     graph_kernel_us: float = 1.5  # per kernel, under CUDA-graph replay
     token_slope: float = 0.01  # extra time of a decode GEMM per additional token (n tokens: 1 + slope*(n-1))
     quant_slowdown: dict[str, float] = field(default_factory=lambda: {"int8": 1.3, "int4": 1.45})
+    # achieved fraction of peak FLOP/s of a decode-shaped GEMM per row count (batch x tokens),
+    # measured by `specplan profile`; empty: tensor-core tile quantization (planner.perf.cost)
+    gemm_efficiency: dict[int, float] = field(default_factory=dict)
     memory_free_gib: float | None = None
     sources: dict[str, str] = field(default_factory=dict)
     measured: dict | None = None
@@ -74,7 +77,7 @@ class HardwareProfile:
 
 
 _POSITIVE = ("memory_gib", "memory_free_gib", "bandwidth_gbps", "peak_tflops", "quant_slowdown")
-_FRACTIONS = ("bandwidth_efficiency", "compute_efficiency")  # achievable share of a peak: (0, 1]
+_FRACTIONS = ("bandwidth_efficiency", "compute_efficiency", "gemm_efficiency")  # achievable share of a peak: (0, 1]
 _NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope")
 KINDS = ("gpu", "cpu")
 

@@ -9,7 +9,9 @@ bytes a forward reads and FLOPs are all derived from it.
 Bytes per layer for each quantization count what a weight-only kernel actually reads:
 int8 stores one byte per weight plus one bf16 scale per output channel; int4 stores half
 a byte per weight plus a bf16 scale and a bf16 zero point per group of 128 weights
-(torchao's int4 weight-only layout). Biases, embeddings and norms stay in the activation dtype.
+(torchao's int4 weight-only layout, as AWQ/GPTQ W4A16 kernels read); fp8 (W8A8) stores one byte
+per weight and one fp32 scale per matrix (vLLM's online `--quantization fp8`: per-tensor
+weight scales). Biases, embeddings and norms stay in the activation dtype.
 
 A mixture-of-experts layer holds `num_experts` copies of its expert matrices in memory
 (`layer_bytes`, `weight_bytes`); a token runs through `num_experts_per_tok` of them
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-QUANTIZATIONS = ("none", "int8", "int4")
+QUANTIZATIONS = ("none", "int8", "int4", "fp8")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 INT4_GROUP_SIZE = 128
 ATTENTION_LINEARS = ("q", "k", "v", "o")
@@ -40,6 +42,8 @@ def quantized_weight_bytes(in_features: int, out_features: int, quant: str = "no
     if quant == "int4":
         groups = out_features * math.ceil(in_features / INT4_GROUP_SIZE)
         return params / 2 + groups * 4
+    if quant == "fp8":
+        return params + 4
     raise ValueError(f"unknown quantization {quant!r}; expected one of {QUANTIZATIONS}")
 
 

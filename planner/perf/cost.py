@@ -12,10 +12,18 @@ whatever the routing, and only the experts its B x n tokens are routed to
 (`expected_experts_read`); its memory holds them all (planner.perf.memory).
 Launch overhead is what keeps eager decoding of small models flat in n; t_kernel is the
 profile's eager or CUDA-graph per-kernel cost.
+
+Compute runs at the GEMM efficiency of the forward's row count (batch x new tokens,
+`gemm_efficiency`): a measured curve where `specplan profile` measured one, else tensor-core
+tile quantization. A serving engine adds its own host work per step (`EngineCost`:
+scheduling, input preparation, sampling, rejection sampling, host sync) and its n-gram
+proposer's scan of the context (`ngram_proposer_s`); the built-in runtime's engine cost is
+zero beyond its kernels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from planner.hardware.profile import HardwareProfile
@@ -27,6 +35,46 @@ from planner.models.spec import ModelSpec
 # a one-token step); a compiled CUDA-graph step fuses them into about eight kernels.
 KERNELS_PER_LAYER = {"eager": 64, "graph": 8}
 KERNELS_PER_HEAD = {"eager": 17, "graph": 3}  # embedding, final norm, LM head, argmax/sampling
+# The smallest row count of a dense bf16/fp16 tensor-core MMA: the PTX ISA's mma.sync shapes
+# m16n8k8/m16n8k16 (NVIDIA PTX ISA, "Warp-level matrix multiply-accumulate instructions").
+# A GEMM over fewer rows pays for 16 (tile quantization, NVIDIA "Matrix Multiplication
+# Background User's Guide"), so its achieved FLOP/s scale as rows / 16 below that.
+MMA_ROWS = 16
+VERIFY_KV_READS = ("once", "per_token")
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """What one serving engine adds to a step beside the forward's kernels (engines.yaml `cost`).
+
+    step_us: host time per engine step (one target forward) that the GPU waits for:
+    scheduling, input preparation, sampling, output processing, host sync. It is the same
+    under CUDA graphs and eager; the execution mode changes the kernels' launch cost
+    (kernels_per_layer x the profile's per-kernel cost). sequence_us: more per sequence of the
+    batch. speculative_step_us: more per speculative iteration (draft bookkeeping, rejection
+    sampling, the extra sync). ngram_step_us / ngram_token_ns: the n-gram proposer per
+    iteration, fixed and per context token of each sequence. kernels_per_layer: the engine's
+    kernels per decoder layer (None: the built-in runtime's counts, KERNELS_PER_LAYER).
+    verify_kv_reads: "once" (one multi-token attention over the cache per sequence) or
+    "per_token" (each verified token attends as a sequence of its own: vLLM 0.5's batch
+    expansion, vllm/spec_decode/batch_expansion.py)."""
+
+    name: str = "specplan"
+    graphs: bool = True  # the engine's default execution: CUDA graphs, or eager
+    step_us: float = 0.0
+    sequence_us: float = 0.0
+    speculative_step_us: float = 0.0
+    ngram_step_us: float = 0.0
+    ngram_token_ns: float = 0.0
+    kernels_per_layer: int | None = None
+    verify_kv_reads: str = "once"
+
+    def step_s(self, batch_size: int) -> float:
+        """Seconds of engine host work per target forward at `batch_size` sequences."""
+        return (self.step_us + batch_size * self.sequence_us) * 1e-6
+
+
+RUNTIME = EngineCost()  # specplan's own decoding loop: its kernels are all it costs
 
 
 @dataclass(frozen=True)
@@ -35,10 +83,15 @@ class Execution:
 
     dtype: str  # activation / unquantized weight dtype: HardwareProfile.decode_dtype
     graphs: bool  # CUDA graphs (compiled fixed-shape steps) or eager
+    engine: EngineCost = RUNTIME  # the serving engine's own cost per step
 
     @classmethod
-    def default_for(cls, profile: HardwareProfile) -> "Execution":
-        return cls(dtype=profile.decode_dtype, graphs=profile.kind == "gpu")
+    def default_for(cls, profile: HardwareProfile, engine: EngineCost = RUNTIME, graphs: bool | None = None) -> "Execution":
+        """The built-in runtime's execution on `profile` (CUDA graphs on a GPU), or `engine`'s
+        default mode there; `graphs` overrides the mode (a CPU never has graphs)."""
+        if graphs is None:
+            graphs = engine.graphs
+        return cls(dtype=profile.decode_dtype, graphs=graphs and profile.kind == "gpu", engine=engine)
 
     def kernel_s(self, profile: HardwareProfile) -> float:
         return (profile.graph_kernel_us if self.graphs else profile.kernel_launch_us) * 1e-6
@@ -47,10 +100,42 @@ class Execution:
     def mode(self) -> str:
         return "graph" if self.graphs else "eager"
 
+    @property
+    def kernels_per_layer(self) -> int:
+        return self.engine.kernels_per_layer or KERNELS_PER_LAYER[self.mode]
 
-def _tflops(profile: HardwareProfile, dtype: str) -> float:
-    peak = profile.peak_tflops.get(dtype) or profile.peak_tflops.get("bf16") or max(profile.peak_tflops.values())
-    return peak * profile.compute_efficiency
+
+def _peak_tflops(profile: HardwareProfile, dtype: str) -> float:
+    return profile.peak_tflops.get(dtype) or profile.peak_tflops.get("bf16") or max(profile.peak_tflops.values())
+
+
+def gemm_efficiency(profile: HardwareProfile, rows: int) -> float:
+    """Achieved fraction of peak FLOP/s of a decode-shaped GEMM over `rows` rows (batch x tokens).
+
+    A measured curve (`HardwareProfile.gemm_efficiency`, rows -> fraction, from `specplan
+    profile`) is interpolated linearly in log2(rows), held flat below its first point, and
+    beyond its last point keeps that point's latency (the fraction grows with rows) up to
+    compute_efficiency. Without
+    one, a GPU pays tensor-core tile quantization: compute_efficiency x min(1, rows / 16)
+    (MMA_ROWS); a CPU runs at compute_efficiency whatever the rows."""
+    curve = sorted(profile.gemm_efficiency.items())
+    if not curve:
+        if profile.kind != "gpu":
+            return profile.compute_efficiency
+        return profile.compute_efficiency * min(1.0, rows / MMA_ROWS)
+    if rows <= curve[0][0]:
+        return curve[0][1]
+    for (r0, e0), (r1, e1) in zip(curve, curve[1:]):
+        if rows <= r1:
+            t = (math.log2(rows) - math.log2(r0)) / (math.log2(r1) - math.log2(r0))
+            return e0 + t * (e1 - e0)
+    last_rows, last = curve[-1]
+    return max(last, min(profile.compute_efficiency, last * rows / last_rows))
+
+
+def compute_dtype(quant: str, dtype: str) -> str:
+    """The dtype the matmuls run in: fp8 for W8A8 fp8 weights, else the activation dtype."""
+    return "fp8" if quant == "fp8" else dtype
 
 
 def _weight_read_bytes(weight_bytes: float, quant: str, profile: HardwareProfile) -> float:
@@ -88,16 +173,22 @@ def layer_time_s(
 ) -> float:
     """One decoder layer over `new_tokens` tokens per sequence attending to `context` tokens."""
     ex = execution or Execution.default_for(profile)
-    read = layer_weight_read_bytes(spec, tokens=batch_size * new_tokens, quant=quant, dtype=ex.dtype)
+    rows = batch_size * new_tokens
+    read = layer_weight_read_bytes(spec, tokens=rows, quant=quant, dtype=ex.dtype)
     weights = _weight_read_bytes(read, quant, profile)
-    kv = batch_size * (context + new_tokens) * spec.kv_bytes_per_token_per_layer(ex.dtype)
-    flops = batch_size * spec.layer_flops(new_tokens, context)
+    # Each sequence's cache is read once per forward, or once per new token where the engine
+    # verifies each token as a sequence of its own (EngineCost.verify_kv_reads).
+    kv_reads = new_tokens if ex.engine.verify_kv_reads == "per_token" else 1
+    kv = batch_size * (context + new_tokens) * spec.kv_bytes_per_token_per_layer(ex.dtype) * kv_reads
+    linear_flops = batch_size * spec.layer_flops(new_tokens, 0)
+    attention_flops = batch_size * spec.layer_flops(new_tokens, context) - linear_flops
     # Decode GEMMs are not perfectly flat in n below the compute roof: the profile's measured
     # slope of the 4096x14336 matmul's latency per extra token.
     weights *= 1.0 + profile.token_slope * (new_tokens - 1)
     memory_s = (weights + kv) / (profile.effective_bandwidth_gbps * 1e9)
-    compute_s = flops / (_tflops(profile, ex.dtype) * 1e12)
-    return max(memory_s, compute_s) + KERNELS_PER_LAYER[ex.mode] * ex.kernel_s(profile)
+    peak = _peak_tflops(profile, compute_dtype(quant, ex.dtype)) * 1e12
+    compute_s = linear_flops / (peak * gemm_efficiency(profile, rows)) + attention_flops / (peak * profile.compute_efficiency)
+    return max(memory_s, compute_s) + ex.kernels_per_layer * ex.kernel_s(profile)
 
 
 def head_time_s(
@@ -110,7 +201,8 @@ def head_time_s(
     weights = _weight_read_bytes(spec.head_bytes(head_quant, ex.dtype), head_quant, profile)
     flops = batch_size * spec.head_flops(new_tokens)
     memory_s = weights / (profile.effective_bandwidth_gbps * 1e9)
-    compute_s = flops / (_tflops(profile, ex.dtype) * 1e12)
+    peak = _peak_tflops(profile, compute_dtype(head_quant, ex.dtype)) * 1e12
+    compute_s = flops / (peak * gemm_efficiency(profile, batch_size * new_tokens))
     return max(memory_s, compute_s) + KERNELS_PER_HEAD[ex.mode] * ex.kernel_s(profile)
 
 
@@ -124,3 +216,10 @@ def forward_latency_s(
     return layers * layer_time_s(spec, profile, new_tokens=new_tokens, context=context, **kw) + head_time_s(
         spec, profile, new_tokens=new_tokens, **kw
     )
+
+
+def ngram_proposer_s(execution: Execution, *, batch_size: int, context: int) -> float:
+    """Seconds an engine's n-gram (prompt lookup) proposer takes per iteration: a fixed part
+    (host-device syncs, launches) plus a scan of each sequence's `context` tokens."""
+    engine = execution.engine
+    return engine.ngram_step_us * 1e-6 + batch_size * context * engine.ngram_token_ns * 1e-9

@@ -10,8 +10,10 @@ Drafting per method (T(n, layers) from planner.perf.cost):
                                                for the last draft token only (the runtime
                                                reuses the draft's lower-layer states)
     draft_model   gamma x T_draft(1)
-    prompt_lookup a host-side n-gram search, ~0
-Verify: T(gamma+1, all). Sanity: speedup <= tau.
+    prompt_lookup the engine's n-gram proposer (planner.perf.cost.ngram_proposer_s)
+Verify: T(gamma+1, all). Every target forward (a plain step or a verify) adds the engine's
+host work per step, E(B) = step + B x per-sequence; a speculative iteration adds the
+engine's speculative_step on top (planner.perf.cost.EngineCost). Sanity: speedup <= tau.
 """
 
 from __future__ import annotations
@@ -26,11 +28,9 @@ from planner.models.spec import ModelSpec
 from planner.perf.acceptance import (
     Prior, position_acceptances, resolve_priors, size_gap, skipped_fraction, tokens_per_iteration,
 )
-from planner.perf.cost import Execution, forward_latency_s
+from planner.perf.cost import Execution, forward_latency_s, ngram_proposer_s
 from planner.perf.memory import vram_gib
 from planner.plan.schema import Decoding, Prediction
-
-PROMPT_LOOKUP_S = 50e-6  # n-gram search over the context on the host, per iteration
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,36 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
                                  quant=d.draft_quant, execution=execution)
         return d.gamma * step, verify
     if d.method == "prompt_lookup":
-        return PROMPT_LOOKUP_S, verify
+        return ngram_proposer_s(execution, batch_size=batch_size, context=context), verify
     raise InputError(f"unknown method '{d.method}'")
 
 
-def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | None,
+def check_fp8(profile: HardwareProfile, d: Decoding) -> None:
+    """fp8 (W8A8) weights need fp8 tensor cores: a profile with an fp8 peak (Ada, Hopper, Blackwell).
+
+    Raises:
+        InputError: fp8 for the target or the draft on a profile without fp8 tensor cores.
+    """
+    if "fp8" in (d.quant, d.draft_quant) and "fp8" not in profile.peak_tflops:
+        raise InputError(f"fp8 needs fp8 tensor cores (Ada, Hopper or newer); {profile.name} has none")
+
+
+def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: float | tuple[float, ...] | None,
                draft_spec: ModelSpec | None = None) -> list[float]:
-    """Per-position acceptance: the measured/overridden alpha (constant), else the prior."""
+    """Acceptance of each drafted position, given that the ones before it were accepted: a
+    measured per-token figure (constant), measured per-position figures (vLLM's form, see
+    `conditional_acceptances`), else the prior.
+
+    Raises:
+        InputError: per-position figures for fewer positions than `d.gamma`.
+    """
     if d.method == "autoregressive" or d.gamma == 0:
         return []
+    if isinstance(acceptance, tuple):
+        if d.gamma > len(acceptance):
+            raise InputError(f"`acceptance` covers {len(acceptance)} drafted positions, fewer than gamma {d.gamma}: "
+                             "give a figure for each position, or one figure for all")
+        return conditional_acceptances(acceptance[: d.gamma])
     if acceptance is not None:
         return [acceptance] * d.gamma
     if d.method == "draft_model" and draft_spec is not None:
@@ -81,7 +102,7 @@ def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: fl
 
 def predict_detail(
     spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, context: int = 2048, batch_size: int = 1,
-    acceptance: float | None = None, draft_spec: ModelSpec | None = None, priors=None,
+    acceptance: float | tuple[float, ...] | None = None, draft_spec: ModelSpec | None = None, priors=None,
     execution: Execution | None = None, basis: str | None = None,
 ) -> Detail:
     """The predicted figures of one set-up, `decoding` of `spec` on `profile`, with the pieces
@@ -94,11 +115,13 @@ def predict_detail(
     et al. 2023, arXiv:2211.17192, with the draft's cost from the same roofline).
 
     context: tokens already in the KV cache; batch_size: sequences decoded together.
-    acceptance: a measured per-token acceptance in [0, 1] that replaces the prior (basis
-    "calibrated"); else the prior of `priors` (see resolve_priors) for the method (basis
+    acceptance: measured acceptance that replaces the prior (basis "calibrated"): one
+    per-token figure in [0, 1], or a tuple of per-position figures in vLLM's form (the share
+    of drafts whose first i tokens were accepted; at least gamma of them); else the prior of `priors` (see resolve_priors) for the method (basis
     "analytical"). draft_spec: the draft model's spec, needed for method draft_model.
-    execution: dtype and CUDA graphs (default: Execution.default_for(profile)). basis
-    overrides the prediction's basis label.
+    execution: dtype, CUDA graphs and the serving engine's own cost per step (default:
+    Execution.default_for(profile): the built-in runtime). basis overrides the prediction's
+    basis label.
 
     Returns a Detail: `prediction` (tokens_per_s per sequence, speedup as a ratio,
     tokens_per_iteration, acceptance as the mean over drafted positions, latencies in ms,
@@ -106,18 +129,22 @@ def predict_detail(
     autoregressive step, of the drafting and of the verify forward of one iteration.
 
     Raises:
-        InputError: method draft_model without `draft_spec`, an unknown method, or `priors`
-            that cannot be read (a priors file that is not valid YAML or lacks `methods`).
+        InputError: method draft_model without `draft_spec`, an unknown method, fp8 on a
+            profile without fp8 tensor cores, per-position `acceptance` for fewer positions than
+            gamma, or `priors` that cannot be read (a priors file that is not valid YAML or lacks `methods`).
         NotFoundError: `priors` names a file that does not exist.
     """
     ex = execution or Execution.default_for(profile)
+    check_fp8(profile, decoding)
     priors = resolve_priors(priors)
     alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance, draft_spec)
     tau = tokens_per_iteration(alphas)
     draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,
                                             execution=ex, draft_spec=draft_spec)
+    engine_s = ex.engine.step_s(batch_size)
     ar_s = forward_latency_s(spec, profile, new_tokens=1, context=context, batch_size=batch_size,
-                             quant=decoding.quant, execution=ex)
+                             quant=decoding.quant, execution=ex) + engine_s
+    verify_s += engine_s + (ex.engine.speculative_step_us * 1e-6 if alphas else 0.0)
     iteration_s = draft_s + verify_s
     memory = vram_gib(spec, device_kind=profile.kind, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
                       context=context, batch_size=batch_size, dtype=ex.dtype, graphs=ex.graphs,
@@ -139,6 +166,27 @@ def predict_detail(
 def predict(spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, **kwargs) -> Prediction:
     """Prediction for one set-up. tokens_per_s is per sequence; x batch_size for the total."""
     return predict_detail(spec, profile, decoding, **kwargs).prediction
+
+
+def conditional_acceptances(per_position) -> list[float]:
+    """vLLM's per-position acceptance rates (the share of drafts whose first i tokens were all
+    accepted: `num_accepted_tokens_per_pos[i] / num_drafts` in vllm-project/vllm
+    vllm/v1/spec_decode/metrics.py, logged as "Per-position acceptance rate") as the acceptance of each position given
+    the ones before: alpha_1 = r_1, alpha_i = r_i / r_(i-1) (0 after a position never accepted)."""
+    alphas, before = [], 1.0
+    for rate in per_position:
+        alphas.append(rate / before if before > 0 else 0.0)
+        before = rate
+    return alphas
+
+
+def per_position_acceptances(alphas) -> list[float]:
+    """The inverse of `conditional_acceptances`: r_i = alpha_1 x ... x alpha_i, vLLM's form."""
+    rates, survive = [], 1.0
+    for alpha in alphas:
+        survive *= alpha
+        rates.append(survive)
+    return rates
 
 
 def alpha_from_tokens_per_iteration(tau: float, gamma: int) -> float:

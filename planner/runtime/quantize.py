@@ -6,15 +6,18 @@ not know. A tied LM head stays unquantized: it is also the embedding table.
 
 from __future__ import annotations
 
-from planner.errors import MissingDependencyError
+from planner.errors import InputError, MissingDependencyError
 
 from planner.models.spec import INT4_GROUP_SIZE  # the group size ModelSpec's int4 byte count assumes
 
 
 def require_backend(quant: str) -> None:
-    """Raise MissingDependencyError before any weight is loaded when torchao is missing."""
+    """Raise before any weight is loaded: InputError for fp8 (the runtime has no W8A8 fp8
+    path: serving engines run it on Ada/Hopper), MissingDependencyError when torchao is missing."""
     if quant == "none":
         return
+    if quant == "fp8":
+        raise InputError("the built-in runtime has no fp8 (W8A8) path; serve an fp8 plan with an engine (vLLM, SGLang)")
     try:
         import torchao.quantization  # noqa: F401
     except ImportError:
@@ -23,7 +26,8 @@ def require_backend(quant: str) -> None:
 
 def quantize(model, quant: str) -> None:
     """Quantize the linear layers of `model` (a torch module) in place: quant is 'none',
-    'int8' or 'int4'. Raises MissingDependencyError when torchao or its kernel is missing."""
+    'int8' or 'int4'. Raises InputError for fp8 and MissingDependencyError when torchao or its
+    kernel is missing."""
     if quant == "none":
         return
     require_backend(quant)

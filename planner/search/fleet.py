@@ -18,10 +18,10 @@ from planner._yaml import write_yaml_atomic
 from planner.errors import BudgetError, InputError, near_matches
 from planner.hardware import load_profile, shipped_profile_names
 from planner.models.spec import ModelSpec
-from planner.perf.cost import Execution
 from planner.plan.export import Export, export_plan, write_export
 from planner.plan.schema import Plan
 from planner.search.engines import engine_space
+from planner.search.request import SearchRequest
 from planner.search.schedule import fitting_batch_sizes, schedule_search
 
 SECONDS_PER_HOUR = 3600
@@ -93,57 +93,55 @@ def parse_prices(text: str | None) -> dict[str, float]:
     return prices
 
 
-def _row(gpu: str, profile, spec, *, batch_sizes, vram_gib, prices, search_options) -> FleetRow:
-    budget = profile.memory_gib if vram_gib is None else vram_gib
-    sizes = fitting_batch_sizes(spec, profile, batch_sizes, vram_gib=budget, quants=search_options["quants"],
-                                context=search_options["context"], execution=Execution.default_for(profile))
+def _row(gpu: str, profile, spec, request: SearchRequest, prices) -> FleetRow:
+    budget = request.budget_gib(profile.memory_gib)
+    sizes = fitting_batch_sizes(spec, profile, request)
     if not sizes:
         return FleetRow(gpu, None, (), 0.0, 0.0, 0.0, 0.0, prices.get(gpu),
-                        note=f"does not fit {budget:.1f} GiB even at batch size {min(batch_sizes)}")
-    result = schedule_search(spec, profile, batch_sizes=sizes, vram_gib=vram_gib, **search_options)
+                        note=f"does not fit {budget:.1f} GiB even at batch size {request.batch_sizes[0]}")
+    result = schedule_search(spec, profile, request.replace(batch_sizes=sizes))
     first, last = result.chosen[0], result.chosen[-1]
-    note = f"batch sizes above {sizes[-1]} do not fit {budget:.1f} GiB" if sizes[-1] < max(batch_sizes) else ""
+    note = f"batch sizes above {sizes[-1]} do not fit {budget:.1f} GiB" if sizes[-1] < request.batch_sizes[-1] else ""
     return FleetRow(gpu, result.plan, sizes, first.tokens_per_s, first.speedup, last.tokens_per_s * sizes[-1],
                     last.vram_gib, prices.get(gpu), note)
 
 
-def plan_fleet(
-    spec: ModelSpec, gpus, *, out_dir, exports=(), engine: str | None = None, batch_sizes=(1,),
-    usd_per_hour: dict[str, float] | None = None, vram_gib: float | None = None, context: int = 2048,
-    trials: int = 300, seed: int = 0, methods=None, model_source: str | None = None, priors=None,
-) -> FleetSummary:
-    """Plan `spec` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml, DIR/<gpu>/<engine>.<ext>,
-    DIR/summary.md and DIR/summary.png. The search is restricted to what `engine` and every
-    engine in `exports` can run, so each export is the best those engines can do.
+def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, exports=(), engine: str | None = None,
+               usd_per_hour: dict[str, float] | None = None) -> FleetSummary:
+    """Plan `spec` for `request` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml,
+    DIR/<gpu>/<engine>.<ext>, DIR/summary.md and DIR/summary.png. The search is restricted to
+    what `engine` and every engine in `exports` can run (within `request.methods`), so each
+    export is the best those engines can do; `usd_per_hour` prices GPUs by name.
 
     Raises:
         InputError: out_dir is a file or cannot be created, a price for a GPU not in `gpus`,
-            or a method the engines cannot run; files that cannot be written.
+            a request for the Pareto front or with a storage, or a method the engines cannot
+            run; files that cannot be written.
         NotFoundError: an unknown GPU profile or engine.
         BudgetError: the model fits none of the GPUs.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"`out_dir` {out_dir}: exists and is not a directory")
+    if request.objective != "speed" or request.storage:
+        raise InputError("a fleet plans each GPU for speed in one process: leave out `objective` pareto and `storage`")
     profiles = {gpu: load_profile(gpu) for gpu in gpus}
     exports = tuple(dict.fromkeys(exports))
-    methods, quants = engine_space(([engine] if engine else []) + list(exports), methods)
+    methods, quants = engine_space(([engine] if engine else []) + list(exports), request.methods)
+    request = request.replace(methods=methods, quants=quants or request.quants)
     prices = usd_per_hour or {}
     for name in prices:
         if name not in profiles:
             raise InputError(f"`usd_per_hour`: {name} is not in `gpus`{near_matches(name, profiles)}")
-    options = dict(context=context, trials=trials, seed=seed, methods=methods, quants=quants,
-                   model_source=model_source, priors=priors)
-    rows = tuple(_row(gpu, profile, spec, batch_sizes=batch_sizes, vram_gib=vram_gib, prices=prices,
-                      search_options=options) for gpu, profile in profiles.items())
+    rows = tuple(_row(gpu, profile, spec, request, prices) for gpu, profile in profiles.items())
     if not any(row.plan for row in rows):
         raise BudgetError(f"{spec.name} fits none of the GPUs ({', '.join(profiles)}) at batch size "
-                          f"{min(batch_sizes)} and context {context}")
+                          f"{request.batch_sizes[0]} and context {request.context}")
     files = {row.gpu: [export_plan(row.plan, name, plan_label=f"{row.gpu}/plan.yaml") for name in exports]
              for row in rows if row.plan}
     from planner.search.plot import fleet_chart_png
 
-    markdown = summary_markdown(spec.name, rows, context=context, engines=exports or ((engine,) if engine else ()))
+    markdown = summary_markdown(spec.name, rows, context=request.context, engines=exports or ((engine,) if engine else ()))
     chart = fleet_chart_png(spec.name, rows)
     written = _write(out_dir, rows, files, markdown, chart)
     return FleetSummary(spec.name, rows, markdown, written)

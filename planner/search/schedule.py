@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.acceptance import load_priors
 from planner.perf.cost import Execution
 from planner.perf.speedup import predict
-from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Constraints, Decoding, Plan, Prediction, ScheduleEntry
-from planner.search.space import MAX_PREDICTORS
+from planner.plan.schema import MAX_GAMMA, Candidate, Decoding, Plan, Prediction, ScheduleEntry
+from planner.search.space import MAX_PREDICTORS, usable_quants
+from planner.search.request import SearchRequest
 from planner.search.study import search
 
 Evaluate = Callable[[str, int, int], Prediction]
@@ -154,25 +154,29 @@ def _autoregressive_gib(spec, profile, quant, batch, *, context, execution) -> f
                    execution=execution).vram_gib
 
 
-def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, batch_sizes: Iterable[int], *, vram_gib: float,
-                        quants=None, context: int = 2048, execution: Execution | None = None) -> tuple[int, ...]:
-    """The batch sizes at which the smallest set-up (autoregressive, smallest allowed quantization) fits."""
-    execution = execution or Execution.default_for(profile)
-    return tuple(b for b in sorted(set(batch_sizes))
-                 if min(_autoregressive_gib(spec, profile, q, b, context=context, execution=execution)
-                        for q in quants or QUANTIZATIONS) <= vram_gib)
+def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest) -> tuple[int, ...]:
+    """The batch sizes of `request` at which its smallest set-up (autoregressive, smallest
+    allowed quantization) fits the request's budget on `profile`."""
+    execution = request.execution or Execution.default_for(profile)
+    budget = request.budget_gib(profile.memory_gib)
+    return tuple(b for b in request.batch_sizes
+                 if min(_autoregressive_gib(spec, profile, q, b, context=request.context, execution=execution)
+                        for q in usable_quants(profile, request.quants)) <= budget)
 
 
-def _require_batch_range(spec, profile, sizes, *, budget, quants, context, execution) -> None:
-    fitting = fitting_batch_sizes(spec, profile, sizes, vram_gib=budget, quants=quants, context=context, execution=execution)
+def _require_batch_range(spec, profile, request: SearchRequest) -> None:
+    fitting = fitting_batch_sizes(spec, profile, request)
+    sizes, context = request.batch_sizes, request.context
     if fitting and fitting[-1] == sizes[-1]:
         return
+    execution = request.execution or Execution.default_for(profile)
     needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], context=context, execution=execution), q)
-                        for q in quants or QUANTIZATIONS)
+                        for q in usable_quants(profile, request.quants))
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
-        f"batch size {sizes[-1]} does not fit {budget:.1f} GiB on {profile.name}: even autoregressive {quant} needs "
-        f"{needed:.1f} GiB at context {context}; {hint} (use smaller `batch_sizes` or a shorter `context`)"
+        f"batch size {sizes[-1]} does not fit {request.budget_gib(profile.memory_gib):.1f} GiB on {profile.name}: even "
+        f"autoregressive {quant} needs {needed:.1f} GiB at context {context}; {hint} (use smaller `batch_sizes` or a "
+        f"shorter `context`)"
     )
 
 
@@ -187,36 +191,34 @@ def _setups(ranked: list[Candidate]) -> dict[str, Decoding]:
     return setups
 
 
-def schedule_search(
-    spec: ModelSpec, profile: HardwareProfile, *, batch_sizes: Iterable[int], vram_gib: float | None = None,
-    context: int = 2048, trials: int = 300, seed: int = 0, methods=None, quants=None, drafts=None,
-    skip_pattern: str = "middle", priors=None, model_source: str | None = None, execution: Execution | None = None,
-    max_gamma: int = MAX_PREDICTORS,
-) -> ScheduleResult:
-    """The fastest set-up per batch-size range, gamma = 0 where speculating stops paying.
+def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest, *,
+                    max_gamma: int = MAX_PREDICTORS) -> ScheduleResult:
+    """The fastest set-up per batch-size range of `request.batch_sizes`, gamma = 0 where
+    speculating stops paying; max_gamma caps the draft lengths swept.
 
     One batch size gives a plan without a schedule (its gamma swept all the same).
 
     Raises:
         BudgetError: the largest batch size does not fit even autoregressive decoding.
-        InputError, NotFoundError: as `search`.
+        InputError: a request for the Pareto front or with a storage (a schedule is planned
+            for speed, in one process); otherwise as `search`.
+        NotFoundError: as `search`.
     """
     from planner.models import load_model_spec
 
-    sizes = tuple(sorted(set(batch_sizes)))
-    budget = profile.memory_gib if vram_gib is None else vram_gib
-    execution = execution or Execution.default_for(profile)
-    prior_table = load_priors(priors)
-    _require_batch_range(spec, profile, sizes, budget=budget, quants=quants, context=context, execution=execution)
-    result = search(spec, profile, vram_gib=vram_gib, context=context, batch_size=sizes[0], trials=trials, seed=seed,
-                    methods=methods, quants=quants, drafts=drafts, skip_pattern=skip_pattern, priors=prior_table,
-                    model_source=model_source, execution=execution)
+    if request.objective != "speed" or request.storage:
+        raise InputError("a schedule is planned for speed in one process: leave out `objective` pareto and `storage`")
+    sizes = request.batch_sizes
+    budget = request.budget_gib(profile.memory_gib)
+    execution = request.execution or Execution.default_for(profile)
+    _require_batch_range(spec, profile, request)
+    result = search(spec, profile, request.replace(batch_sizes=sizes[:1], execution=execution))
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:
         draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
-        return predict(spec, profile, decoding, context=context, batch_size=batch, priors=prior_table,
-                       draft_spec=draft, execution=execution)
+        return predict(spec, profile, decoding, context=request.context, batch_size=batch, priors=request.priors,
+                       acceptance=request.acceptance_for(decoding.method), draft_spec=draft, execution=execution)
 
     def fits_largest(decoding: Decoding) -> bool:
         return at(decoding, sizes[-1]).vram_gib <= budget
@@ -225,8 +227,10 @@ def schedule_search(
     ranked = [c for c in sorted(feasible, key=lambda c: -c.prediction.tokens_per_s) if fits_largest(c.decoding)]
     setups = _setups(ranked)  # not empty: _require_batch_range let an autoregressive set-up through
 
+    caps = request.gamma_caps()
+
     def evaluate(method: str, gamma: int, batch: int) -> Prediction:
-        return at(dataclasses.replace(setups[method], gamma=gamma), batch)
+        return at(dataclasses.replace(setups[method], gamma=min(gamma, caps.get(method, gamma))), batch)
 
     schedule = build_schedule(evaluate, sizes, methods=tuple(setups), vram_gib=budget, max_gamma=max_gamma)
     method = next((e.method for e in schedule if e.gamma), "autoregressive")
@@ -237,7 +241,7 @@ def schedule_search(
                          if c.decoding != decoding and fits_largest(c.decoding))
     plan = result.plan.replace(
         decoding=decoding, prediction=at(decoding, sizes[0]), alternatives=alternatives,
-        constraints=Constraints(context=context, vram_gib=vram_gib, batch_size=sizes[0]),
+        constraints=request.constraints(),
         schedule=schedule if len(sizes) > 1 else (),
     )
     curve_gammas = range(0, max_gamma + 1) if method != "autoregressive" else (0,)

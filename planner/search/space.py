@@ -5,28 +5,51 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
+from planner.errors import InputError, near_matches
 from planner.models.spec import ModelSpec
 from planner.perf.speedup import middle_block
 from planner.plan.schema import METHODS, QUANTIZATIONS, Decoding
 
 MAX_PREDICTORS = 12  # token predictors / draft length per iteration
+DEFAULT_QUANTS = ("none", "int8", "int4")  # fp8 is searched only when asked for
+
+
+def usable_quants(profile, quants=None) -> tuple[str, ...]:
+    """The quantizations to search on `profile` (a HardwareProfile): the allowed set `quants`
+    (default DEFAULT_QUANTS) less fp8 where the profile has no fp8 tensor cores.
+
+    Raises:
+        InputError: an unknown quantization, or only fp8 allowed on a profile without fp8 tensor cores.
+    """
+    chosen = tuple(quants or DEFAULT_QUANTS)
+    for quant in chosen:
+        if quant not in QUANTIZATIONS:
+            raise InputError(f"unknown quantization '{quant}'{near_matches(quant, QUANTIZATIONS)}")
+    if "fp8" in chosen and "fp8" not in profile.peak_tflops:
+        if chosen == ("fp8",):
+            raise InputError(f"fp8 needs fp8 tensor cores (Ada, Hopper or newer); {profile.name} has none")
+        chosen = tuple(q for q in chosen if q != "fp8")
+    return chosen
 
 
 @dataclass(frozen=True)
 class Space:
     num_layers: int
     methods: tuple[str, ...] = METHODS
-    quants: tuple[str, ...] = QUANTIZATIONS
+    quants: tuple[str, ...] = DEFAULT_QUANTS
     drafts: tuple[str, ...] = ()  # draft model names for method draft_model
     max_gamma: int = MAX_PREDICTORS
     skip_pattern: str = "middle"  # "middle": a centred block of any size; "any": arbitrary subsets
     ngrams: tuple[int, int] | None = None  # prompt_lookup: the n-gram sizes searched (None: the default 3)
     s3d: Decoding | None = None  # an adapter's set-up: s3d trials take its skipped layers and gamma as they are
+    gamma_caps: tuple[tuple[str, int], ...] = ()  # (method, most drafted tokens): per-position acceptance ends there
 
     @classmethod
-    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None) -> "Space":
+    def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None,
+                  gamma_caps=None) -> "Space":
         chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
-        return cls(spec.num_layers, chosen, tuple(quants or QUANTIZATIONS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d)
+        return cls(spec.num_layers, chosen, tuple(quants or DEFAULT_QUANTS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d,
+                   gamma_caps=tuple(sorted((gamma_caps or {}).items())))
 
 
 def suggest(trial, space: Space) -> Decoding:
@@ -35,9 +58,12 @@ def suggest(trial, space: Space) -> Decoding:
     quant = trial.suggest_categorical("quant", list(space.quants))
     if method == "autoregressive":
         return Decoding(method=method, quant=quant)
+    cap = dict(space.gamma_caps).get(method, space.max_gamma)
     if method == "s3d" and space.s3d is not None:
-        return replace(space.s3d, quant=quant)
-    gamma = trial.suggest_int("gamma", 1, space.max_gamma)
+        return replace(space.s3d, quant=quant, gamma=min(space.s3d.gamma, cap))
+    # A capped method keeps the one `gamma` distribution (Optuna's grouped TPE models a parameter
+    # whose range changed between trials poorly) and clamps it instead.
+    gamma = min(trial.suggest_int("gamma", 1, space.max_gamma), cap)
     L = space.num_layers
     if method == "s3d" and space.s3d is not None:  # the skip set it was adapted for; gamma up to the adapted one
         gamma = min(gamma, space.s3d.gamma)
@@ -52,7 +78,8 @@ def suggest(trial, space: Space) -> Decoding:
     if method == "early_exit":
         return Decoding(method=method, gamma=gamma, quant=quant, exit_layer=trial.suggest_int("exit_layer", 1, L - 1))
     if method == "draft_model":
-        return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)))
+        return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)),
+                        draft_quant=trial.suggest_categorical("draft_quant", list(space.quants)))
     ngram = trial.suggest_int("ngram", *space.ngrams) if space.ngrams else Decoding.ngram
     return Decoding(method=method, gamma=gamma, quant=quant, ngram=ngram)  # prompt_lookup
 
@@ -73,6 +100,7 @@ def params_of(decoding: Decoding, space: Space) -> dict:
         params["exit_layer"] = d.exit_layer
     elif d.method == "draft_model":
         params["draft_model"] = d.draft_model
+        params["draft_quant"] = d.draft_quant
     elif d.method == "prompt_lookup" and space.ngrams:
         params["ngram"] = min(max(d.ngram, space.ngrams[0]), space.ngrams[1])
     return params
@@ -93,8 +121,8 @@ def enumerate_space(space: Space):
             for exit_layer, gamma in itertools.product(range(1, L), gammas):
                 yield Decoding(method=method, gamma=gamma, quant=quant, exit_layer=exit_layer)
         elif method == "draft_model":
-            for draft, gamma in itertools.product(space.drafts, gammas):
-                yield Decoding(method=method, gamma=gamma, quant=quant, draft_model=draft)
+            for draft, gamma, draft_quant in itertools.product(space.drafts, gammas, space.quants):
+                yield Decoding(method=method, gamma=gamma, quant=quant, draft_model=draft, draft_quant=draft_quant)
         else:
             for gamma in gammas:
                 yield Decoding(method=method, gamma=gamma, quant=quant)

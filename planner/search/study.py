@@ -16,13 +16,13 @@ from planner._signals import sigint_handler
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.acceptance import resolve_priors
 from planner.perf.cost import Execution
 from planner.perf.speedup import predict
 from planner.plan.schema import (
-    Candidate, Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
+    Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
-from planner.search.space import Space, seeds, suggest
+from planner.search.request import SearchRequest
+from planner.search.space import Space, seeds, suggest, usable_quants
 from planner.search.storage import open_study, storage_errors
 
 ALTERNATIVES = 5
@@ -72,58 +72,34 @@ def draft_candidates(spec: ModelSpec, names=None) -> dict[str, ModelSpec]:
     return found
 
 
-def _acceptance_for(acceptance, method: str):
-    if acceptance is None or isinstance(acceptance, float):
-        return acceptance
-    return acceptance.get(method)
-
-
-def search(
-    spec: ModelSpec, profile: HardwareProfile, *, vram_gib: float | None = None, context: int = 2048,
-    batch_size: int = 1, trials: int = 300, seed: int = 0, objective: str = "speed", methods=None, quants=None,
-    drafts=None, skip_pattern: str = "middle", storage: str | None = None, study_name: str | None = None,
-    acceptance=None, priors=None, model_source: str | None = None, progress: bool = False,
-    execution: Execution | None = None, s3d: Decoding | None = None,
-) -> SearchResult:
-    """The Optuna search over decoding set-ups of `spec` on `profile`, each trial scored by the
-    performance model, and the fastest that fits as a Plan with up to five alternatives.
-
-    vram_gib is the budget (default: the device's memory); context and batch_size are what
-    the KV cache must hold; objective "speed" maximises tokens/s, "pareto" also minimises
-    VRAM; methods, quants and drafts (draft model names) narrow the space, skip_pattern is
-    "middle" (a centred block) or "any" (arbitrary subsets); storage and study_name share the
-    study between workers (planner.search.storage); acceptance (one float, or per method) and
-    priors replace the acceptance priors; execution is how the engine runs (default: the
-    profile's); s3d is an adapter's set-up (planner.runtime.adapter.planned_s3d), which s3d
-    trials then take as it is. The result also holds every evaluated set-up.
+def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | None = None, *,
+           progress: bool = False) -> SearchResult:
+    """The Optuna search over decoding set-ups of `spec` on `profile` for `request` (its
+    options, each documented on planner.search.request.SearchRequest; None: the defaults),
+    each trial scored by the performance model; the fastest that fits, as a Plan with up to
+    five alternatives, and every evaluated set-up. `progress` draws Optuna's progress bar.
 
     Raises:
-        InputError: an unknown objective, trials below 1, a storage without a study name or one
-            that cannot be opened, no method left to search, or a draft with another vocabulary.
+        InputError: a request with several batch sizes, a storage that cannot be opened, no
+            method left to search, or a draft with another vocabulary.
         NotFoundError: a draft name that is no model.
         BudgetError: nothing fits the budget (the message names the smallest that would).
         MissingDependencyError: the storage's database driver is not installed.
     """
     import optuna
 
-    if objective not in ("speed", "pareto"):
-        raise InputError(f"unknown objective '{objective}': expected speed or pareto")
-    if trials < 1:
-        raise InputError(f"`trials` must be at least 1, got {trials}")
-    if storage and not study_name:
-        raise InputError("`storage` needs `study_name`: the study many workers share")
-    budget = profile.memory_gib if vram_gib is None else vram_gib
-    prior_table = resolve_priors(priors)
-    draft_specs = draft_candidates(spec, drafts) if (methods is None or "draft_model" in methods) else {}
-    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs), skip_pattern=skip_pattern,
-                            s3d=s3d)
+    r = request or SearchRequest()
+    batch_size, budget = r.batch_size, r.budget_gib(profile.memory_gib)
+    draft_specs = draft_candidates(spec, r.drafts) if (r.methods is None or "draft_model" in r.methods) else {}
+    space = Space.for_model(spec, methods=r.methods, quants=usable_quants(profile, r.quants), drafts=tuple(draft_specs),
+                            skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
-    execution = execution or Execution.default_for(profile)
+    execution = r.execution or Execution.default_for(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
-        return predict(spec, profile, decoding, context=context, batch_size=batch_size,
-                       acceptance=_acceptance_for(acceptance, decoding.method), priors=prior_table,
+        return predict(spec, profile, decoding, context=r.context, batch_size=batch_size,
+                       acceptance=r.acceptance_for(decoding.method), priors=r.priors,
                        draft_spec=draft_specs.get(decoding.draft_model), execution=execution)
 
     def objective_fn(trial):
@@ -132,34 +108,34 @@ def search(
         trial.set_constraint("vram_gib", prediction.vram_gib - budget)  # feasible when <= 0
         _record(trial, Candidate(decoding, prediction))
         total = prediction.tokens_per_s * batch_size
-        return total if objective == "speed" else (total, prediction.vram_gib)
+        return total if r.objective == "speed" else (total, prediction.vram_gib)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by the CLI, not logged too
     with warnings.catch_warnings():  # `group` is marked experimental; it is what conditional spaces need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(20, trials), multivariate=True, group=True)
-    fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": context,
+        sampler = optuna.samplers.TPESampler(seed=r.seed, n_startup_trials=min(20, r.trials), multivariate=True, group=True)
+    fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": r.context,
                    "batch_size": batch_size, "space": repr(space)}
-    completed, finished = _run_study(storage, study_name, sampler=sampler, fingerprint=fingerprint, space=space,
-                                     directions=["maximize"] if objective == "speed" else ["maximize", "minimize"],
-                                     objective_fn=objective_fn, trials=trials, progress=progress)
+    completed, finished = _run_study(r.storage, r.study_name, sampler=sampler, fingerprint=fingerprint, space=space,
+                                     directions=["maximize"] if r.objective == "speed" else ["maximize", "minimize"],
+                                     objective_fn=objective_fn, trials=r.trials, progress=progress)
     # Every completed trial of the study, this worker's and any other's sharing the storage.
     evaluated = [_recorded(t) for t in completed]
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
     chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
     if not chosen:
-        raise BudgetError(_nothing_fits(spec, profile, budget, context, batch_size, space, execution))
+        raise BudgetError(_nothing_fits(spec, profile, budget, r, space, execution))
     winner, alternatives = chosen[0], _alternatives(chosen)
     plan = Plan(
-        model=ModelRef(name=spec.name, source=model_source or spec.name, num_layers=spec.num_layers,
+        model=ModelRef(name=spec.name, source=r.model_source or spec.name, num_layers=spec.num_layers,
                        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size),
         hardware=HardwareRef(profile=profile.name, device_name=profile.device_name),
         decoding=winner.decoding,
         prediction=winner.prediction,
-        constraints=Constraints(context=context, vram_gib=vram_gib, batch_size=batch_size),
+        constraints=r.constraints(),
         alternatives=alternatives,
-        search=SearchSettings(sampler="TPESampler", seed=seed, trials=finished, objective=objective,
-                              methods=space.methods, storage=storage, study=study_name),
+        search=SearchSettings(sampler="TPESampler", seed=r.seed, trials=finished, objective=r.objective,
+                              methods=space.methods, storage=r.storage, study=r.study_name),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
 
@@ -216,13 +192,22 @@ def _recorded(trial) -> Candidate:
     return Candidate(Decoding(**decoding), Prediction(**trial.user_attrs["prediction"]))
 
 
-def plan(spec: ModelSpec, profile: HardwareProfile, **kwargs) -> Plan:
-    """The fastest lossless set-up that fits the budget, as a Plan (see `search` for options).
+def plan(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | None = None, **options) -> Plan:
+    """The fastest lossless set-up of `spec` that fits the budget on `profile`, as a Plan:
+    `search(spec, profile, request).plan`, where `options` (SearchRequest's fields, e.g.
+    vram_gib=12, trials=300) make the request when none is given.
 
     Raises:
-        InputError, NotFoundError, BudgetError, MissingDependencyError: as `search`.
+        InputError: `options` beside a `request`, an option SearchRequest has not, or as `search`.
+        NotFoundError, BudgetError, MissingDependencyError: as `search`.
     """
-    return search(spec, profile, **kwargs).plan
+    if request is not None and options:
+        raise InputError("give a `request` or its options, not both")
+    try:
+        request = request or SearchRequest(**options)
+    except TypeError as exc:  # an unknown keyword
+        raise InputError(f"plan: {exc}") from None
+    return search(spec, profile, request).plan
 
 
 def _rank(candidates: list[Candidate]) -> list[Candidate]:
@@ -242,7 +227,8 @@ def _alternatives(ranked: list[Candidate]) -> tuple[Candidate, ...]:
     return tuple(sorted(picked, key=lambda c: -c.prediction.tokens_per_s)[:ALTERNATIVES])
 
 
-def _nothing_fits(spec, profile, budget, context, batch_size, space, execution) -> str:
+def _nothing_fits(spec, profile, budget, request, space, execution) -> str:
+    context, batch_size = request.context, request.batch_size
     smallest = min(
         (predict(spec, profile, Decoding("autoregressive", quant=q), context=context, batch_size=batch_size,
                  execution=execution).vram_gib, q)

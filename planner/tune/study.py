@@ -405,12 +405,14 @@ class _MeasuredTuning:
     def seed(self) -> None:
         """Queue each method's analytical best (on the calibrated model) as the first trials."""
         from planner.autotune import best_per_method
+        from planner.search.request import SearchRequest
         from planner.search.study import search
 
         s = self.setup
-        result = search(s.spec, self.calibrated, context=s.request.max_new_tokens + CONTEXT_MARGIN, trials=ANALYTICAL_TRIALS,
-                        seed=s.request.seed, methods=list(s.space.methods), quants=s.space.quants, drafts=list(s.draft_specs),
-                        skip_pattern=s.space.skip_pattern, priors=s.priors)
+        request = SearchRequest(context=s.request.max_new_tokens + CONTEXT_MARGIN, trials=ANALYTICAL_TRIALS,
+                                seed=s.request.seed, methods=s.space.methods, quants=s.space.quants,
+                                drafts=tuple(s.draft_specs), skip_pattern=s.space.skip_pattern, priors=s.priors)
+        result = search(s.spec, self.calibrated, request)
         best = best_per_method(result.evaluated)
         if s.space.s3d is not None:
             best["s3d"] = Candidate(dataclasses.replace(s.space.s3d, quant=s.space.quants[0]), None)

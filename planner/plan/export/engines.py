@@ -15,6 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from planner._yaml import read_yaml
 from planner.errors import InputError, NotFoundError, near_matches
+from planner.perf.cost import EngineCost
 from planner.plan.schema import Decoding
 from planner.profiles import PROFILES_DIR
 
@@ -58,6 +59,7 @@ class EngineInfo:
     image: str | None  # published container image, {version} to fill; None: none published
     port: int | None  # the engine's default port
     tables: tuple[FieldTable, ...]  # oldest first
+    cost: EngineCost = EngineCost()  # what the engine adds to a step (planner.perf.cost)
 
     @property
     def version_range(self) -> str:
@@ -106,7 +108,13 @@ def _info(name: str, row: dict) -> EngineInfo:
         image=row["image"],
         port=row["port"],
         tables=tuple(_table_of(t) for t in row["tables"]),
+        cost=_cost_of(name, row.get("cost") or {}),
     )
+
+
+def _cost_of(name: str, row: dict) -> EngineCost:
+    figures = {k: v for k, v in row.items() if k not in ("execution", "sources")}
+    return EngineCost(name=name, graphs=row.get("execution", "graphs") == "graphs", **figures)
 
 
 @lru_cache(maxsize=1)

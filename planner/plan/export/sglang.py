@@ -58,5 +58,7 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
                           "share of the GPU's memory for weights and KV cache"))
         args += ["--mem-fraction-static", Ref("MEM_FRACTION_STATIC")]
     args += ["--context-length", str(plan.constraints.context), "--max-running-requests", str(launch.max_batch)]
+    if plan.decoding.quant == "fp8":  # W8A8 fp8 applied by the engine at load
+        args += ["--quantization", "fp8"]
     args += speculative_args(resolved)
     return script(header, variables, "exec " + words(args) + "\n")

@@ -69,5 +69,7 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
         variables.append(("GPU_MEMORY_UTILIZATION", f"{launch.memory_share:.2f}", "share of the GPU's memory"))
         args += ["--gpu-memory-utilization", Ref("GPU_MEMORY_UTILIZATION")]
     args += ["--max-model-len", str(plan.constraints.context), "--max-num-seqs", str(launch.max_batch)]
+    if plan.decoding.quant == "fp8":  # W8A8 fp8 applied by the engine at load
+        args += ["--quantization", "fp8"]
     args += _speculative_args(speculative_config(resolved))
     return script(header, variables, "exec " + words(args) + "\n")

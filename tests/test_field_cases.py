@@ -1,0 +1,166 @@
+"""Field cases from people who deploy speculative decoding (issue 14, part 9).
+
+Tolerances as the issue sets them: batch-1 tokens/s within 15%, speedups within 20%, and the
+direction (faster or slower than no speculation) right in every load case. A case the model
+cannot meet stays here as xfail(strict=True) with the reason.
+"""
+
+import pytest
+
+from planner.hardware import load_profile
+from planner.models import load_model_spec
+from planner.models.architectures import spec_from_hf_config
+from planner.perf import Execution, predict
+from planner.perf.cost import EngineCost
+from planner.plan import Decoding
+from planner.plan.export import engine_info
+
+RTX3090_QWEN = "https://openclawradar.com/article/speculative-decoding-benchmarks-rtx-3090-qwen-hvac"
+# Qwen2.5-32B's config.json as quoted in github.com/vllm-project/vllm/issues/18162 (Qwen2.5-32B-Instruct)
+QWEN25_32B = {"model_type": "qwen2", "hidden_size": 5120, "intermediate_size": 27648, "max_position_embeddings": 32768,
+              "num_attention_heads": 40, "num_hidden_layers": 64, "num_key_value_heads": 8, "vocab_size": 152064,
+              "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+# vLLM 0.5.x as issue 7586 ran it: --enforce-eager (eager kernels), batch-expansion verify (each
+# draft token attends as a sequence of its own, vllm/spec_decode/batch_expansion.py), the n-gram
+# proposer before github.com/vllm-project/vllm/pull/9333 (2.6-4.4 ms a step on an H100, 3.5 ms taken),
+# and the current engine's host step (engines.yaml vllm: step_us).
+VLLM_05_EAGER = EngineCost(name="vllm-0.5", graphs=False, step_us=engine_info("vllm").cost.step_us, ngram_step_us=3500,
+                           kernels_per_layer=engine_info("vllm").cost.kernels_per_layer, verify_kv_reads="per_token")
+
+
+def _llamacpp(profile):
+    return Execution.default_for(profile, engine_info("llamacpp").cost)
+
+
+def _best_draft(target, draft, profile, *, quant, draft_quant, context=512):
+    """The fastest draft length 1-16 (llama.cpp drafts up to 16 tokens by default)."""
+    return max((predict(target, profile, Decoding("draft_model", gamma=g, quant=quant, draft_model=draft.name,
+                                                  draft_quant=draft_quant), context=context, draft_spec=draft,
+                        execution=_llamacpp(profile)) for g in range(1, 17)), key=lambda p: p.tokens_per_s)
+
+
+def test_rtx3090_qwen25_32b_q4_with_1p5b_draft():
+    """llama.cpp, RTX 3090, Qwen2.5-32B Q4_K_M + Qwen2.5-1.5B Q4_K_M: 91.0 tok/s, +156% over no
+    draft (35.5 tok/s) (RTX3090_QWEN). Q4_K_M is costed as int4 (W4A16); acceptance is the prior."""
+    profile, target, draft = load_profile("rtx3090"), spec_from_hf_config(QWEN25_32B, "qwen2.5-32b"), load_model_spec("qwen2.5-1.5b")
+    plain = predict(target, profile, Decoding("autoregressive", quant="int4"), context=512, execution=_llamacpp(profile))
+    best = _best_draft(target, draft, profile, quant="int4", draft_quant="int4")
+    assert plain.tokens_per_s == pytest.approx(91.0 / 2.56, rel=0.15)
+    assert best.speedup == pytest.approx(2.56, rel=0.20)
+
+
+@pytest.mark.xfail(strict=True, reason="predicted 1.95x against 1.50x: the draft_model prior (0.80 for a 15x smaller "
+                   "draft) is higher than this chat workload's acceptance, which the page does not give")
+def test_rtx3090_qwen25_7b_q4_with_0p5b_q8_draft():
+    """llama.cpp, RTX 3090, Qwen2.5-7B Q4_K_M + Qwen2.5-0.5B Q8_0: 205.4 tok/s, +50% (RTX3090_QWEN)."""
+    profile, target, draft = load_profile("rtx3090"), load_model_spec("qwen2.5-7b"), load_model_spec("qwen2.5-0.5b")
+    assert _best_draft(target, draft, profile, quant="int4", draft_quant="int8").speedup == pytest.approx(1.50, rel=0.20)
+
+
+def test_rtx3090_qwen25_14b_pair_has_no_card():
+    """llama.cpp, RTX 3090, Qwen2.5-14B Q8_0 + 0.5B Q4_K_M: 48 -> 137.5 tok/s (RTX3090_QWEN). Not
+    checked: no Qwen2.5-14B config.json could be read from the sources here, and a card is not
+    written from memory. This test holds that no card was guessed."""
+    from planner.models.cards import shipped_model_names
+
+    assert "qwen2.5-14b" not in shipped_model_names()
+
+
+@pytest.mark.xfail(strict=True, reason="needs workload acceptance priors (code editing repeats its input), not built; "
+                   "the 167 tok/s runs are also inflated by draft-cache reuse per the maintainer (first run 46.65 tok/s)")
+def test_llamacpp_pr10455_code_editing_32b():
+    """github.com/ggml-org/llama.cpp/pull/10455: Qwen2.5-Coder-32B Q4_K_M + 0.5B drafting up to 16
+    tokens on a code-editing prompt, 29 -> 167 tok/s (5.8x)."""
+    profile, target, draft = load_profile("rtx3090"), spec_from_hf_config(QWEN25_32B, "qwen2.5-coder-32b"), load_model_spec("qwen2.5-0.5b")
+    assert _best_draft(target, draft, profile, quant="int4", draft_quant="int8").speedup == pytest.approx(167 / 29, rel=0.20)
+
+
+def test_vllm_05_eager_ngram_slower_under_load_faster_alone():
+    """github.com/vllm-project/vllm/issues/7586: vLLM 0.5.3.post1, --enforce-eager, A100-40GB,
+    Llama-3.1-8B, n-gram with 3 speculative tokens slower than no speculation under server load.
+    Direction only: at batch 32 and 64 slower, at batch 1 (no load) not slower."""
+    profile, spec = load_profile("a100-40gb"), load_model_spec("llama-3.1-8b")
+    ex = Execution.default_for(profile, VLLM_05_EAGER)
+
+    def speedup(batch):
+        return predict(spec, profile, Decoding("prompt_lookup", gamma=3), context=1024, batch_size=batch, execution=ex).speedup
+
+    assert speedup(1) > 1.0
+    assert speedup(32) < 1.0 and speedup(64) < 1.0
+
+
+@pytest.mark.xfail(strict=True, reason="the MLP speculator is costed as a 1B draft model at the draft prior's 0.82 "
+                   "acceptance; its real (lower) acceptance is not published in the issue")
+def test_vllm_05_eager_small_draft_slower_under_load():
+    """github.com/vllm-project/vllm/issues/7586: the small MLP draft (llama3-8b-accelerator) slower
+    than no speculation under load too; stood in for by llama-3.2-1b as a draft model."""
+    profile, spec, draft = load_profile("a100-40gb"), load_model_spec("llama-3.1-8b"), load_model_spec("llama-3.2-1b")
+    prediction = predict(spec, profile, Decoding("draft_model", gamma=3, draft_model=draft.name), context=1024,
+                         batch_size=32, draft_spec=draft, execution=Execution.default_for(profile, VLLM_05_EAGER))
+    assert prediction.speedup < 1.0
+
+
+@pytest.mark.xfail(strict=True, reason="predicted near 1x: the run spent about 33 ms a step on a 125M model "
+                   "(305 tok/s over 10 sequences, logprobs on), host work this model has no figure for")
+def test_vllm_16258_ngram_batch10_opt125m():
+    """github.com/vllm-project/vllm/issues/16258: opt-125m, n-gram 5 tokens, lookup up to 2, batch
+    10, enforce_eager: 74-88 tok/s against 276-305 without (0.24-0.32x). The GPU is not named;
+    a100-40gb is taken. opt-125m's config.json as quoted in public code (facebook/opt-125m)."""
+    config = {"model_type": "opt", "hidden_size": 768, "ffn_dim": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+              "vocab_size": 50272, "max_position_embeddings": 2048, "word_embed_proj_dim": 768,
+              "do_layer_norm_before": True, "torch_dtype": "float16"}
+    profile, spec = load_profile("a100-40gb"), spec_from_hf_config(config, "opt-125m")
+    prediction = predict(spec, profile, Decoding("prompt_lookup", gamma=5), context=1024, batch_size=10, acceptance=0.698,
+                         execution=Execution.default_for(profile, VLLM_05_EAGER))
+    assert 0.24 * 0.8 <= prediction.speedup <= 0.32 * 1.2
+
+
+def test_fp8_refused_in_one_line_where_no_fp8_tensor_cores():
+    from planner.errors import InputError
+
+    with pytest.raises(InputError, match="fp8 needs fp8 tensor cores.*a100-40gb"):
+        predict(load_model_spec("llama-3.1-8b"), load_profile("a100-40gb"), Decoding("autoregressive", quant="fp8"))
+
+
+def test_fp8_halves_weight_reads_on_hopper():
+    """W8A8 fp8 reads one byte a weight: a bandwidth-bound step is close to twice as fast as bf16."""
+    profile, spec = load_profile("h100-sxm"), load_model_spec("llama-3.1-8b")
+    bf16 = predict(spec, profile, Decoding("autoregressive"), context=128).tokens_per_s
+    fp8 = predict(spec, profile, Decoding("autoregressive", quant="fp8"), context=128).tokens_per_s
+    assert 1.6 < fp8 / bf16 < 2.0
+
+
+def test_engine_step_cost_lowers_batch1_rate():
+    profile, spec = load_profile("h100-sxm"), load_model_spec("llama-3.1-8b")
+    runtime = predict(spec, profile, Decoding("autoregressive"), context=128).tokens_per_s
+    vllm = predict(spec, profile, Decoding("autoregressive"), context=128,
+                   execution=Execution.default_for(profile, engine_info("vllm").cost)).tokens_per_s
+    assert vllm < 0.9 * runtime
+
+
+def _predict_cli(*args):
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    return CliRunner().invoke(cli, ["predict", "--model", "llama-3.1-8b", "--method", "autoregressive", "--json", *args])
+
+
+def test_predict_engine_and_execution_flags():
+    """--engine costs the engine's step (vLLM on an A100-40GB: the published 75 tok/s within 15%);
+    --execution eager adds its kernels' launches."""
+    import json
+
+    graphs = json.loads(_predict_cli("--gpu", "a100-40gb", "--engine", "vllm", "--context", "1088").output)
+    eager = json.loads(_predict_cli("--gpu", "a100-40gb", "--engine", "vllm", "--context", "1088", "--execution", "eager").output)
+    assert graphs["tokens_per_s"] == pytest.approx(75.0, rel=0.15)
+    assert eager["tokens_per_s"] < graphs["tokens_per_s"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--gpu", "a100-40gb", "--quant", "fp8"), "error: fp8 needs fp8 tensor cores (Ada, Hopper or newer); a100-40gb has none\n"),
+    (("--gpu", "h100-sxm", "--draft-quant", "int4"), "error: --draft-quant does not apply to --method autoregressive (it applies to draft_model)\n"),
+])
+def test_predict_refuses_in_one_line(args, message):
+    result = _predict_cli(*args)
+    assert result.exit_code == 2 and result.output == message

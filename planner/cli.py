@@ -430,7 +430,9 @@ def _describe(d) -> str:
 @click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
 @click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
 @click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
-@click.option("--engine", help="Search only what this engine can run: vllm, sglang, trtllm, hf or llamacpp.")
+@click.option("--engine", help="Search only what this engine can run, costing its own step and execution: vllm, "
+                               "sglang, trtllm, hf or llamacpp (default: specplan's runtime).")
+@click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
 @click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
 @click.option("--usd-per-hour", help="Fleet: GPU prices for cost per million tokens, e.g. a10g=1.0,h100-sxm=4.5")
@@ -453,7 +455,7 @@ def _describe(d) -> str:
               help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
+def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour, vram_gib, context, trials,
                  seed, objective, methods, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
@@ -479,9 +481,10 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
                         adapter, methods)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
-                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name, model_source=model_name)
+                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name,
+                            model_source=model_name, engine=engine, execution=execution)
     if gpus:
-        return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine)
+        return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
         if path:
             ensure_writable(path)
@@ -532,11 +535,11 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
                          "--objective pareto, --storage and --skip-pattern any")
 
 
-def _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine):
+def _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour):
     from planner.search.fleet import SUMMARY_HEADERS, parse_gpus, parse_prices, plan_fleet, summary_rows
 
     summary = plan_fleet(_target_spec(model_name, request.context), parse_gpus(gpus), request, out_dir=out_dir,
-                         exports=[e.strip() for e in (exports or "").split(",") if e.strip()], engine=engine,
+                         exports=[e.strip() for e in (exports or "").split(",") if e.strip()],
                          usd_per_hour=parse_prices(usd_per_hour))
     click.echo(_table(summary_rows(summary.rows), SUMMARY_HEADERS))
     click.echo(f"wrote {len(summary.files)} files in {out_dir} (summary.md, summary.png, one directory per GPU)")
@@ -567,9 +570,10 @@ def _print_plan(plan) -> None:
              f"{plan.prediction.tokens_per_iteration:.2f}", f"{plan.prediction.vram_gib:.1f}"]]
     rows += [[f"alt {i + 1}", _describe(c.decoding), f"{c.prediction.tokens_per_s:.1f}", f"{c.prediction.speedup:.2f}x",
               f"{c.prediction.tokens_per_iteration:.2f}", f"{c.prediction.vram_gib:.1f}"] for i, c in enumerate(plan.alternatives)]
-    budget = plan.constraints.vram_gib
+    budget, settings = plan.constraints.vram_gib, plan.search
+    served = f", served by {settings.engine} ({settings.execution})" if settings.engine else ""
     click.echo(f"{plan.model.name} on {plan.hardware.profile}" + (f", budget {budget:g} GiB" if budget else "")
-               + f", context {plan.constraints.context}, {plan.search.trials} trials ({plan.prediction.basis})")
+               + f", context {plan.constraints.context}{served}, {settings.trials} trials ({plan.prediction.basis})")
     click.echo(_table(rows, ["", "set-up", "tokens/s", "speedup", "tokens/iter", "VRAM GiB"]))
 
 

@@ -139,6 +139,49 @@ def test_sglang_ngram_and_speculation_off_at_plan_batch(tmp_path):
     assert "--speculative-algorithm" not in off
 
 
+# -- the draft's own quantization -------------------------------------------------------
+
+FP8_DRAFT = dataclasses.replace(DRAFT, quant="fp8", draft_quant="fp8")
+
+
+def test_vllm_quantizes_the_draft_through_its_speculative_config(tmp_path):
+    args = _launch(make_plan(FP8_DRAFT), "vllm", tmp_path / "fp8")
+    assert flag_value(args, "--quantization") == "fp8" and _vllm_config(args)["quantization"] == "fp8"
+    unquantized_draft = _launch(make_plan(dataclasses.replace(FP8_DRAFT, draft_quant="none")), "vllm", tmp_path / "none")
+    assert flag_value(unquantized_draft, "--quantization") == "fp8" and "quantization" not in _vllm_config(unquantized_draft)
+
+
+def test_sglang_always_names_the_drafts_quantization_from_0_5_7(tmp_path):
+    """Left out, SGLang's draft takes the target's --quantization: an unquantized draft is `unquant`."""
+    args = _launch(make_plan(FP8_DRAFT), "sglang", tmp_path / "fp8")
+    assert flag_value(args, "--speculative-draft-model-quantization") == "fp8"
+    apart = make_plan(dataclasses.replace(FP8_DRAFT, draft_quant="none"))
+    assert flag_value(_launch(apart, "sglang", tmp_path / "none"), "--speculative-draft-model-quantization") == "unquant"
+    older = _launch(make_plan(FP8_DRAFT), "sglang", tmp_path / "old", engine_version="0.5.6")
+    assert flag_value(older, "--quantization") == "fp8" and "--speculative-draft-model-quantization" not in older
+    with pytest.raises(ExportError, match=r"SGLang 0.5.5-0.5.6.post2 quantizes the draft as the target \(fp8\), not "
+                                          r"none: export for `engine_version` 0.5.7 or later"):
+        export_plan(apart, "sglang", engine_version="0.5.6")
+
+
+def test_llamacpp_writes_the_drafts_gguf_type(tmp_path):
+    plan = make_plan(dataclasses.replace(DRAFT, quant="int8", draft_quant="int4"))
+    args = launched_args(export_plan(plan, "llamacpp").text, "llamacpp", tmp_path, _local_models(tmp_path))
+    assert flag_value(args, "-m") == f"{tmp_path}/model-Q8_0.gguf" and flag_value(args, "-md") == f"{tmp_path}/draft_model-Q4_0.gguf"
+    assert engine_args(tmp_path, "llama-quantize") == [f"{tmp_path}/draft_model-F16.gguf", f"{tmp_path}/draft_model-Q4_0.gguf",
+                                                       "Q4_0"]  # the last quantize run: the draft's
+
+
+@pytest.mark.parametrize("engine, draft_quant", [("llamacpp", "fp8"), ("trtllm", "int8"), ("hf", "int4"), ("vllm", "int8"),
+                                                 ("sglang", "int4")])
+def test_a_draft_quantization_the_engine_cannot_apply_is_refused_in_one_line(engine, draft_quant, tmp_path):
+    plan_path = tmp_path / "plan.yaml"
+    save_plan(make_plan(dataclasses.replace(DRAFT, draft_quant=draft_quant)), plan_path)
+    result = CliRunner().invoke(cli, ["export", "--plan", str(plan_path), "--to", engine, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and f"cannot apply {draft_quant} weight quantization to the draft" in result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
 # -- TensorRT-LLM: both readings of draft_len_schedule ---------------------------------
 
 def _read_upper(schedule: dict[int, int], batch: int) -> int:
@@ -229,11 +272,13 @@ def _names(args: list[str]) -> set[str]:
     return {a for a in args if a.startswith("-")} | {a for a in args[:1] if not a.startswith("-") and "/" not in a}
 
 
-@pytest.mark.parametrize("engine, version", [("vllm", None), ("sglang", None), ("trtllm", "1.2.1"),
+@pytest.mark.parametrize("engine, version", [("vllm", None), ("sglang", None), ("sglang", "0.5.6"), ("trtllm", "1.2.1"),
                                              ("trtllm", None), ("llamacpp", None)])
 def test_every_flag_and_key_written_is_in_the_targeted_field_table(engine, version, tmp_path):
     fields = set(engine_info(engine).table(version).fields)
-    for i, decoding in enumerate((DRAFT, LOOKUP) if engine != "llamacpp" else (DRAFT,)):
+    quantized = {"vllm": FP8_DRAFT, "sglang": FP8_DRAFT, "llamacpp": dataclasses.replace(DRAFT, draft_quant="int8")}
+    decodings = (DRAFT, LOOKUP) if engine != "llamacpp" else (DRAFT,)
+    for i, decoding in enumerate(decodings + ((quantized[engine],) if engine in quantized else ())):
         run_dir = tmp_path / str(i)
         run_dir.mkdir()
         config = run_dir / "options.yaml"

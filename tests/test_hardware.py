@@ -31,6 +31,18 @@ def test_required_profiles_shipped_with_sources():
         assert 0 < profile.bandwidth_efficiency <= 1 and {"bf16", "fp16", "fp32"} <= set(profile.peak_tflops)
 
 
+@pytest.mark.parametrize("name", shipped_profile_names())
+def test_every_shipped_profile_loads_and_plans_a_small_model(name):
+    """A profile added to planner/profiles/gpus is usable by the planner as shipped."""
+    from planner.models import load_model_spec
+    from planner.search import SearchRequest, search
+
+    profile = load_profile(name)
+    plan = search(load_model_spec("qwen2.5-0.5b"), profile, SearchRequest(trials=20, seed=0)).plan
+    assert plan.hardware.profile == name and plan.prediction.tokens_per_s > 0
+    assert plan.prediction.vram_gib <= profile.memory_gib
+
+
 def test_h100_published_figures():
     h100 = load_profile("h100-sxm")
     assert h100.bandwidth_gbps == 3350 and h100.peak_tflops["bf16"] == pytest.approx(989.4)

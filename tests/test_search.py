@@ -12,7 +12,7 @@ from planner.errors import BudgetError, InputError
 from planner.hardware import load_profile, shipped_profile_names
 from planner.models import load_model_spec
 from planner.perf import predict
-from planner.plan import load_plan
+from planner.plan import Decoding, load_plan
 from planner.search import SearchRequest, Space, draft_candidates, enumerate_space, search
 
 
@@ -151,10 +151,45 @@ def test_a_request_normalises_its_options_once():
     ({"acceptance": {"autoregressive": 0.5}}, "'autoregressive' is not a speculative method"),
     ({"vram_gib": float("nan")}, "`vram_gib` must be a positive number"),
     ({"batch_sizes": [0, 2]}, "`batch_sizes` \\[0, 2\\]: expected positive whole numbers"),
+    ({"execution": "compiled"}, "unknown `execution` 'compiled': expected graphs or eager"),
+    ({"engine": "vlm"}, "unknown engine 'vlm' \\(did you mean: vllm"),
 ])
 def test_a_request_no_search_could_use_is_refused_naming_the_parameter(options, message):
     with pytest.raises(InputError, match=message):
         SearchRequest(**options)
+
+
+def test_search_costs_the_requested_engine_and_execution():
+    """The engine's step cost and execution reach every trial through the request: an
+    autoregressive plan predicts what `predict` does for that engine, eager below graphs."""
+    from planner.perf import Execution
+    from planner.plan.export import engine_info
+
+    spec, profile = load_model_spec("llama-3.1-8b"), load_profile("a100-40gb")
+    vllm = Execution.default_for(profile, engine_info("vllm").cost)
+    expected = predict(spec, profile, Decoding("autoregressive"), context=2048, execution=vllm).tokens_per_s
+
+    def planned(**options):
+        request = SearchRequest(methods=["autoregressive"], quants=["none"], trials=5, **options)
+        return search(spec, profile, request).plan
+
+    graphs, eager, runtime = planned(engine="vllm"), planned(engine="vllm", execution="eager"), planned()
+    assert graphs.prediction.tokens_per_s == pytest.approx(expected)
+    assert eager.prediction.tokens_per_s < graphs.prediction.tokens_per_s < runtime.prediction.tokens_per_s
+    assert (graphs.search.engine, graphs.search.execution, eager.search.execution) == ("vllm", "graphs", "eager")
+    assert runtime.search.engine is None and runtime.search.execution == "graphs"
+
+
+def test_plan_command_takes_engine_and_execution(tmp_path):
+    out = tmp_path / "plan.yaml"
+    args = ["plan", "--model", "llama-3.1-8b", "--gpu", "a100-40gb", "--engine", "vllm", "--trials", "40", "--out", str(out)]
+    result = CliRunner().invoke(cli, args + ["--execution", "eager"])
+    assert result.exit_code == 0, result.output
+    assert "served by vllm (eager)" in result.output
+    plan = load_plan(out)
+    assert (plan.search.engine, plan.search.execution) == ("vllm", "eager")
+    refused = CliRunner().invoke(cli, args + ["--execution", "compiled"])
+    assert refused.exit_code == 2 and "Invalid value for '--execution'" in refused.output
 
 
 def test_search_plans_one_batch_size():

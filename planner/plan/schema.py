@@ -96,6 +96,8 @@ class SearchSettings:
     methods: tuple[str, ...] = ()
     storage: str | None = None
     study: str | None = None
+    engine: str | None = None  # the serving engine whose step cost the trials paid; None: specplan's runtime
+    execution: str | None = None  # graphs or eager, as the trials were costed
 
 
 @dataclass(frozen=True)

@@ -106,12 +106,13 @@ def _row(gpu: str, profile, spec, request: SearchRequest, prices) -> FleetRow:
                     last.vram_gib, prices.get(gpu), note)
 
 
-def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, exports=(), engine: str | None = None,
+def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, exports=(),
                usd_per_hour: dict[str, float] | None = None) -> FleetSummary:
     """Plan `spec` for `request` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml,
     DIR/<gpu>/<engine>.<ext>, DIR/summary.md and DIR/summary.png. The search is restricted to
-    what `engine` and every engine in `exports` can run (within `request.methods`), so each
-    export is the best those engines can do; `usd_per_hour` prices GPUs by name.
+    what `request.engine` (whose step cost every trial pays) and every engine in `exports` can
+    run (within `request.methods`), so each export is the best those engines can do;
+    `usd_per_hour` prices GPUs by name.
 
     Raises:
         InputError: out_dir is a file or cannot be created, a price for a GPU not in `gpus`,
@@ -127,6 +128,7 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
         raise InputError("a fleet plans each GPU for speed in one process: leave out `objective` pareto and `storage`")
     profiles = {gpu: load_profile(gpu) for gpu in gpus}
     exports = tuple(dict.fromkeys(exports))
+    engine = request.engine
     methods, quants = engine_space(([engine] if engine else []) + list(exports), request.methods)
     request = request.replace(methods=methods, quants=quants or request.quants)
     prices = usd_per_hour or {}

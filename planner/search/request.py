@@ -8,7 +8,8 @@ the execution mode, a storage) and none of that belongs in the file. The plan's 
 is derived from the request (`constraints`).
 
 The model and the hardware profile travel beside the request, not in it: a fleet plans one
-request on many profiles.
+request on many profiles. So the request names the serving engine and the execution mode, and
+`execution_on(profile)` builds what a trial is costed with on each profile.
 
 Every option is documented once, on its field. Values are normalised once, when the request
 is made: lists become tuples, acceptance becomes one mapping from method to its figure
@@ -24,11 +25,13 @@ from dataclasses import dataclass, field, replace
 
 from planner.errors import InputError, near_matches
 from planner.perf.acceptance import resolve_priors
-from planner.perf.cost import Execution
+from planner.perf.cost import RUNTIME, Execution
+from planner.plan.export.engines import engine_info
 from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding
 
 OBJECTIVES = ("speed", "pareto")
 SKIP_PATTERNS = ("middle", "any")
+EXECUTIONS = ("graphs", "eager")
 SPECULATIVE = tuple(m for m in METHODS if m != "autoregressive")
 
 # One method's acceptance: a per-token rate (every drafted position), or per-position rates in
@@ -42,6 +45,7 @@ class SearchRequest:
 
     Raises (on construction):
         InputError: a value no search could use; the message names the parameter.
+        NotFoundError: an unknown `engine` (with the near names).
     """
 
     context: int = 2048  # tokens per sequence the KV cache must hold (prompt plus output)
@@ -60,7 +64,10 @@ class SearchRequest:
     # Priors replacing the shipped ones for the methods they name: Prior objects, a priors
     # mapping or a YAML path; resolved to the full table (planner.perf.acceptance.resolve_priors).
     priors: object = None
-    execution: Execution | None = None  # dtype and CUDA graphs; None: the profile's default
+    # The serving engine (engines.yaml key) whose own cost per step and default execution every
+    # trial pays; None: specplan's runtime. Which methods it runs is `methods` (engine_space).
+    engine: str | None = None
+    execution: str | None = None  # "graphs" or "eager", overriding the engine's default; a CPU never has graphs
     s3d: Decoding | None = None  # an adapter's set-up (runtime.adapter.planned_s3d): s3d trials take it as it is
     storage: str | None = None  # Optuna storage URL shared by workers (sqlite:///, a journal file, postgresql://)
     study_name: str | None = None  # the study in `storage`
@@ -96,6 +103,10 @@ class SearchRequest:
             raise InputError("`methods` is empty: name at least one method")
         if self.quants == ():
             raise InputError("`quants` is empty: allow at least none")
+        if self.execution is not None and self.execution not in EXECUTIONS:
+            raise InputError(f"unknown `execution` '{self.execution}': expected graphs or eager")
+        if self.engine is not None:
+            engine_info(self.engine)  # NotFoundError with the near names
 
     @property
     def batch_size(self) -> int:
@@ -117,6 +128,13 @@ class SearchRequest:
         """Per method, the most drafted tokens its acceptance covers: per-position figures say
         nothing about positions beyond the last, so no longer draft is planned."""
         return {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
+
+    def execution_on(self, profile) -> Execution:
+        """How a trial's forward runs on `profile`: its decode dtype, the engine's step cost, and
+        CUDA graphs or eager (`execution`, else the engine's default)."""
+        cost = RUNTIME if self.engine is None else engine_info(self.engine).cost
+        graphs = None if self.execution is None else self.execution == "graphs"
+        return Execution.default_for(profile, cost, graphs=graphs)
 
     def budget_gib(self, memory_gib: float) -> float:
         """The memory budget on a device of `memory_gib` GiB."""

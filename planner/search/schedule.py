@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.cost import Execution
 from planner.perf.speedup import predict
 from planner.plan.schema import MAX_GAMMA, Candidate, Decoding, Plan, Prediction, ScheduleEntry
 from planner.search.space import MAX_PREDICTORS, usable_quants
@@ -157,7 +156,7 @@ def _autoregressive_gib(spec, profile, quant, batch, *, context, execution) -> f
 def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest) -> tuple[int, ...]:
     """The batch sizes of `request` at which its smallest set-up (autoregressive, smallest
     allowed quantization) fits the request's budget on `profile`."""
-    execution = request.execution or Execution.default_for(profile)
+    execution = request.execution_on(profile)
     budget = request.budget_gib(profile.memory_gib)
     return tuple(b for b in request.batch_sizes
                  if min(_autoregressive_gib(spec, profile, q, b, context=request.context, execution=execution)
@@ -169,7 +168,7 @@ def _require_batch_range(spec, profile, request: SearchRequest) -> None:
     sizes, context = request.batch_sizes, request.context
     if fitting and fitting[-1] == sizes[-1]:
         return
-    execution = request.execution or Execution.default_for(profile)
+    execution = request.execution_on(profile)
     needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], context=context, execution=execution), q)
                         for q in usable_quants(profile, request.quants))
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
@@ -210,9 +209,9 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
         raise InputError("a schedule is planned for speed in one process: leave out `objective` pareto and `storage`")
     sizes = request.batch_sizes
     budget = request.budget_gib(profile.memory_gib)
-    execution = request.execution or Execution.default_for(profile)
+    execution = request.execution_on(profile)
     _require_batch_range(spec, profile, request)
-    result = search(spec, profile, request.replace(batch_sizes=sizes[:1], execution=execution))
+    result = search(spec, profile, request.replace(batch_sizes=sizes[:1]))
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:

@@ -16,7 +16,6 @@ from planner._signals import sigint_handler
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.cost import Execution
 from planner.perf.speedup import predict
 from planner.plan.schema import (
     Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
@@ -95,7 +94,7 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
                             skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
-    execution = r.execution or Execution.default_for(profile)
+    execution = r.execution_on(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
         return predict(spec, profile, decoding, context=r.context, batch_size=batch_size,
@@ -115,7 +114,8 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=r.seed, n_startup_trials=min(20, r.trials), multivariate=True, group=True)
     fingerprint = {"model": spec.name, "gpu": profile.name, "vram_gib": budget, "context": r.context,
-                   "batch_size": batch_size, "space": repr(space)}
+                   "batch_size": batch_size, "space": repr(space), "engine": r.engine or "specplan",
+                   "execution": execution.mode}
     completed, finished = _run_study(r.storage, r.study_name, sampler=sampler, fingerprint=fingerprint, space=space,
                                      directions=["maximize"] if r.objective == "speed" else ["maximize", "minimize"],
                                      objective_fn=objective_fn, trials=r.trials, progress=progress)
@@ -135,7 +135,8 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
         constraints=r.constraints(),
         alternatives=alternatives,
         search=SearchSettings(sampler="TPESampler", seed=r.seed, trials=finished, objective=r.objective,
-                              methods=space.methods, storage=r.storage, study=r.study_name),
+                              methods=space.methods, storage=r.storage, study=r.study_name, engine=r.engine,
+                              execution="graphs" if execution.graphs else "eager"),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
 

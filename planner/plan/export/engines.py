@@ -88,6 +88,8 @@ class EngineInfo:
             return f"{self.display} cannot run {decoding.method}: {why}"
         if decoding.quant not in self.quants:
             return f"{self.display} cannot apply {decoding.quant} weight quantization to the target"
+        if decoding.method == "draft_model" and decoding.draft_quant not in self.quants:
+            return f"{self.display} cannot apply {decoding.draft_quant} weight quantization to the draft"
         return None
 
 

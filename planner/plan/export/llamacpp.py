@@ -3,8 +3,9 @@
 Flags and tools from the field table in planner/profiles/engines.yaml (tools/server/README.md,
 convert_hf_to_gguf.py and tools/quantize/README.md at the commits named there): each
 checkpoint is converted to an F16 GGUF file (a hub id is downloaded first; conversion
-needs a directory), then quantized with llama-quantize where the plan quantizes (int8 ->
-Q8_0, int4 -> Q4_0); both steps are skipped when the file exists, and `sh SCRIPT convert`
+needs a directory), then quantized with llama-quantize where the plan quantizes the target or
+the draft, each at its own type (int8 -> Q8_0, int4 -> Q4_0; fp8 is refused: GGUF has no
+W8A8 fp8 type); both steps are skipped when the file exists, and `sh SCRIPT convert`
 stops after them. The server holds every layer on the GPU (-ngl, -ngld), serves the plan's
 concurrency as -np slots and splits -c among them, so -c is the plan's context times the
 slots. --draft-p-min 0 keeps drafting to --draft-max. One gamma: llama-server has no

@@ -8,15 +8,17 @@ Flags from the field table in planner/profiles/engines.yaml (sglang 0.5.5 and 0.
   (the verified window counts the last accepted token, as STANDALONE's own defaults 3/1/4 do);
 - prompt lookup is algorithm NGRAM: --speculative-num-draft-tokens gamma+1 (its draft tree
   counts the root token) and --speculative-ngram-max-bfs-breadth 1 for a chain;
-- a quantization flag for the draft names a method for a pre-quantized draft, not a bit
-  width: a planned draft_quant is reported as dropped.
+- the draft's quantization: from 0.5.7 --speculative-draft-model-quantization, always written
+  because left out the draft takes the target's --quantization (fp8, or unquant for none);
+  before 0.5.7 the draft is quantized as the target, so a plan quantizing the two apart is
+  refused for those versions.
 SGLang has no per-batch-size draft length: one gamma is written.
 """
 
 from __future__ import annotations
 
 from planner.plan.export._launch import Launch
-from planner.plan.export._resolve import Resolved
+from planner.plan.export._resolve import ExportError, Resolved
 from planner.plan.export._shell import Ref, script, serving_variables, words
 from planner.plan.export.engines import EngineInfo, FieldTable
 from planner.plan.schema import Plan
@@ -25,15 +27,34 @@ SUFFIX = ".sh"
 COMPOSE_ENV: dict[str, str] = {}
 
 
+DRAFT_QUANT_FLAG = "--speculative-draft-model-quantization"
+
+
 def dropped(resolved: Resolved, table: FieldTable) -> tuple[str, ...]:
-    d = resolved.decoding
-    if d.method == "draft_model" and d.draft_quant != "none":
-        return (f"draft quantization {d.draft_quant}: SGLang takes a quantization method for a "
-                "pre-quantized draft, not a bit width",)
     return ()
 
 
-def speculative_args(resolved: Resolved) -> list:
+def _draft_quant_args(resolved: Resolved, table: FieldTable) -> list:
+    """The draft's quantization flag; before it existed, the target's --quantization was the draft's.
+
+    Raises:
+        ExportError: a draft quantized apart from the target, for versions without the flag.
+    """
+    d = resolved.decoding
+    if DRAFT_QUANT_FLAG in table.fields:
+        return [DRAFT_QUANT_FLAG, "unquant" if d.draft_quant == "none" else d.draft_quant]
+    if d.draft_quant != d.quant:
+        raise ExportError(f"SGLang {table.version_min}-{table.version_max} quantizes the draft as the target "
+                          f"({d.quant}), not {d.draft_quant}: export for `engine_version` 0.5.7 or later")
+    return []
+
+
+def speculative_args(resolved: Resolved, table: FieldTable) -> list:
+    """SGLang's speculative flags for the resolved set-up, as `table`'s version range names them.
+
+    Raises:
+        ExportError: as `_draft_quant_args`.
+    """
     d = resolved.decoding
     if d.method == "autoregressive":
         return []
@@ -41,7 +62,7 @@ def speculative_args(resolved: Resolved) -> list:
     if d.method == "draft_model":
         return ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", Ref("DRAFT_MODEL"),
                 "--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", "1",
-                "--speculative-num-draft-tokens", window]
+                "--speculative-num-draft-tokens", window, *_draft_quant_args(resolved, table)]
     return ["--speculative-algorithm", "NGRAM", "--speculative-num-draft-tokens", window,
             "--speculative-ngram-max-bfs-breadth", "1"]
 
@@ -60,5 +81,5 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
     args += ["--context-length", str(plan.constraints.context), "--max-running-requests", str(launch.max_batch)]
     if plan.decoding.quant == "fp8":  # W8A8 fp8 applied by the engine at load
         args += ["--quantization", "fp8"]
-    args += speculative_args(resolved)
+    args += speculative_args(resolved, table)
     return script(header, variables, "exec " + words(args) + "\n")

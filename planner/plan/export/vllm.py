@@ -1,8 +1,9 @@
 """vLLM: a `vllm serve` script, every speculative key one `--speculative-config.KEY` word.
 
 Names from the field table in planner/profiles/engines.yaml (vLLM 0.25.0 to 0.33.0 wheels):
-- method "draft_model" with `model`; its `quantization` names the method a pre-quantized
-  draft checkpoint was made with, not a bit width, so a planned draft_quant is dropped;
+- method "draft_model" with `model`; `quantization` fp8 where the plan quantizes the draft
+  (the draft's ModelConfig quantizes an unquantized checkpoint at load, as --quantization
+  fp8 does the target's); left out, an unquantized draft stays unquantized;
   method "ngram" with prompt_lookup_min/max (the n-gram window);
 - num_speculative_tokens is the startup maximum; num_speculative_tokens_per_batch_size
   is a list of [batch_min, batch_max, K], inclusive, first range starting at 1, K = 0
@@ -25,9 +26,6 @@ COMPOSE_ENV: dict[str, str] = {}
 
 
 def dropped(resolved: Resolved, table: FieldTable) -> tuple[str, ...]:
-    if resolved.decoding.method == "draft_model" and resolved.decoding.draft_quant != "none":
-        return (f"draft quantization {resolved.decoding.draft_quant}: vLLM's `quantization` names the "
-                "method of a pre-quantized draft checkpoint; quantize the draft first and add it",)
     return ()
 
 
@@ -38,6 +36,8 @@ def speculative_config(resolved: Resolved) -> dict | None:
     config: dict = {"num_speculative_tokens": d.gamma}
     if d.method == "draft_model":
         config.update(method="draft_model", model=d.draft_model)
+        if d.draft_quant != "none":  # fp8: engines.yaml lets vLLM quantize a draft to nothing else
+            config["quantization"] = d.draft_quant
     else:  # prompt_lookup
         config.update(method="ngram", prompt_lookup_min=1, prompt_lookup_max=d.ngram)
     if resolved.table:

@@ -237,9 +237,9 @@ def _acceptance_figures(text: str):
     except ValueError:
         raise click.BadParameter(f"'{text}': expected a number from 0 to 1, or one per drafted position like "
                                  "0.84,0.60,0.39,0.27") from None
-    bad = next((f for f in figures if not math.isfinite(f)), None)
+    bad = next((part.strip() for part, f in zip(text.split(","), figures) if not math.isfinite(f)), None)
     if bad is not None:
-        raise click.BadParameter(f"'{text}': {bad} is not a finite number")
+        raise click.BadParameter(f"'{bad}' is not a finite number" + (f" (in '{text}')" if bad != text.strip() else ""))
     try:
         return check_acceptance(figures if "," in text else figures[0])
     except InputError as exc:

@@ -148,7 +148,7 @@ def autotune(request: AutotuneRequest | None = None, *, log=lambda message: None
     profile = profile_device(device, quick=True)
     dtype = profile.decode_dtype if r.dtype == "auto" else r.dtype
     max_new_tokens = r.max_new_tokens
-    context = max_new_tokens + 512
+    context = min(max_new_tokens + 512, spec.max_position_embeddings)  # what the model can hold at most
     priors = str(DEMO_PRIORS) if model is None and DEMO_PRIORS.exists() else None
     log(f"planning for {source} on {profile.name} in {dtype}: {r.trials} analytical trials")
     # Unquantized only: the promise is a lossless speed-up of the model as given.

@@ -351,9 +351,11 @@ _QUANTS = click.Choice(list(QUANTIZATIONS))
               "per drafted position as vLLM logs it (0.84,0.60,0.39,0.27: the share of drafts accepted up to each).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--vram-gib", type=_Finite(min=0, min_open=True),
+              help="Memory budget (default: the GPU's); a set-up that does not fit is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
-            context, batch_size, as_json):
+            context, batch_size, vram_gib, as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
@@ -363,15 +365,19 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     from planner.hardware import load_profile
     from planner.models import load_model_spec
     from planner.perf import predict_detail
+    from planner.perf.memory import budget_gib, require_fit
     from planner.perf.speedup import per_position_acceptances
     from planner.search.study import check_draft
 
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    budget = budget_gib(vram_gib, memory_gib=profile.memory_gib, device=profile.name)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec)
     p = detail.prediction
+    require_fit(p.vram_gib, budget, parts=detail.vram_bytes,
+                what=f"{spec.name} on {profile.name} ({_describe(decoding)}) at context {context} and batch {batch_size}")
     if as_json:
         data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,
                     decoding={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(decoding).items()},
@@ -387,7 +393,8 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
         ["target forward", f"{p.target_latency_ms:.2f} ms"],
         ["draft per iteration", f"{p.draft_latency_ms:.2f} ms"],
         ["iteration", f"{p.iteration_ms:.2f} ms"],
-        ["VRAM", f"{p.vram_gib:.2f} GiB of {profile.memory_gib:.1f}"],
+        ["VRAM", f"{p.vram_gib:.2f} GiB of {budget:.1f}" + (f" (budget; {profile.memory_gib:.1f} on the GPU)"
+                                                            if vram_gib else "")],
     ]
     click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}")
     click.echo(_table(rows, ["figure", "predicted"]))
@@ -463,7 +470,8 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
                         adapter, methods)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
-                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name, model_source=model_name)
+                            acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, storage=storage,
+                            study_name=study_name, model_source=model_name)
     if gpus:
         return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
@@ -485,7 +493,7 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
 
         (plot_schedule if batch_sizes else plot_search)(result, plot)
     save_plan(result.plan, out)
-    _print_plan(result.plan)
+    _print_plan(result.plan, result.budget_gib)
     if result.plan.schedule:
         _print_schedule(result.plan)
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
@@ -546,14 +554,15 @@ def _method_list(methods):
     return chosen
 
 
-def _print_plan(plan) -> None:
+def _print_plan(plan, budget_gib: float) -> None:
     rows = [["chosen", _describe(plan.decoding), f"{plan.prediction.tokens_per_s:.1f}", f"{plan.prediction.speedup:.2f}x",
              f"{plan.prediction.tokens_per_iteration:.2f}", f"{plan.prediction.vram_gib:.1f}"]]
     rows += [[f"alt {i + 1}", _describe(c.decoding), f"{c.prediction.tokens_per_s:.1f}", f"{c.prediction.speedup:.2f}x",
               f"{c.prediction.tokens_per_iteration:.2f}", f"{c.prediction.vram_gib:.1f}"] for i, c in enumerate(plan.alternatives)]
-    budget = plan.constraints.vram_gib
-    click.echo(f"{plan.model.name} on {plan.hardware.profile}" + (f", budget {budget:g} GiB" if budget else "")
-               + f", context {plan.constraints.context}, {plan.search.trials} trials ({plan.prediction.basis})")
+    c = plan.constraints
+    click.echo(f"{plan.model.name} on {plan.hardware.profile}" + (f" for {c.engine}" if c.engine else "")
+               + (f", budget {round(budget_gib, 1):g} GiB" if c.vram_gib or c.engine else "")
+               + f", context {c.context}, {plan.search.trials} trials ({plan.prediction.basis})")
     click.echo(_table(rows, ["", "set-up", "tokens/s", "speedup", "tokens/iter", "VRAM GiB"]))
 
 

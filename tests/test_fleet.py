@@ -65,7 +65,7 @@ def test_schedule_gammas_are_what_the_model_predicts(gpu, context):
 
 def test_plan_batch_sizes_saves_the_schedule_prints_the_table_and_plots(tmp_path):
     out, plot = tmp_path / "plan.yaml", tmp_path / "schedule.png"
-    result = _run("plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--context", "256", "--batch-sizes", "1-128",
+    result = _run("plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--context", "128", "--batch-sizes", "1-128",
                   "--engine", "vllm", "--trials", TRIALS, "--out", str(out), "--plot", str(plot))
     assert result.exit_code == 0, result.output
     plan = load_plan(out)
@@ -130,7 +130,7 @@ def test_fleet_writes_plans_exports_and_a_costed_summary(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--gpu", "a10g", "--engine", "vlm"], "unknown engine 'vlm'"),
     (["--gpu", "a10g", "--engine", "vllm", "--methods", "s3d"], "vLLM cannot run s3d"),
-    (["--gpu", "a10g", "--engine", "vllm", "--batch-sizes", "1-256"], "batch size 256 does not fit 22.5 GiB"),
+    (["--gpu", "a10g", "--engine", "vllm", "--batch-sizes", "1-256"], "batch size 256 does not fit 20.7 GiB"),
     (["--gpu", "a10g", "--batch-sizes", "0-4"], "--batch-sizes"),
     (["--gpus", "a10g,h100", "--out-dir", "{tmp}/d"], "unknown GPU profile 'h100'"),
     (["--gpus", "a10g,l40s", "--out-dir", "{tmp}/d", "--export", "vllm,tensorrt"], "unknown engine 'tensorrt'"),

@@ -39,8 +39,9 @@ class HardwareRef:
 @dataclass(frozen=True)
 class Constraints:
     context: int = 2048  # prompt plus generated tokens the KV cache must hold
-    vram_gib: float | None = None  # None: the device's memory
+    vram_gib: float | None = None  # None: the device's memory (the share the engine allocates, for an engine)
     batch_size: int = 1
+    engine: str | None = None  # the serving engine planned for (its methods and memory policy); None: none named
 
 
 @dataclass(frozen=True)

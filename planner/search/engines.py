@@ -9,8 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from planner.errors import InputError
+from planner.perf.memory import EngineMemory
 from planner.plan.export import engine_info
 from planner.plan.schema import METHODS, QUANTIZATIONS, Decoding
+
+RUNTIME = "specplan"  # the built-in runtime (specplan run): every method, not an export target
+
+
+def engine_memory(engine: str | None) -> EngineMemory | None:
+    """The memory policy of `engine` (planner/profiles/engines.yaml); None for no engine, the
+    built-in runtime, or an engine without one.
+
+    Raises:
+        NotFoundError: an unknown engine.
+    """
+    if engine is None or engine == RUNTIME:
+        return None
+    return engine_info(engine).memory
 
 
 def engine_space(engines: Iterable[str], methods=None) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:

@@ -94,7 +94,7 @@ def parse_prices(text: str | None) -> dict[str, float]:
 
 
 def _row(gpu: str, profile, spec, request: SearchRequest, prices) -> FleetRow:
-    budget = request.budget_gib(profile.memory_gib)
+    budget = request.budget_gib(profile)
     sizes = fitting_batch_sizes(spec, profile, request)
     if not sizes:
         return FleetRow(gpu, None, (), 0.0, 0.0, 0.0, 0.0, prices.get(gpu),

@@ -23,9 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from planner.errors import InputError, near_matches
+from planner.hardware.profile import HardwareProfile
+from planner.models.spec import ModelSpec
 from planner.perf.acceptance import resolve_priors
 from planner.perf.cost import Execution
-from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding
+from planner.perf.memory import EngineMemory, budget_gib
+from planner.perf.speedup import predict
+from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding, Prediction
+from planner.search.engines import engine_memory
 
 OBJECTIVES = ("speed", "pareto")
 SKIP_PATTERNS = ("middle", "any")
@@ -60,12 +65,16 @@ class SearchRequest:
     # Priors replacing the shipped ones for the methods they name: Prior objects, a priors
     # mapping or a YAML path; resolved to the full table (planner.perf.acceptance.resolve_priors).
     priors: object = None
+    # The serving engine the plan is for (vllm, sglang, trtllm, hf, llamacpp), whose memory
+    # policy then counts in VRAM and budget; "specplan": the built-in runtime; None: no engine.
+    engine: str | None = None
     execution: Execution | None = None  # dtype and CUDA graphs; None: the profile's default
     s3d: Decoding | None = None  # an adapter's set-up (runtime.adapter.planned_s3d): s3d trials take it as it is
     storage: str | None = None  # Optuna storage URL shared by workers (sqlite:///, a journal file, postgresql://)
     study_name: str | None = None  # the study in `storage`
     model_source: str | None = None  # what the plan loads (directory, card, hub id); None: the model's name
     acceptance_by_method: Mapping[str, Acceptance] = field(init=False, repr=False, compare=False)
+    engine_memory: EngineMemory | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def set_(name, value):
@@ -77,6 +86,7 @@ class SearchRequest:
         set_("drafts", None if self.drafts is None else tuple(self.drafts))
         set_("priors", resolve_priors(self.priors))
         set_("acceptance_by_method", normalise_acceptance(self.acceptance))
+        set_("engine_memory", engine_memory(self.engine))
         self._check()
 
     def _check(self) -> None:
@@ -118,13 +128,34 @@ class SearchRequest:
         nothing about positions beyond the last, so no longer draft is planned."""
         return {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
 
-    def budget_gib(self, memory_gib: float) -> float:
-        """The memory budget on a device of `memory_gib` GiB."""
-        return memory_gib if self.vram_gib is None else self.vram_gib
+    def budget_gib(self, profile: HardwareProfile) -> float:
+        """The memory budget in GiB on `profile`: `vram_gib`, or what the engine allocates of
+        the device (all of it with no engine).
+
+        Raises:
+            InputError: `vram_gib` above the device's memory.
+        """
+        return budget_gib(self.vram_gib, memory_gib=profile.memory_gib, device=profile.name, engine=self.engine_memory)
+
+    def execution_on(self, profile: HardwareProfile) -> Execution:
+        """How forwards run on `profile`: `execution`, else the profile's default."""
+        return self.execution or Execution.default_for(profile)
+
+    def predict(self, spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, batch_size: int | None = None,
+                draft_spec: ModelSpec | None = None) -> Prediction:
+        """The performance model's prediction of `decoding` under this request (its context,
+        acceptance, priors, execution and engine) at `batch_size` (None: the smallest).
+
+        Raises:
+            InputError: as planner.perf.speedup.predict_detail.
+        """
+        return predict(spec, profile, decoding, context=self.context, batch_size=batch_size or self.batch_sizes[0],
+                       acceptance=self.acceptance_for(decoding.method), priors=self.priors, draft_spec=draft_spec,
+                       execution=self.execution_on(profile), engine_memory=self.engine_memory)
 
     def constraints(self) -> Constraints:
         """What the plan file records of the request (at its smallest batch size)."""
-        return Constraints(context=self.context, vram_gib=self.vram_gib, batch_size=self.batch_sizes[0])
+        return Constraints(context=self.context, vram_gib=self.vram_gib, batch_size=self.batch_sizes[0], engine=self.engine)
 
     def replace(self, **changes) -> "SearchRequest":
         """A copy with `changes` (keyword: field), normalised and checked like a new request."""

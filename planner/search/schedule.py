@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.cost import Execution
-from planner.perf.speedup import predict
 from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Decoding, Plan, Prediction, ScheduleEntry
 from planner.search.space import MAX_PREDICTORS
 from planner.search.request import SearchRequest
@@ -149,34 +147,34 @@ class ScheduleResult:
     budget_gib: float
 
 
-def _autoregressive_gib(spec, profile, quant, batch, *, context, execution) -> float:
-    return predict(spec, profile, Decoding("autoregressive", quant=quant), context=context, batch_size=batch,
-                   execution=execution).vram_gib
+def _autoregressive_gib(spec, profile, quant, batch, request: SearchRequest) -> float:
+    return request.predict(spec, profile, Decoding("autoregressive", quant=quant), batch_size=batch).vram_gib
 
 
 def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest) -> tuple[int, ...]:
     """The batch sizes of `request` at which its smallest set-up (autoregressive, smallest
-    allowed quantization) fits the request's budget on `profile`."""
-    execution = request.execution or Execution.default_for(profile)
-    budget = request.budget_gib(profile.memory_gib)
+    allowed quantization) fits the request's budget on `profile`.
+
+    Raises:
+        InputError: the request's budget is above the device's memory.
+    """
+    budget = request.budget_gib(profile)
     return tuple(b for b in request.batch_sizes
-                 if min(_autoregressive_gib(spec, profile, q, b, context=request.context, execution=execution)
-                        for q in request.quants or QUANTIZATIONS) <= budget)
+                 if min(_autoregressive_gib(spec, profile, q, b, request) for q in request.quants or QUANTIZATIONS) <= budget)
 
 
 def _require_batch_range(spec, profile, request: SearchRequest) -> None:
     fitting = fitting_batch_sizes(spec, profile, request)
-    sizes, context = request.batch_sizes, request.context
+    sizes = request.batch_sizes
     if fitting and fitting[-1] == sizes[-1]:
         return
-    execution = request.execution or Execution.default_for(profile)
-    needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], context=context, execution=execution), q)
+    needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], request), q)
                         for q in request.quants or QUANTIZATIONS)
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
-        f"batch size {sizes[-1]} does not fit {request.budget_gib(profile.memory_gib):.1f} GiB on {profile.name}: even "
-        f"autoregressive {quant} needs {needed:.1f} GiB at context {context}; {hint} (use smaller `batch_sizes` or a "
-        f"shorter `context`)"
+        f"batch size {sizes[-1]} does not fit {request.budget_gib(profile):.1f} GiB on {profile.name}: even "
+        f"autoregressive {quant} needs {needed:.1f} GiB at context {request.context}; {hint} (use smaller "
+        f"`batch_sizes` or a shorter `context`)"
     )
 
 
@@ -209,16 +207,14 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     if request.objective != "speed" or request.storage:
         raise InputError("a schedule is planned for speed in one process: leave out `objective` pareto and `storage`")
     sizes = request.batch_sizes
-    budget = request.budget_gib(profile.memory_gib)
-    execution = request.execution or Execution.default_for(profile)
+    budget = request.budget_gib(profile)
     _require_batch_range(spec, profile, request)
-    result = search(spec, profile, request.replace(batch_sizes=sizes[:1], execution=execution))
+    result = search(spec, profile, request.replace(batch_sizes=sizes[:1]))
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:
         draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
-        return predict(spec, profile, decoding, context=request.context, batch_size=batch, priors=request.priors,
-                       acceptance=request.acceptance_for(decoding.method), draft_spec=draft, execution=execution)
+        return request.predict(spec, profile, decoding, batch_size=batch, draft_spec=draft)
 
     def fits_largest(decoding: Decoding) -> bool:
         return at(decoding, sizes[-1]).vram_gib <= budget

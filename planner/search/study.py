@@ -16,8 +16,7 @@ from planner._signals import sigint_handler
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.cost import Execution
-from planner.perf.speedup import predict
+from planner.perf.memory import GIB
 from planner.plan.schema import (
     Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
@@ -89,18 +88,17 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     import optuna
 
     r = request or SearchRequest()
-    batch_size, budget = r.batch_size, r.budget_gib(profile.memory_gib)
+    batch_size, budget = r.batch_size, r.budget_gib(profile)
+    if r.context > spec.max_position_embeddings:
+        raise InputError(f"`context` {r.context} is beyond the {spec.max_position_embeddings} positions of {spec.name}")
     draft_specs = draft_candidates(spec, r.drafts) if (r.methods is None or "draft_model" in r.methods) else {}
     space = Space.for_model(spec, methods=r.methods, quants=r.quants, drafts=tuple(draft_specs),
                             skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
-    execution = r.execution or Execution.default_for(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
-        return predict(spec, profile, decoding, context=r.context, batch_size=batch_size,
-                       acceptance=r.acceptance_for(decoding.method), priors=r.priors,
-                       draft_spec=draft_specs.get(decoding.draft_model), execution=execution)
+        return r.predict(spec, profile, decoding, draft_spec=draft_specs.get(decoding.draft_model))
 
     def objective_fn(trial):
         decoding = suggest(trial, space)
@@ -124,7 +122,7 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
     chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
     if not chosen:
-        raise BudgetError(_nothing_fits(spec, profile, budget, r, space, execution))
+        raise BudgetError(_nothing_fits(spec, profile, budget, r, space))
     winner, alternatives = chosen[0], _alternatives(chosen)
     plan = Plan(
         model=ModelRef(name=spec.name, source=r.model_source or spec.name, num_layers=spec.num_layers,
@@ -227,13 +225,17 @@ def _alternatives(ranked: list[Candidate]) -> tuple[Candidate, ...]:
     return tuple(sorted(picked, key=lambda c: -c.prediction.tokens_per_s)[:ALTERNATIVES])
 
 
-def _nothing_fits(spec, profile, budget, request, space, execution) -> str:
+def _nothing_fits(spec, profile, budget, request, space) -> str:
+    """Why nothing fits, and a budget that would: one the device holds, else what to change."""
     context, batch_size = request.context, request.batch_size
-    smallest = min(
-        (predict(spec, profile, Decoding("autoregressive", quant=q), context=context, batch_size=batch_size,
-                 execution=execution).vram_gib, q)
-        for q in space.quants
-    )
-    return (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {smallest[1]}) needs "
-            f"{smallest[0]:.1f} GiB at context {context} and batch {batch_size}; "
-            f"use `vram_gib` {smallest[0] + 0.05:.1f} or more, or a shorter `context`")
+    smallest, quant = min((request.predict(spec, profile, Decoding("autoregressive", quant=q)).vram_gib, q)
+                          for q in space.quants)
+    what = (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {quant}) needs {smallest:.1f} GiB "
+            f"at context {context} and batch {batch_size}")
+    memory = profile.memory_gib
+    if smallest <= memory:
+        return f"{what}; use `vram_gib` {smallest + 0.05:.1f} or more (up to the {memory:.1f} GiB of {profile.name})"
+    weights = spec.weight_bytes(quant) / GIB
+    if weights > memory:
+        return f"{what}, more than the {memory:.1f} GiB of {profile.name}: its {quant} weights alone need {weights:.1f} GiB"
+    return f"{what}, more than the {memory:.1f} GiB of {profile.name}: use a shorter `context` or fewer sequences"

@@ -15,6 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from planner._yaml import read_yaml
 from planner.errors import InputError, NotFoundError, near_matches
+from planner.perf.memory import EngineMemory, ReserveTier
 from planner.plan.schema import Decoding
 from planner.profiles import PROFILES_DIR
 
@@ -58,6 +59,7 @@ class EngineInfo:
     image: str | None  # published container image, {version} to fill; None: none published
     port: int | None  # the engine's default port
     tables: tuple[FieldTable, ...]  # oldest first
+    memory: EngineMemory | None = None  # how it sets memory aside; None: no policy known
 
     @property
     def version_range(self) -> str:
@@ -106,7 +108,15 @@ def _info(name: str, row: dict) -> EngineInfo:
         image=row["image"],
         port=row["port"],
         tables=tuple(_table_of(t) for t in row["tables"]),
+        memory=_memory_of(row.get("memory")),
     )
+
+
+def _memory_of(row: dict | None) -> EngineMemory | None:
+    if row is None:
+        return None
+    fields = {k: v for k, v in row.items() if k not in ("sources", "reserve_tiers")}
+    return EngineMemory(**fields, reserve_tiers=tuple(ReserveTier(**t) for t in row.get("reserve_tiers", ())))
 
 
 @lru_cache(maxsize=1)

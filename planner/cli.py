@@ -237,9 +237,9 @@ def _acceptance_figures(text: str):
     except ValueError:
         raise click.BadParameter(f"'{text}': expected a number from 0 to 1, or one per drafted position like "
                                  "0.84,0.60,0.39,0.27") from None
-    bad = next((f for f in figures if not math.isfinite(f)), None)
+    bad = next((part.strip() for part, f in zip(text.split(","), figures) if not math.isfinite(f)), None)
     if bad is not None:
-        raise click.BadParameter(f"'{text}': {bad} is not a finite number")
+        raise click.BadParameter(("" if bad == text.strip() else f"'{text}': ") + f"'{bad}' is not a finite number")
     try:
         return check_acceptance(figures if "," in text else figures[0])
     except InputError as exc:
@@ -421,7 +421,9 @@ def _describe(d) -> str:
 @click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
 @click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
 @click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
-@click.option("--engine", help="Search only what this engine can run: vllm, sglang, trtllm, hf or llamacpp.")
+@click.option("--engine", help="Plan for this engine (its methods and its memory policy): vllm, sglang, trtllm, hf, "
+              "llamacpp, or specplan (the built-in runtime, which also runs layer_skip, early_exit and s3d). Default: "
+              "what some serving engine runs, and s3d with an adapter.")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
 @click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
 @click.option("--usd-per-hour", help="Fleet: GPU prices for cost per million tokens, e.g. a10g=1.0,h100-sxm=4.5")
@@ -430,7 +432,10 @@ def _describe(d) -> str:
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objective", type=click.Choice(["speed", "pareto"]), default="speed", show_default=True)
-@click.option("--methods", help="Comma-separated methods to search (default: all).")
+@click.option("--methods", help="Comma-separated methods to search (default: what --engine can deploy).")
+@click.option("--quant", "quants", callback=lambda ctx, param, text: _quant_list(text),
+              help="Target quantizations the plan may choose, e.g. none,int4 (default: none; a plan quantizes "
+                   "unasked only when the model does not fit unquantized, and says so).")
 @click.option("--acceptance", multiple=True, callback=_plan_acceptance,
               help="Measured acceptance replacing the priors, [METHOD=]FIGURES: per token (0.8) or per drafted position "
                    "as vLLM logs it (0.84,0.60,0.39,0.27; drafts no longer than that); repeatable, one per method, a bare "
@@ -445,7 +450,7 @@ def _describe(d) -> str:
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
-                 seed, objective, methods, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
+                 seed, objective, methods, quants, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -461,29 +466,28 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     from planner.plan import save_plan
     from planner.runtime.adapter import planned_s3d
     from planner.search import search
-    from planner.search.engines import engine_space
+    from planner.search.engines import RUNTIME
     from planner.search.plot import check_plot_path
     from planner.search.request import SearchRequest
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
     _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
-                        adapter, methods)
+                        adapter, methods, engine)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
-                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
+                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
                             acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, storage=storage,
                             study_name=study_name, model_source=model_name)
     if gpus:
-        return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine)
+        return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
         if path:
             ensure_writable(path)
-    method_list, quants = engine_space([engine] if engine else [], request.methods)
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
-    adapted = None if batch_sizes or (method_list and "s3d" not in method_list) else \
-        planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
+    wants_s3d = not batch_sizes and ("s3d" in request.methods if request.methods else engine in (None, RUNTIME))
+    adapted = planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter) \
+        if wants_s3d else None
     measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
-    request = request.replace(methods=method_list, quants=quants, s3d=adapted and adapted[0],
-                              acceptance=measured | request.acceptance_by_method)
+    request = request.replace(s3d=adapted and adapted[0], acceptance=measured | request.acceptance_by_method)
     if batch_sizes:
         result = schedule_search(spec, profile, request)
     else:
@@ -500,9 +504,12 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
 
 
 def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
-                        adapter, methods):
+                        adapter, methods, engine):
     from planner.errors import InputError
 
+    if adapter and engine not in (None, "specplan"):
+        raise InputError(f"--adapter plans s3d, which only the built-in runtime runs: leave out --engine {engine}, or "
+                         "give --engine specplan")
     if adapter and (gpus or batch_sizes):
         raise InputError("--adapter plans s3d for one GPU at one batch size: leave out --gpus and --batch-sizes")
     if adapter and methods and "s3d" not in _method_list(methods):
@@ -524,11 +531,11 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
                          "--objective pareto, --storage and --skip-pattern any")
 
 
-def _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine):
+def _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour):
     from planner.search.fleet import SUMMARY_HEADERS, parse_gpus, parse_prices, plan_fleet, summary_rows
 
     summary = plan_fleet(_target_spec(model_name, request.context), parse_gpus(gpus), request, out_dir=out_dir,
-                         exports=[e.strip() for e in (exports or "").split(",") if e.strip()], engine=engine,
+                         exports=[e.strip() for e in (exports or "").split(",") if e.strip()],
                          usd_per_hour=parse_prices(usd_per_hour))
     click.echo(_table(summary_rows(summary.rows), SUMMARY_HEADERS))
     click.echo(f"wrote {len(summary.files)} files in {out_dir} (summary.md, summary.png, one directory per GPU)")
@@ -539,6 +546,17 @@ def _print_schedule(plan) -> None:
              f"{e.tokens_per_s_total:.0f}"] for e in plan.schedule]
     click.echo("schedule (gamma 0: don't speculate):")
     click.echo(_table(rows, ["batch sizes", "method", "gamma", "tokens/s per sequence", "tokens/s total"]))
+
+
+def _quant_list(text: str | None) -> tuple[str, ...] | None:
+    """--quant none,int4 -> ('none', 'int4'); each one a known quantization."""
+    if text is None:
+        return None
+    chosen = tuple(q.strip() for q in text.split(",") if q.strip())
+    for quant in chosen or (text,):
+        if quant not in QUANTIZATIONS:
+            raise click.BadParameter(f"'{quant}' is not one of {', '.join(QUANTIZATIONS)}")
+    return chosen
 
 
 def _method_list(methods):
@@ -564,6 +582,8 @@ def _print_plan(plan, budget_gib: float) -> None:
                + (f", budget {round(budget_gib, 1):g} GiB" if c.vram_gib or c.engine else "")
                + f", context {c.context}, {plan.search.trials} trials ({plan.prediction.basis})")
     click.echo(_table(rows, ["", "set-up", "tokens/s", "speedup", "tokens/iter", "VRAM GiB"]))
+    for note in plan.notes:
+        click.echo(f"note: {note}")
 
 
 # ---------------------------------------------------------------- runtime (issue 4)
@@ -679,9 +699,12 @@ def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quant", "quants", default="none", show_default=True, callback=lambda ctx, param, text: _quant_list(text),
+              help="Target quantizations the plan may choose, e.g. none,int4 (quantized weights change the outputs).")
 @_CHAT_OPTION
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, chat, out):
+def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, quants, chat,
+             out):
     """Profile this machine, plan for a model, calibrate the plan on real prompts (each
     method's best set-up timed against autoregressive decoding in interleaved rounds), write
     the fastest as the plan, run it and print predicted against measured tokens/s.
@@ -698,7 +721,7 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
 
     request = AutotuneRequest(model=model_path, prompts=prompts_path, draft_model=draft_model,
                               max_new_tokens=max_new_tokens, num_prompts=num_prompts, trials=trials, seed=seed,
-                              device=device, dtype=dtype, chat=chat, out=out)
+                              device=device, dtype=dtype, chat=chat, out=out, quants=quants)
     result = run_autotune(request, log=lambda message: click.echo(message, err=True))
     click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
     click.echo()

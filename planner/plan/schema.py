@@ -136,6 +136,7 @@ class Plan:
     search: SearchSettings | None = None
     measured: dict | None = None
     tuning: Tuning | None = None  # set by `tune`; plans without it (older ones too) read as before
+    notes: tuple[str, ...] = ()  # what the user must know about the set-up, in words (e.g. why it is quantized)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -28,7 +28,7 @@ from planner.models.spec import ModelSpec
 from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Decoding, Plan, Prediction, ScheduleEntry
 from planner.search.space import MAX_PREDICTORS
 from planner.search.request import SearchRequest
-from planner.search.study import search
+from planner.search.study import resolve_quants, search
 
 Evaluate = Callable[[str, int, int], Prediction]
 
@@ -209,7 +209,8 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     sizes = request.batch_sizes
     budget = request.budget_gib(profile)
     _require_batch_range(spec, profile, request)
-    result = search(spec, profile, request.replace(batch_sizes=sizes[:1]))
+    quants, note = resolve_quants(spec, profile, request, sizes[-1])  # what fits the largest batch
+    result = search(spec, profile, request.replace(batch_sizes=sizes[:1], quants=quants))
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:
@@ -238,7 +239,7 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     plan = result.plan.replace(
         decoding=decoding, prediction=at(decoding, sizes[0]), alternatives=alternatives,
         constraints=request.constraints(),
-        schedule=schedule if len(sizes) > 1 else (),
+        schedule=schedule if len(sizes) > 1 else (), notes=(note,) if note else (),
     )
     curve_gammas = range(0, max_gamma + 1) if method != "autoregressive" else (0,)
     curves = {g: tuple(evaluate(method if g else "autoregressive", g, b) for b in sizes) for g in curve_gammas}

@@ -20,6 +20,9 @@ from planner.perf.memory import GIB
 from planner.plan.schema import (
     Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
+from planner.plan.export import engine_info
+from planner.plan.schema import QUANTIZATIONS
+from planner.search.engines import RUNTIME, deployable_methods, engine_space
 from planner.search.request import SearchRequest
 from planner.search.space import Space, seeds, suggest
 from planner.search.storage import open_study, storage_errors
@@ -91,8 +94,10 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     batch_size, budget = r.batch_size, r.budget_gib(profile)
     if r.context > spec.max_position_embeddings:
         raise InputError(f"`context` {r.context} is beyond the {spec.max_position_embeddings} positions of {spec.name}")
-    draft_specs = draft_candidates(spec, r.drafts) if (r.methods is None or "draft_model" in r.methods) else {}
-    space = Space.for_model(spec, methods=r.methods, quants=r.quants, drafts=tuple(draft_specs),
+    methods = searched_methods(r)
+    quants, note = resolve_quants(spec, profile, r, batch_size)
+    draft_specs = draft_candidates(spec, r.drafts) if "draft_model" in methods else {}
+    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs),
                             skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
@@ -134,8 +139,58 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
         alternatives=alternatives,
         search=SearchSettings(sampler="TPESampler", seed=r.seed, trials=finished, objective=r.objective,
                               methods=space.methods, storage=r.storage, study=r.study_name),
+        notes=(note,) if note else (),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def searched_methods(request: SearchRequest) -> tuple[str, ...]:
+    """The methods `request` searches: those it names (each one its engine can run), else the
+    ones its engine, or with none some serving engine, can deploy (planner.search.engines).
+
+    Raises:
+        InputError: a named method the engine cannot run.
+        NotFoundError: an unknown engine.
+    """
+    if request.methods is not None:
+        engines = [] if request.engine in (None, RUNTIME) else [request.engine]
+        return engine_space(engines, request.methods)[0]
+    return deployable_methods(request.engine, adapted=request.s3d is not None)
+
+
+def resolve_quants(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest,
+                   batch_size: int) -> tuple[tuple[str, ...], str | None]:
+    """(the target quantizations to search, a note in words when the plan must quantize).
+
+    Quantization changes the model's outputs, so by default (`request.quants` None) a plan is
+    unquantized, unless even autoregressive decoding of the unquantized model does not fit the
+    budget at `batch_size`: then the least quantization that fits, with a note saying so. A
+    named set is searched as it is, within what the request's engine applies.
+
+    Raises:
+        InputError: named quantizations the engine cannot apply.
+        NotFoundError: an unknown engine.
+    """
+    engine_quants = None if request.engine in (None, RUNTIME) else engine_info(request.engine).quants
+    if request.quants is not None:
+        quants = tuple(q for q in request.quants if engine_quants is None or q in engine_quants)
+        if not quants:
+            raise InputError(f"{engine_info(request.engine).display} applies none of `quants` "
+                             f"{', '.join(request.quants)} (it applies {', '.join(engine_quants)})")
+        return quants, None
+    allowed = engine_quants or QUANTIZATIONS
+    budget = request.budget_gib(profile)
+
+    def needed(quant: str) -> float:
+        return request.predict(spec, profile, Decoding("autoregressive", quant=quant), batch_size=batch_size).vram_gib
+
+    if "none" in allowed and needed("none") <= budget:
+        return ("none",), None
+    quant = next((q for q in allowed if q != "none" and needed(q) <= budget), None)
+    if quant is None:
+        return allowed, None  # nothing fits: the search says what would
+    return (quant,), (f"quantized to {quant}: {spec.name} does not fit {budget:.1f} GiB unquantized (it needs "
+                      f"{needed('none'):.2f} GiB); outputs differ from the checkpoint's")
 
 
 def _run_study(storage, study_name, *, sampler, directions, fingerprint, space, objective_fn, trials, progress):

@@ -510,3 +510,9 @@ def test_any_bytes_as_a_plan_or_profile_are_refused(data):
     with _folder() as folder:
         refused(_export(folder, data), folder)
         refused(PREDICT[:3] + ["--gpu", _profile_file(folder, data), "--method", "s3d"], folder)
+
+
+@pytest.mark.parametrize("command", [["plan", "--model", "llama-3.1-8b", "--gpu", "a10g"], ["autotune"]])
+def test_an_unknown_quantization_in_an_allowed_set_is_refused(tmp_path, command):
+    err = refused(command + ["--quant", "none,int3", "--out", tmp_path / "p.yaml"], tmp_path)
+    assert "'int3' is not one of none, int8, int4" in err

@@ -50,13 +50,16 @@ class SearchRequest:
     """
 
     context: int = 2048  # tokens per sequence the KV cache must hold (prompt plus output)
-    vram_gib: float | None = None  # memory budget in GiB; None: the device's memory
+    vram_gib: float | None = None  # memory budget in GiB, at most the device's; None: the device's (an engine's share)
     batch_sizes: tuple[int, ...] = (1,)  # sequences decoded together; several: a schedule (schedule_search)
     trials: int = 300  # Optuna trials (a shared study's total grows by this many per worker)
     seed: int = 0  # the TPE sampler's seed: the same request gives the same plan
     objective: str = "speed"  # speed: max tokens/s; pareto: also min VRAM (the Pareto front)
-    methods: tuple[str, ...] | None = None  # methods to search; None: every one the model can run
-    quants: tuple[str, ...] | None = None  # target quantizations allowed; None: every one
+    # Methods to search; None: what the user can deploy (planner.search.engines.deployable_methods).
+    methods: tuple[str, ...] | None = None
+    # Target quantizations allowed; None: unquantized, unless the unquantized model does not fit
+    # (then the least quantization that fits, with a note in the plan: search.resolve_quants).
+    quants: tuple[str, ...] | None = None
     drafts: tuple[str, ...] | None = None  # draft model names for draft_model; None: shipped cards that fit
     skip_pattern: str = "middle"  # skipped layers: a centred block, or "any" subset
     # Measured acceptance replacing the priors: one Acceptance for every method, or a mapping
@@ -69,7 +72,9 @@ class SearchRequest:
     # policy then counts in VRAM and budget; "specplan": the built-in runtime; None: no engine.
     engine: str | None = None
     execution: Execution | None = None  # dtype and CUDA graphs; None: the profile's default
-    s3d: Decoding | None = None  # an adapter's set-up (runtime.adapter.planned_s3d): s3d trials take it as it is
+    # An adapter's set-up (runtime.adapter.planned_s3d): s3d trials take it as it is, and s3d is
+    # deployable by default only with one.
+    s3d: Decoding | None = None
     storage: str | None = None  # Optuna storage URL shared by workers (sqlite:///, a journal file, postgresql://)
     study_name: str | None = None  # the study in `storage`
     model_source: str | None = None  # what the plan loads (directory, card, hub id); None: the model's name

@@ -17,11 +17,10 @@ from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
 from planner.perf.memory import GIB
-from planner.plan.schema import (
-    Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
-)
 from planner.plan.export import engine_info
-from planner.plan.schema import QUANTIZATIONS
+from planner.plan.schema import (
+    QUANTIZATIONS, Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
+)
 from planner.search.engines import RUNTIME, deployable_methods, engine_space
 from planner.search.request import SearchRequest
 from planner.search.space import Space, seeds, suggest
@@ -82,9 +81,11 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     five alternatives, and every evaluated set-up. `progress` draws Optuna's progress bar.
 
     Raises:
-        InputError: a request with several batch sizes, a storage that cannot be opened, no
-            method left to search, or a draft with another vocabulary.
-        NotFoundError: a draft name that is no model.
+        InputError: a request with several batch sizes, a context beyond the model's positions,
+            a budget above the device's memory, a method or quantization the engine cannot run,
+            a storage that cannot be opened, no method left to search, or a draft with another
+            vocabulary.
+        NotFoundError: a draft name that is no model, an unknown engine.
         BudgetError: nothing fits the budget (the message names the smallest that would).
         MissingDependencyError: the storage's database driver is not installed.
     """

@@ -336,9 +336,15 @@ _METHODS = click.Choice(list(METHODS))
 _QUANTS = click.Choice(list(QUANTIZATIONS))
 
 
+_CALIBRATION_OPTION = click.option(
+    "--calibration", type=click.Path(dir_okay=False),
+    help="A calibration `specplan tune` fitted (NAME.calibration.yaml): its profile (for --gpu) and acceptance priors.")
+
+
 @cli.command()
 @click.option("--model", "model_name", required=True, help="Card name, model directory, config.json, .gguf file or hub id.")
-@click.option("--gpu", required=True, help="Shipped profile name or a measured profile YAML.")
+@click.option("--gpu", help="Shipped profile name or a measured profile YAML (or give --calibration).")
+@_CALIBRATION_OPTION
 @click.option("--method", required=True, type=_METHODS)
 @click.option("--gamma", type=click.IntRange(1, 16), help="Drafted tokens per iteration (default 4).")
 @click.option("--skip-layers", callback=_layer_list, help="Layers the draft skips: A-B or a list (default: the middle half).")
@@ -358,19 +364,19 @@ _QUANTS = click.Choice(list(QUANTIZATIONS))
 @click.option("--vram-gib", type=_Finite(min=0, min_open=True),
               help="Memory budget (default: the GPU's, or the engine's share of it); a set-up that does not fit is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
-            context, batch_size, draft_quant, engine, execution, vram_gib, as_json):
+def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model,
+            acceptance, context, batch_size, draft_quant, engine, execution, vram_gib, as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
     Example:
       specplan predict --model llama-3.1-8b --gpu a10g --method s3d --gamma 4 --skip-ratio 0.4 --quant int4
       specplan predict --model llama-3.1-8b --gpu h100-sxm --method autoregressive --engine vllm --quant fp8
+      specplan predict --model ./my-llama --calibration plan.calibration.yaml --method layer_skip --gamma 3
     """
     import dataclasses
 
     from planner.errors import InputError
-    from planner.hardware import load_profile
     from planner.models import load_model_spec
     from planner.perf import predict_detail
     from planner.perf.memory import require_fit
@@ -378,7 +384,8 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     from planner.search.request import SearchRequest
     from planner.search.study import check_draft
 
-    spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    spec = _target_spec(model_name, context)
+    profile, priors = _profile_and_priors(gpu, calibration, spec)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=(batch_size,), engine=engine, execution=execution)
     budget = request.budget_gib(profile)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
@@ -389,7 +396,8 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec, execution=request.execution_on(profile),
-                            engine_memory=request.engine_memory)
+                            engine_memory=request.engine_memory, priors=priors,
+                            basis="calibrated" if calibration else None)
     p = detail.prediction
     require_fit(p.vram_gib, budget, parts=detail.vram_bytes,
                 what=f"{spec.name} on {profile.name} ({_describe(decoding)}) at context {context} and batch {batch_size}")
@@ -415,6 +423,21 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     click.echo(_table(rows, ["figure", "predicted"]))
 
 
+def _profile_and_priors(gpu, calibration, spec):
+    """(profile, priors): --gpu's profile and the shipped priors, or a calibration's (checked
+    against the model and, when --gpu is given too, its device)."""
+    from planner.errors import InputError
+    from planner.hardware import load_profile
+
+    if not calibration:
+        if not gpu:
+            raise InputError("give --gpu NAME, or --calibration FILE (a calibration specplan tune fitted)")
+        return load_profile(gpu), None
+    from planner.tune.calibration import calibrated_model
+
+    return calibrated_model(calibration, spec, load_profile(gpu) if gpu else None)
+
+
 def _describe(d) -> str:
     parts = [d.method]
     if d.gamma:
@@ -434,6 +457,7 @@ def _describe(d) -> str:
 @cli.command("plan")
 @click.option("--model", "model_name", required=True, help="Card name, model directory, config.json, .gguf file or hub id.")
 @click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
+@_CALIBRATION_OPTION
 @click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
 @click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
 @click.option("--engine", help="Plan for this engine (its methods, its own step cost and execution, its memory policy): "
@@ -465,8 +489,9 @@ def _describe(d) -> str:
               help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour, vram_gib, context,
-                 trials, seed, objective, methods, quants, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
+def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour,
+                 vram_gib, context, trials, seed, objective, methods, quants, acceptance, skip_pattern, storage,
+                 study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -476,9 +501,10 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
       specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
           --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
       specplan plan --model SmolLM2-135M-Instruct.Q4_1.gguf --gpu cpu.yaml --methods s3d,autoregressive
+      specplan plan --model ./my-llama --calibration plan.calibration.yaml --out calibrated.yaml
     """
     from planner._files import ensure_writable
-    from planner.hardware import load_profile
+    from planner.errors import InputError
     from planner.plan import save_plan
     from planner.runtime.adapter import planned_s3d
     from planner.search import search
@@ -487,8 +513,10 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
     from planner.search.request import SearchRequest
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
-    _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
-                        adapter, methods, engine)
+    if calibration and gpus:
+        raise InputError("--calibration was fitted on one device: give it with --gpu (or alone), not --gpus")
+    _check_plan_options(gpu or calibration, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot,
+                        skip_pattern, adapter, methods, engine)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
                             acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, execution=execution,
@@ -498,12 +526,13 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
         if path:
             ensure_writable(path)
-    spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    spec = _target_spec(model_name, context)
+    profile, priors = _profile_and_priors(gpu, calibration, spec)
     wants_s3d = not batch_sizes and ("s3d" in request.methods if request.methods else engine in (None, RUNTIME))
     adapted = planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter) \
         if wants_s3d else None
     measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
-    request = request.replace(s3d=adapted and adapted[0], acceptance=measured | request.acceptance_by_method)
+    request = request.replace(s3d=adapted and adapted[0], acceptance=measured | request.acceptance_by_method, priors=priors)
     if batch_sizes:
         result = schedule_search(spec, profile, request)
     else:
@@ -712,7 +741,8 @@ def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, 
               "the demo's draft with the demo model, none otherwise).")
 @click.option("--num-prompts", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--trials", type=click.IntRange(1), default=100, show_default=True, help="Analytical search trials.")
+@click.option("--trials", type=click.IntRange(1), default=8, show_default=True,
+              help="Measured trials of the small study (the analytical seeds included).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -722,9 +752,10 @@ def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, 
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, quants, chat,
              out):
-    """Profile this machine, plan for a model, calibrate the plan on real prompts (each
-    method's best set-up timed against autoregressive decoding in interleaved rounds), write
-    the fastest as the plan, run it and print predicted against measured tokens/s.
+    """Profile this machine, plan for a model analytically, tune the plan in a small measured
+    study (specplan tune: each trial a set-up timed against autoregressive decoding in
+    interleaved rounds; the performance model fitted to the trials), run the plan on held-out
+    prompts and print predicted against measured tokens/s.
 
     \b
     Examples:
@@ -732,19 +763,22 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
       specplan autotune --model ./my-llama --prompts prompts.txt
       specplan autotune --model SmolLM2-135M-Instruct.Q4_1.gguf --device cpu
     """
-    from planner.autotune import (
-        CALIBRATION_HEADERS, SUMMARY_HEADERS, AutotuneRequest, autotune as run_autotune, calibration_rows, summary_rows,
-    )
+    from planner.autotune import SUMMARY_HEADERS, AutotuneRequest, autotune as run_autotune, summary_rows
+    from planner.tune.report import HELD_OUT_HEADERS, TRIAL_HEADERS, calibration_summary, held_out_rows, trial_rows
 
     request = AutotuneRequest(model=model_path, prompts=prompts_path, draft_model=draft_model,
                               max_new_tokens=max_new_tokens, num_prompts=num_prompts, trials=trials, seed=seed,
                               device=device, dtype=dtype, chat=chat, out=out, quants=quants)
     result = run_autotune(request, log=lambda message: click.echo(message, err=True))
-    click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
+    click.echo(_table(trial_rows(result.tuned), TRIAL_HEADERS))
+    if held_out_rows(result.tuned):
+        click.echo()
+        click.echo(_table(held_out_rows(result.tuned), HELD_OUT_HEADERS))
+    click.echo(calibration_summary(result.tuned))
     click.echo()
     click.echo(_table(summary_rows(result), SUMMARY_HEADERS))
     click.echo(f"outputs identical to autoregressive: {'yes' if result.report.identical else 'NO'}")
-    click.echo(f"wrote {result.out} (prediction basis: {result.plan.prediction.basis})")
+    click.echo(f"wrote {', '.join(str(f) for f in result.tuned.files)} (prediction basis: {result.plan.prediction.basis})")
 
 # ---------------------------------------------------------------- measured tuning (issue 15)
 
@@ -806,7 +840,8 @@ def tune(model_path, prompts_path, held_out, draft_models, quants, methods, tria
     from planner.autotune import describe
     from planner.tune import TuneRequest, tune as run_tune
     from planner.tune.report import (
-        ACCEPTANCE_HEADERS, GROUP_HEADERS, TRIAL_HEADERS, acceptance_rows, group_rows, summary, trial_rows,
+        ACCEPTANCE_HEADERS, GROUP_HEADERS, HELD_OUT_HEADERS, TRIAL_HEADERS, acceptance_rows, calibration_summary,
+        group_rows, held_out_rows, summary, trial_rows,
     )
 
     request = TuneRequest(model=model_path, prompts=prompts_path, held_out=held_out, draft_models=tuple(draft_models),
@@ -840,8 +875,12 @@ def tune(model_path, prompts_path, held_out, draft_models, quants, methods, tria
     if acceptance_rows(result):
         click.echo()
         click.echo(_table(acceptance_rows(result), ACCEPTANCE_HEADERS))
+    if held_out_rows(result):
+        click.echo()
+        click.echo(_table(held_out_rows(result), HELD_OUT_HEADERS))
     click.echo()
     click.echo(summary(result))
+    click.echo(calibration_summary(result))
     click.echo(f"wrote {', '.join(str(f) for f in result.files)} (study {result.study} in {result.storage})")
 
 

@@ -1,5 +1,6 @@
-"""`specplan autotune`: profile, plan, calibrate, write plan.yaml, run; on the bundled demo
-model and on a user's model directory (a tiny random Llama), with small settings."""
+"""`specplan autotune`: profile, analytical plan, a small measured study (planner.tune) with
+its calibration, the plan run on held-out prompts; on the bundled demo model and on a user's
+model directory (a tiny random Llama), with small settings."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from click.testing import CliRunner
 
 from planner.cli import cli
 from conftest import rt_write_adapter
-from planner.autotune import ranked_calibrations
 from planner.plan.schema import load_plan
 
-SMALL = ["--max-new-tokens", "12", "--trials", "20", "--num-prompts", "1", "--device", "cpu"]
+SMALL = ["--max-new-tokens", "12", "--trials", "3", "--num-prompts", "1", "--device", "cpu"]
 
 
 @pytest.fixture()
@@ -25,68 +25,53 @@ def user_model(rt_models, tmp_path):
     return model, prompts
 
 
-def test_autotune_on_the_demo_model_writes_a_calibrated_plan_and_identical_outputs(tmp_path):
+def test_autotune_on_the_demo_model_tunes_calibrates_and_runs_the_plan_on_held_out_prompts(tmp_path):
+    from planner.tune.calibration import load_calibration
+
     out = tmp_path / "plan.yaml"
     result = CliRunner().invoke(cli, ["autotune", "--out", str(out)] + SMALL)
     assert result.exit_code == 0, result.output
+    assert "analytical plan: " in result.output and "seeded with 5 analytical best set-up(s)" in result.output
     assert "outputs identical to autoregressive: yes" in result.output
     assert "predicted tokens/s" in result.output and "measured tokens/s" in result.output
-    assert "measured speedup (rounds)" in result.output
+    assert "measured (rounds)" in result.output and "calibration fitted to " in result.output
     plan = load_plan(out)
-    assert plan.prediction.basis == "calibrated"
     assert plan.model.source.endswith("profiles/demo") and plan.measured["identical"] is True
-    assert plan.measured["tokens_per_s"] > 0
+    assert plan.measured["prompts"] == 1 and plan.measured["max_new_tokens"] == 12 and plan.measured["tokens_per_s"] > 0
+    assert plan.search.trials == 3 and plan.tuning.tuning_prompts == 3 and plan.tuning.held_out_prompts == 0
+    assert load_calibration(tmp_path / "plan.calibration.yaml").model.name == "demo"
 
 
-def test_autotune_chooses_the_fastest_measured_set_up_and_predicts_its_measured_speedup(tmp_path):
+def test_autotune_seeds_a_study_with_each_methods_analytical_best_and_plans_the_best_that_beat_autoregressive(tmp_path):
     from planner.autotune import AutotuneRequest, autotune
+    from planner.tune import choose
 
-    result = autotune(AutotuneRequest(out=str(tmp_path / "plan.yaml"), max_new_tokens=12, trials=20, num_prompts=1,
+    result = autotune(AutotuneRequest(out=str(tmp_path / "plan.yaml"), max_new_tokens=12, trials=5, num_prompts=1,
                                       device="cpu"))
-    calibrated = result.calibrated
-    assert calibrated[0].candidate.decoding.method == "autoregressive"
-    assert {"s3d", "draft_model", "prompt_lookup"} <= {c.candidate.decoding.method for c in calibrated}
-    clear = [c for c in calibrated if c.candidate.decoding.method == "autoregressive" or c.measured.speedup_range[0] > 1.0]
-    fastest = max(clear, key=lambda c: c.measured.speedup)
-    assert result.plan.decoding == fastest.candidate.decoding
-    for c in calibrated:
-        # the plan's prediction carries the measured acceptance and the measured speedup
-        assert c.candidate.prediction.speedup == pytest.approx(c.measured.speedup)
-        assert c.candidate.prediction.tokens_per_iteration == pytest.approx(c.measured.tokens_per_iteration, rel=1e-3)
-        assert c.model.tokens_per_iteration == pytest.approx(c.measured.tokens_per_iteration, rel=1e-3)
-    assert [a.decoding for a in result.plan.alternatives] == [c.candidate.decoding for c in ranked_calibrations(calibrated)[1:]]
-
-
-def test_a_set_up_whose_slowest_round_lost_is_never_the_plan():
-    """A better median whose rounds dip below 1.0 ranks after autoregressive decoding."""
-    from types import SimpleNamespace as NS
-
-    def calibrated(method, tokens_per_s, speedup_range):
-        return NS(candidate=NS(decoding=NS(method=method), prediction=NS(tokens_per_s=tokens_per_s)),
-                  measured=NS(speedup_range=speedup_range))
-
-    plain = calibrated("autoregressive", 100.0, (1.0, 1.0))
-    noisy = calibrated("prompt_lookup", 101.0, (0.99, 1.01))
-    steady = calibrated("draft_model", 120.0, (1.1, 1.3))
-    assert ranked_calibrations([noisy, plain]) == [plain, noisy]
-    assert ranked_calibrations([noisy, plain, steady]) == [steady, plain, noisy]
+    trials = result.tuned.trials
+    assert [m.number for m in trials] == list(range(5))
+    assert {m.decoding.method for m in trials} == {"s3d", "draft_model", "prompt_lookup", "layer_skip", "early_exit"}
+    chosen = choose(trials)[0]
+    assert result.plan.decoding == (chosen.decoding if chosen else load_plan(tmp_path / "plan.yaml").decoding)
+    if chosen is None:
+        assert result.plan.decoding.method == "autoregressive"
+    assert result.report.identical is True and result.plan.measured["prompts"] == 1
 
 
 def test_autotune_on_a_user_model_measures_s3d_only_when_adapted(user_model, tmp_path):
     from planner.autotune import AutotuneRequest, autotune
 
     model, prompts = user_model
-    plain = autotune(AutotuneRequest(str(model), str(prompts), out=str(tmp_path / "a.yaml"), max_new_tokens=12, trials=20,
+    plain = autotune(AutotuneRequest(str(model), str(prompts), out=str(tmp_path / "a.yaml"), max_new_tokens=12, trials=3,
                                      device="cpu"))
-    assert "s3d" not in {c.candidate.decoding.method for c in plain.calibrated}
+    assert {m.decoding.method for m in plain.tuned.trials} == {"layer_skip", "early_exit", "prompt_lookup"}
     assert plain.report.identical is True
 
     rt_write_adapter(str(model), model, skip_layers=(1, 2), gamma=3)  # an adapter saved beside the weights
-    adapted = autotune(AutotuneRequest(str(model), str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=20,
+    adapted = autotune(AutotuneRequest(str(model), str(prompts), out=str(tmp_path / "b.yaml"), max_new_tokens=12, trials=4,
                                        device="cpu"))
-    s3d = [c.candidate for c in adapted.calibrated if c.candidate.decoding.method == "s3d"]
-    assert [c.decoding.skip_layers for c in s3d] == [(1, 2)]
-    assert s3d[0].prediction.basis == "calibrated"
+    s3d = [m for m in adapted.tuned.trials if m.decoding.method == "s3d"]
+    assert [m.decoding.skip_layers for m in s3d] == [(1, 2)] and s3d[0].decoding.gamma == 3
 
 
 @pytest.mark.parametrize("option, missing", [("--model", "nope"), ("--draft-model", "nodraft")])

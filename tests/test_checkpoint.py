@@ -100,7 +100,7 @@ def test_autotune_on_a_gguf_calibrates_through_its_chat_template(ck_cache, tmp_p
     path = ck_write_gguf(tmp_path / "tiny.gguf", seed=3)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello there\nabc abc abc\n")
-    result = autotune(AutotuneRequest(path, str(prompts), out=str(tmp_path / "plan.yaml"), max_new_tokens=8, trials=10,
+    result = autotune(AutotuneRequest(path, str(prompts), out=str(tmp_path / "plan.yaml"), max_new_tokens=8, trials=3,
                                       num_prompts=1, device="cpu"))
     plan = load_plan(tmp_path / "plan.yaml")
     assert plan.model.source == str(Path(path).resolve())

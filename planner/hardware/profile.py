@@ -45,6 +45,9 @@ class HardwareProfile:
     kernel_launch_us: float = 5.0  # per kernel, eager mode
     graph_kernel_us: float = 1.5  # per kernel, under CUDA-graph replay
     token_slope: float = 0.01  # extra time of a decode GEMM per additional token (n tokens: 1 + slope*(n-1))
+    # host work per draft forward beyond its kernels (the drafting loop's sampling and cache
+    # bookkeeping); 0 unless fitted to a tune study's trials (planner.tune.fit)
+    draft_step_us: float = 0.0
     quant_slowdown: dict[str, float] = field(default_factory=lambda: {"int8": 1.3, "int4": 1.45})
     # achieved fraction of peak FLOP/s of a decode-shaped GEMM per row count (batch x tokens),
     # measured by `specplan profile`; empty: tensor-core tile quantization (planner.perf.cost)
@@ -78,7 +81,7 @@ class HardwareProfile:
 
 _POSITIVE = ("memory_gib", "memory_free_gib", "bandwidth_gbps", "peak_tflops", "quant_slowdown")
 _FRACTIONS = ("bandwidth_efficiency", "compute_efficiency", "gemm_efficiency")  # achievable share of a peak: (0, 1]
-_NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope")
+_NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope", "draft_step_us")
 KINDS = ("gpu", "cpu")
 
 
@@ -99,7 +102,7 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
     Raises:
         InputError: "<origin>: <field path>: <why>" for the first field that is unknown, missing,
             of the wrong type, not finite, or out of range (peaks, bandwidths and memory must be
-            positive, efficiencies in (0, 1], launch costs and token_slope not negative).
+            positive, efficiencies in (0, 1], launch costs, token_slope and draft_step_us not negative).
     """
     if not isinstance(data, dict):
         raise InputError(f"{origin}: a profile must be a YAML mapping")

@@ -3,13 +3,15 @@
     T_iter = T_draft + T_verify            tokens/s (per sequence) = tau / T_iter
     speedup = tau * T(1, all) / T_iter     (over autoregressive at the same quantization)
 
-Drafting per method (T(n, layers) from planner.perf.cost):
-    layer_skip    gamma x T(1, kept)           sequential self-drafting
-    s3d           T(gamma, kept)               one forward of [token, mask x (gamma-1)]
-    early_exit    gamma x T(1, first E)        verify: T(gamma+1, all)
+Drafting per method (T(n, layers) from planner.perf.cost; t_d the profile's draft_step_us,
+host work per draft forward, 0 unless a tune study fitted it):
+    layer_skip    gamma x (T(1, kept) + t_d)   sequential self-drafting
+    s3d           T(gamma, kept) + t_d         one forward of [token, mask x (gamma-1)]
+    early_exit    gamma x (T(1, first E) + t_d)
+                                               verify: T(gamma+1, all)
                                                for the last draft token only (the runtime
                                                reuses the draft's lower-layer states)
-    draft_model   gamma x T_draft(1)
+    draft_model   gamma x (T_draft(1) + t_d)
     prompt_lookup the engine's n-gram proposer (planner.perf.cost.ngram_proposer_s)
 Verify: T(gamma+1, all). Every target forward (a plain step or a verify) adds the engine's
 host work per step, E(B) = step + B x per-sequence; a speculative iteration adds the
@@ -47,20 +49,21 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
     T = partial(forward_latency_s, spec, profile, context=context, batch_size=batch_size, quant=d.quant, execution=execution)
     kept = spec.num_layers - len(d.skip_layers)
     verify = T(new_tokens=d.gamma + 1)
+    host_s = profile.draft_step_us * 1e-6  # per draft forward
     if d.method == "autoregressive":
         return 0.0, T(new_tokens=1)
     if d.method == "layer_skip":
-        return d.gamma * T(layers=kept, new_tokens=1), verify
+        return d.gamma * (T(layers=kept, new_tokens=1) + host_s), verify
     if d.method == "s3d":
-        return T(layers=kept, new_tokens=d.gamma), verify
+        return T(layers=kept, new_tokens=d.gamma) + host_s, verify
     if d.method == "early_exit":
-        return d.gamma * T(layers=d.exit_layer, new_tokens=1), verify
+        return d.gamma * (T(layers=d.exit_layer, new_tokens=1) + host_s), verify
     if d.method == "draft_model":
         if draft_spec is None:
             raise InputError("method draft_model needs the draft model's spec: `draft_spec`")
         step = forward_latency_s(draft_spec, profile, new_tokens=1, context=context, batch_size=batch_size,
                                  quant=d.draft_quant, execution=execution)
-        return d.gamma * step, verify
+        return d.gamma * (step + host_s), verify
     if d.method == "prompt_lookup":
         return ngram_proposer_s(execution, batch_size=batch_size, context=context), verify
     raise InputError(f"unknown method '{d.method}'")
@@ -94,11 +97,16 @@ def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: fl
         return conditional_acceptances(acceptance[: d.gamma])
     if acceptance is not None:
         return [acceptance] * d.gamma
+    return position_acceptances(prior.alpha(beta_for(spec, d, draft_spec)), d.gamma, prior.decay)
+
+
+def beta_for(spec: ModelSpec, d: Decoding, draft_spec: ModelSpec | None = None) -> float:
+    """What the acceptance prior of `d`'s method reads: the skipped fraction of the layers
+    (self-drafting; 0 for prompt lookup), or for a separate draft model log10(target params /
+    draft params)."""
     if d.method == "draft_model" and draft_spec is not None:
-        beta = size_gap(spec.param_count, draft_spec.param_count)
-    else:
-        beta = skipped_fraction(d.method, spec.num_layers, skip_layers=d.skip_layers, exit_layer=d.exit_layer)
-    return position_acceptances(prior.alpha(beta), d.gamma, prior.decay)
+        return size_gap(spec.param_count, draft_spec.param_count)
+    return skipped_fraction(d.method, spec.num_layers, skip_layers=d.skip_layers, exit_layer=d.exit_layer)
 
 
 def predict_detail(

@@ -1,7 +1,8 @@
 """What `tune` found, as tables (printed and written to NAME.tune.md) and two charts, all
 next to the plan NAME.yaml: per-position acceptance of the chosen set-up
 (NAME.acceptance.png) and predicted against measured speedup for every trial
-(NAME.trials.png)."""
+(NAME.trials.png); and how well the performance model, fitted to the trials
+(NAME.calibration.yaml), predicts set-ups it did not see."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from planner.plan.schema import Decoding
 TRIAL_HEADERS = ["trial", "state", "set-up", "predicted", "measured (rounds)", "value", "note"]
 GROUP_HEADERS = ["group", "chosen: tuning", "chosen: held-out", "mean-optimal: tuning", "mean-optimal: held-out"]
 ACCEPTANCE_HEADERS = ["draft token", "accepted (of iterations)", "accepted after the previous one"]
+HELD_OUT_HEADERS = ["held-out set-up", "measured speedup", "model before the fit", "model after the fit"]
+FITTED_HEADERS = ["fitted", "value"]
 
 
 def trial_rows(result) -> list[list[str]]:
@@ -95,6 +98,55 @@ def acceptance_by_position(result) -> tuple[float, ...]:
     return tuple(sum(counts[n:]) / iterations for n in range(1, len(counts))) if iterations else ()
 
 
+def held_out_rows(result) -> list[list[str]]:
+    """Each set-up left out of the calibration's test fit: measured speedup, and the model's
+    prediction (with its relative error) before and after the fit; then the mean errors."""
+    c = result.calibration
+    if c is None or not c.fit.held_out:
+        return []
+
+    def cell(predicted, measured):
+        return f"{predicted:.2f}x ({predicted / measured - 1:+.0%})"
+
+    rows = [[h.set_up, f"{h.measured_speedup:.2f}x", cell(h.before_speedup, h.measured_speedup),
+             cell(h.after_speedup, h.measured_speedup)] for h in c.fit.held_out]
+    return rows + [["mean |error|", "", f"{c.fit.error_before:.0%}", f"{c.fit.error_after:.0%}"]]
+
+
+def fitted_rows(result) -> list[list[str]]:
+    """The calibration's fitted constants: the cost terms, and each method's acceptance curve."""
+    from planner.tune.fit import cost_parameters
+
+    c = result.calibration
+    if c is None:
+        return []
+    kernel_us, slope, draft_us = cost_parameters(c.profile)
+    was = list(c.fit.before.values()) or [None] * 3
+
+    def before(value, form):
+        return "" if value is None else f" (was {value:{form}})"
+
+    rows = [["per-kernel cost", f"{kernel_us:.2f} us" + before(was[0], ".2f")],
+            ["token slope", f"{slope:.3f} per extra token" + before(was[1], ".3f")],
+            ["draft host cost", f"{draft_us:.0f} us per draft forward" + before(was[2], ".0f")]]
+    for method, p in c.priors.items():
+        curve = f"U {p.ceiling:.3f}, k {p.steepness:.2f}, beta0 {p.midpoint:.3f}, " if p.steepness else f"alpha {p.ceiling:.3f}, "
+        rows.append([f"{method} acceptance", curve + f"decay {p.decay:.3f}"])
+    return rows
+
+
+def calibration_summary(result) -> str:
+    """One line: what the calibration was fitted to and its held-out error before and after."""
+    c = result.calibration
+    if c is None:
+        return "no calibration: no trial was decoded in full on the unquantized model"
+    line = f"calibration fitted to {c.fit.trials} measured trials ({c.fit.set_ups} set-ups)"
+    if c.fit.error_before is None:
+        return line + "; too few set-ups to hold any out"
+    return (line + f"; on {len(c.fit.held_out)} held-out set-up(s) the speedup's error was {c.fit.error_before:.0%} "
+            f"before the fit, {c.fit.error_after:.0%} after")
+
+
 def _decoding(m) -> Decoding | None:
     return m.decoding if m is not None else None
 
@@ -111,6 +163,13 @@ def markdown(result) -> str:
         lines += ["## Per-position acceptance of the chosen set-up", "",
                   _md_table(acceptance_rows(result), ACCEPTANCE_HEADERS), ""]
     lines += ["## Trials (* chosen)", "", _md_table(trial_rows(result), TRIAL_HEADERS), ""]
+    lines += ["## Calibration of the performance model", "", calibration_summary(result) + ".", ""]
+    if fitted_rows(result):
+        lines += ["Fitted constants (in NAME.calibration.yaml beside the plan, for `specplan plan --calibration`):", "",
+                  _md_table(fitted_rows(result), FITTED_HEADERS), ""]
+    if held_out_rows(result):
+        lines += ["Held-out set-ups (every third distinct set-up, left out of a second fit):", "",
+                  _md_table(held_out_rows(result), HELD_OUT_HEADERS), ""]
     return "\n".join(lines)
 
 
@@ -125,6 +184,11 @@ def report_paths(out) -> tuple[Path, Path, Path]:
     out = Path(out)
     stem = out.with_suffix("")
     return Path(f"{stem}.tune.md"), Path(f"{stem}.acceptance.png"), Path(f"{stem}.trials.png")
+
+
+def calibration_path(out) -> Path:
+    """NAME.calibration.yaml beside the plan `out`."""
+    return Path(f"{Path(out).with_suffix('')}.calibration.yaml")
 
 
 def write_reports(result, out) -> tuple[Path, ...]:

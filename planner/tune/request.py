@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import InputError
+from planner.hardware.profile import HardwareProfile
 
+Prompt = tuple[str, str]  # (text, group)
 OBJECTIVES = ("mean", "worst-group")
 MIN_NEW_TOKENS = 8  # a few speculative iterations at least, or there is nothing to time
 
@@ -19,8 +21,11 @@ class TuneRequest:
     """Options of one `tune` run; each is documented once, here."""
 
     model: str | None = None  # checkpoint directory or .gguf file; None: the bundled demo model
-    prompts: str | None = None  # plain lines, or JSONL with "prompt" and an optional "group"; None: the demo's
-    held_out: float | str = 0.5  # the fraction of each group's prompts held out (the last ones), or a prompts file
+    # a file of plain lines, or JSONL with "prompt" and an optional "group"; or (prompt, group)
+    # pairs; None: the demo's
+    prompts: str | tuple[Prompt, ...] | None = None
+    # the fraction of each group's prompts held out (the last ones), or a prompts file or pairs
+    held_out: float | str | tuple[Prompt, ...] = 0.5
     draft_models: tuple[str, ...] = ()  # draft_model candidates (directories); the demo's draft with the demo model
     quants: tuple[str, ...] = ("none",)  # target quantizations the study may choose
     methods: tuple[str, ...] | None = None  # None: every speculative method this checkpoint can run
@@ -34,7 +39,9 @@ class TuneRequest:
     device: str = "auto"
     dtype: str = "auto"
     chat: bool | None = None  # prompts through the chat template (None: when the tokenizer has one)
-    profile: str | None = None  # hardware profile for the analytical model; None: measure this device (quick)
+    # hardware profile for the analytical model (a name, a YAML path or a HardwareProfile);
+    # None: measure this device (quick)
+    profile: str | HardwareProfile | None = None
     seed: int = 0
     out: str = "plan.yaml"
 
@@ -52,7 +59,7 @@ class TuneRequest:
             raise InputError(f"unknown `skip_pattern` '{self.skip_pattern}': expected middle or any")
         if not self.quants:
             raise InputError("`quants` is empty: allow at least none")
-        if isinstance(self.held_out, float) and not 0.0 <= self.held_out < 1.0:
+        if isinstance(self.held_out, (int, float)) and not 0.0 <= self.held_out < 1.0:
             raise InputError(f"`held_out` must be a fraction from 0 up to (not including) 1, or a prompts file, got {self.held_out}")
 
     def storage_url(self) -> str:
@@ -62,8 +69,6 @@ class TuneRequest:
         out = Path(self.out).resolve()
         return f"sqlite:///{out.with_name(out.stem + '.study.db')}"
 
-
-Prompt = tuple[str, str]  # (text, group)
 
 
 def split_prompts(prompts: list[Prompt], held_out: float) -> tuple[list[Prompt], list[Prompt]]:

@@ -63,6 +63,7 @@ class Measured:
     tokens_per_iteration: float | None
     accept_counts: tuple[int, ...]
     why: str  # pruned or failed: the reason
+    autoregressive_ms: float | None = None  # the autoregressive step it was paired with (median round), ms per token
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,17 @@ class TuneResult:
     differed: tuple[Decoding, ...]  # better-ranked set-ups left out: their held-out outputs differed
     storage: str
     study: str
-    files: tuple[Path, ...]  # the plan and its reports
+    dtype: str  # what the target decoded in
+    calibration: object  # planner.tune.calibration.Calibration fitted to the trials, or None (nothing measured in full)
+    files: tuple[Path, ...]  # the plan, its calibration and its reports
 
 
 def tune(request: TuneRequest, *, log=lambda message: None, on_trial=None) -> TuneResult:
-    """Tune `request.model` on its prompts with a measured Optuna study and write the plan
-    and its reports (planner.tune.report) next to `request.out`. on_trial(finished, total,
-    best) is called as trials finish (best: the best trial so far, a Measured, or None).
+    """Tune `request.model` on its prompts with a measured Optuna study and write the plan,
+    the performance model calibrated on the study's trials (NAME.calibration.yaml,
+    planner.tune.fit) and the reports (planner.tune.report) next to `request.out`.
+    on_trial(finished, total, best) is called as trials finish (best: the best trial so far,
+    a Measured, or None).
 
     Raises:
         InputError (or a kind of it): an option, model, draft, prompts file, device or storage
@@ -90,7 +95,8 @@ def tune(request: TuneRequest, *, log=lambda message: None, on_trial=None) -> Tu
         MissingDependencyError: a quantization backend or a database driver is missing.
     """
     from planner.plan.schema import save_plan
-    from planner.tune.report import write_reports
+    from planner.tune.fit import calibrate
+    from planner.tune.report import calibration_path, write_reports
 
     setup = _Setup.prepare(request, log)
     study, created = setup.open_study()
@@ -110,9 +116,15 @@ def tune(request: TuneRequest, *, log=lambda message: None, on_trial=None) -> Tu
     plan = setup.plan(chosen, trials, held_out, finished=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
                       study_name=setup.study_name, calibrated=measured_tuning.calibrated)
     save_plan(plan, request.out)
-    result = TuneResult(plan, trials, chosen, mean_optimal, held_out, differed, setup.storage, setup.study_name, ())
-    files = write_reports(result, request.out)
-    return dataclasses.replace(result, files=(Path(request.out), *files))
+    calibration = calibrate(setup.spec, measured_tuning.calibrated, setup.priors, trials, context=setup.context,
+                            draft_specs=setup.draft_specs, study=setup.study_name)
+    files = (Path(request.out),)
+    if calibration is not None:
+        calibration.save(calibration_path(request.out))
+        files += (calibration_path(request.out),)
+    result = TuneResult(plan, trials, chosen, mean_optimal, held_out, differed, setup.storage, setup.study_name,
+                        setup.dtype, calibration, ())
+    return dataclasses.replace(result, files=files + write_reports(result, request.out))
 
 
 def ranked(trials) -> list[Measured]:
@@ -174,7 +186,6 @@ class _Setup:
         from planner.autotune import DEMO_DIR, DEMO_PRIORS, s3d_decoding
         from planner.hardware.measure import device_name, resolve_device
         from planner.models import load_model_spec
-        from planner.runtime import read_grouped_prompts
         from planner.runtime.quantize import require_backend
         from planner.search.study import check_draft
         from planner.train.demo import DRAFT_DIR
@@ -188,11 +199,11 @@ class _Setup:
         ensure_writable(request.out)
         for quant in request.quants:
             require_backend(quant)
-        prompts = read_grouped_prompts(request.prompts or DEMO_DIR / "prompts.jsonl")
-        if isinstance(request.held_out, str):
-            tuning, held = prompts, read_grouped_prompts(request.held_out)
-        else:
+        prompts = _prompts(request.prompts or DEMO_DIR / "prompts.jsonl")
+        if isinstance(request.held_out, (int, float)):
             tuning, held = split_prompts(prompts, request.held_out)
+        else:
+            tuning, held = prompts, _prompts(request.held_out)
         s3d = s3d_decoding(source, spec)  # its own adapter, or one shipped for this checkpoint
         space = Space(spec.num_layers, _methods(request, draft_specs, s3d), tuple(request.quants), tuple(draft_specs),
                       skip_pattern=request.skip_pattern, ngrams=NGRAMS, s3d=s3d)
@@ -214,8 +225,10 @@ class _Setup:
 
     @staticmethod
     def _profile(request, log):
-        from planner.hardware import load_profile, profile_device
+        from planner.hardware import HardwareProfile, load_profile, profile_device
 
+        if isinstance(request.profile, HardwareProfile):
+            return request.profile
         if request.profile:
             return load_profile(request.profile)
         log(f"profiling {request.device} (quick) for the analytical model")
@@ -324,6 +337,13 @@ class _Setup:
         )
 
 
+def _prompts(source) -> list:
+    """(prompt, group) pairs: given as such, or read from a file (runtime.read_grouped_prompts)."""
+    from planner.runtime import read_grouped_prompts
+
+    return list(source) if isinstance(source, tuple) else read_grouped_prompts(source)
+
+
 def _methods(request: TuneRequest, draft_specs: dict, s3d) -> tuple[str, ...]:
     """The speculative methods searched: those asked for, or every one this checkpoint can run."""
     runnable = ["layer_skip", "early_exit", "prompt_lookup"] + (["draft_model"] if draft_specs else []) + (["s3d"] if s3d else [])
@@ -418,14 +438,18 @@ class _MeasuredTuning:
                                 seed=s.request.seed, methods=s.space.methods, quants=s.space.quants,
                                 drafts=tuple(s.draft_specs), skip_pattern=s.space.skip_pattern, priors=s.priors)
         result = search(s.spec, self.calibrated, request)
-        best = best_per_method(result.evaluated)
+        best = {m: c.decoding for m, c in best_per_method(result.evaluated).items()}
         if s.space.s3d is not None:
-            best["s3d"] = Candidate(dataclasses.replace(s.space.s3d, quant=s.space.quants[0]), None)
+            best["s3d"] = dataclasses.replace(s.space.s3d, quant=s.space.quants[0])
         with storage_errors(s.storage):
-            for candidate in best.values():
-                self.study.enqueue_trial(params_of(candidate.decoding, s.space), user_attrs={"seed": "analytical best"},
+            for decoding in best.values():
+                self.study.enqueue_trial(params_of(decoding, s.space), user_attrs={"seed": "analytical best"},
                                          skip_if_exists=True)
-        self.log(f"seeded with {len(best)} analytical best set-up(s): {', '.join(sorted(best))}")
+        predicted = {d: s.predict(self.calibrated, d).speedup for d in best.values()}
+        top = max(predicted, key=predicted.get)
+        plan = f"{describe(top)}, predicted {predicted[top]:.2f}x" if predicted[top] > 1.0 else \
+            f"autoregressive (the best speculative set-up, {describe(top)}, predicted {predicted[top]:.2f}x)"
+        self.log(f"analytical plan: {plan}; seeded with {len(best)} analytical best set-up(s): {', '.join(sorted(best))}")
 
     def run(self, on_trial) -> None:
         """Trials until the study holds `trials` finished ones (whichever worker ran them)."""
@@ -483,7 +507,7 @@ class _MeasuredTuning:
             bench = self.bench(decoding.quant)
             factor = self.quant_factor(decoding.quant)
             with self.interrupt.decoding():
-                c = bench.compare([decoding], s.request.rounds, on_round=on_round)[1]
+                plain, c = bench.compare([decoding], s.request.rounds, on_round=on_round)
         except KeyboardInterrupt:
             trial.set_user_attr("why", "interrupted")
             raise
@@ -493,7 +517,8 @@ class _MeasuredTuning:
         groups = tuple((g, v * factor) for g, v in c.group_speedups)
         trial.set_user_attr("measured", {"speedup": c.speedup * factor, "speedup_range": [v * factor for v in c.speedup_range],
                                          "groups": [list(g) for g in groups], "tokens_per_iteration": c.tokens_per_iteration,
-                                         "accept_counts": list(c.accept_counts), "identical": c.identical})
+                                         "accept_counts": list(c.accept_counts), "identical": c.identical,
+                                         "autoregressive_ms": plain.iteration_ms})
         if not c.identical:
             trial.set_user_attr("why", "output differs from autoregressive decoding")
             raise TrialFailed("output differs from autoregressive decoding")
@@ -548,4 +573,5 @@ def _measured(trial) -> Measured:
         tokens_per_iteration=m["tokens_per_iteration"] if m else None,
         accept_counts=tuple(m["accept_counts"]) if m else (),
         why=attrs.get("why", ""),
+        autoregressive_ms=m.get("autoregressive_ms") if m else None,
     )

@@ -81,7 +81,7 @@ def test_card_yaml_syntax_error_gives_line(tmp_path, capsys):
     [
         (["profile", "--quick-ish"], "No such option '--quick-ish'. Did you mean '--quick'? (see 'specplan profile --help')"),
         (["modles"], "No such command 'modles'"),
-        (["predict", "--model", "llama-3.1-8b"], "Missing option '--method'"),  # --gpu or --calibration: checked later
+        (["predict", "--method", "autoregressive"], "Missing option '--model'"),
         (["predict", "--model", "x", "--gpu", "a10g", "--method", "medusa"], "Invalid value for '--method'"),
     ],
 )

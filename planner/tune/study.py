@@ -441,15 +441,19 @@ class _MeasuredTuning:
         best = {m: c.decoding for m, c in best_per_method(result.evaluated).items()}
         if s.space.s3d is not None:
             best["s3d"] = dataclasses.replace(s.space.s3d, quant=s.space.quants[0])
+        predicted = {d: s.predict(self.calibrated, d).speedup for d in best.values()}
+        # no more seeds than trials left to run: a queued trial nobody runs would stay WAITING
+        left = max(0, s.request.trials - len(self.study.get_trials(deepcopy=False)))
         with storage_errors(s.storage):
-            for decoding in best.values():
+            seeds = sorted(predicted, key=predicted.get, reverse=True)[:left]
+            for decoding in seeds:
                 self.study.enqueue_trial(params_of(decoding, s.space), user_attrs={"seed": "analytical best"},
                                          skip_if_exists=True)
-        predicted = {d: s.predict(self.calibrated, d).speedup for d in best.values()}
         top = max(predicted, key=predicted.get)
         plan = f"{describe(top)}, predicted {predicted[top]:.2f}x" if predicted[top] > 1.0 else \
             f"autoregressive (the best speculative set-up, {describe(top)}, predicted {predicted[top]:.2f}x)"
-        self.log(f"analytical plan: {plan}; seeded with {len(best)} analytical best set-up(s): {', '.join(sorted(best))}")
+        self.log(f"analytical plan: {plan}; seeded with {len(seeds)} analytical best set-up(s): "
+                 f"{', '.join(sorted(d.method for d in seeds)) or 'none (the study is full)'}")
 
     def run(self, on_trial) -> None:
         """Trials until the study holds `trials` finished ones (whichever worker ran them)."""

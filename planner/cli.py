@@ -479,7 +479,7 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
 
     _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
                         adapter, methods)
-    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
+    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
                             acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name,
                             model_source=model_name, engine=engine, execution=execution)
@@ -490,19 +490,19 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
             ensure_writable(path)
     method_list, quants = engine_space([engine] if engine else [], request.methods)
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
-    adapted = None if batch_sizes or (method_list and "s3d" not in method_list) else \
+    adapted = None if batch_sizes is not None or (method_list and "s3d" not in method_list) else \
         planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
     measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
     request = request.replace(methods=method_list, quants=quants, s3d=adapted and adapted[0],
                               acceptance=measured | request.acceptance_by_method)
-    if batch_sizes:
+    if batch_sizes is not None:
         result = schedule_search(spec, profile, request)
     else:
         result = search(spec, profile, request)
     if plot:
         from planner.search.plot import plot_schedule, plot_search
 
-        (plot_schedule if batch_sizes else plot_search)(result, plot)
+        (plot_schedule if batch_sizes is not None else plot_search)(result, plot)
     save_plan(result.plan, out)
     _print_plan(result.plan)
     if result.plan.schedule:

@@ -95,6 +95,10 @@ def test_draft_with_another_vocabulary_is_refused(tmp_path):
     (["--storage", "{tmp}/no/dir/study.log", "--study", "s"], "no directory {tmp}/no/dir"),
     (["--storage", "study.db", "--study", "s"], "a database needs a URL: sqlite:///study.db"),
     (["--storage", "sqlite:///{tmp}/study.db"], "--storage needs --study"),
+    (["--batch-sizes", "1,,2"], "an empty item"),
+    (["--batch-sizes", ""], "an empty item"),
+    (["--batch-sizes", ","], "an empty item"),
+    (["--batch-sizes", "0,2"], "batch sizes must be positive"),
 ])
 def test_plan_options(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

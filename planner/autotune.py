@@ -101,9 +101,19 @@ class AutotuneRequest:
     dtype: str = "auto"  # auto: the measured profile's decode dtype
     chat: bool | None = None  # prompts as a user turn of the chat template (None: when the tokenizer has one)
     out: str = "plan.yaml"
+    # Target quantizations the plan may choose; the default keeps the model as given (quantized
+    # weights change its outputs). The search picks one; calibration measures at that one.
+    quants: tuple[str, ...] = ("none",)
 
     def check(self) -> None:
-        """Raises InputError for a value no run could use."""
+        """Raises InputError for a value no run could use (MissingDependencyError: a
+        quantization whose backend is not installed)."""
+        from planner.runtime.quantize import require_backend
+
+        if not self.quants:
+            raise InputError("`quants` is empty: allow at least none")
+        for quant in self.quants:
+            require_backend(quant)
         if self.max_new_tokens < MIN_NEW_TOKENS:
             raise InputError(f"`max_new_tokens` must be at least {MIN_NEW_TOKENS} for autotune to time decoding, "
                              f"got {self.max_new_tokens}")
@@ -148,13 +158,14 @@ def autotune(request: AutotuneRequest | None = None, *, log=lambda message: None
     profile = profile_device(device, quick=True)
     dtype = profile.decode_dtype if r.dtype == "auto" else r.dtype
     max_new_tokens = r.max_new_tokens
-    context = max_new_tokens + 512
+    context = min(max_new_tokens + 512, spec.max_position_embeddings)  # what the model can hold at most
     priors = str(DEMO_PRIORS) if model is None and DEMO_PRIORS.exists() else None
     log(f"planning for {source} on {profile.name} in {dtype}: {r.trials} analytical trials")
-    # Unquantized only: the promise is a lossless speed-up of the model as given.
-    searched = SearchRequest(context=context, trials=r.trials, seed=seed, methods=SEARCHED_METHODS, quants=("none",),
+    # Unquantized unless allowed: the promise is a lossless speed-up of the model as given.
+    searched = SearchRequest(context=context, trials=r.trials, seed=seed, methods=SEARCHED_METHODS, quants=r.quants,
                              priors=priors, model_source=str(source.resolve()))
     first = search(spec, profile, searched)
+    searched = searched.replace(quants=(first.plan.decoding.quant,))  # the checkpoint is loaded once, at one quantization
     tokens = min(CALIBRATION_TOKENS, max_new_tokens)
     s3d = s3d_decoding(source, spec)
     bench = DecodingBench(first.plan, calibration_prompts, max_new_tokens=tokens, seed=seed, device=device, dtype=dtype,
@@ -167,6 +178,7 @@ def autotune(request: AutotuneRequest | None = None, *, log=lambda message: None
     candidates = [c.decoding for m, c in best_per_method(result.evaluated).items() if m != "autoregressive"]
     candidates += [s3d] if s3d else []
     candidates += [_draft_decoding(spec, searched_profile, draft, draft_spec, context=context, priors=priors)] if draft else []
+    candidates = [replace(d, quant=first.plan.decoding.quant) for d in candidates]  # the quantization loaded
     measured = _measure(bench, candidates, log)
     # The kernel cost again, from the median of the calibration rounds: the predictions' base.
     calibrated_profile = calibrate_kernel_cost(spec, profile, measured[0].iteration_ms / 1e3, context=context)

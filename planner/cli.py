@@ -352,12 +352,14 @@ _QUANTS = click.Choice(list(QUANTIZATIONS))
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--draft-quant", type=_QUANTS, help="draft_model: the draft's weight quantization (default none).")
-@click.option("--engine", help="Cost the serving engine's own step and execution: vllm, sglang, trtllm, hf or llamacpp "
-                               "(default: specplan's runtime).")
+@click.option("--engine", help="Cost the serving engine's own step, execution and memory policy: vllm, sglang, trtllm, "
+                               "hf or llamacpp (default: specplan's runtime).")
 @click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
+@click.option("--vram-gib", type=_Finite(min=0, min_open=True),
+              help="Memory budget (default: the GPU's, or the engine's share of it); a set-up that does not fit is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
-            context, batch_size, draft_quant, engine, execution, as_json):
+            context, batch_size, draft_quant, engine, execution, vram_gib, as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
@@ -370,24 +372,27 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     from planner.errors import InputError
     from planner.hardware import load_profile
     from planner.models import load_model_spec
-    from planner.perf import Execution, predict_detail
-    from planner.perf.cost import RUNTIME
-    from planner.plan.export import engine_info
+    from planner.perf import predict_detail
+    from planner.perf.memory import require_fit
     from planner.perf.speedup import per_position_acceptances
+    from planner.search.request import SearchRequest
     from planner.search.study import check_draft
 
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
+    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=(batch_size,), engine=engine, execution=execution)
+    budget = request.budget_gib(profile)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
     if draft_quant is not None:
         if method != "draft_model":
             raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
         decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
-    engine_cost = engine_info(engine).cost if engine else RUNTIME
-    ex = Execution.default_for(profile, engine_cost, graphs=None if execution is None else execution == "graphs")
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
-                            draft_spec=draft_spec, execution=ex)
+                            draft_spec=draft_spec, execution=request.execution_on(profile),
+                            engine_memory=request.engine_memory)
     p = detail.prediction
+    require_fit(p.vram_gib, budget, parts=detail.vram_bytes,
+                what=f"{spec.name} on {profile.name} ({_describe(decoding)}) at context {context} and batch {batch_size}")
     if as_json:
         data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,
                     decoding={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(decoding).items()},
@@ -403,7 +408,8 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
         ["target forward", f"{p.target_latency_ms:.2f} ms"],
         ["draft per iteration", f"{p.draft_latency_ms:.2f} ms"],
         ["iteration", f"{p.iteration_ms:.2f} ms"],
-        ["VRAM", f"{p.vram_gib:.2f} GiB of {profile.memory_gib:.1f}"],
+        ["VRAM", f"{p.vram_gib:.2f} GiB of {budget:.1f}" + (f" (budget; {profile.memory_gib:.1f} on the GPU)"
+                                                            if vram_gib else "")],
     ]
     click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}")
     click.echo(_table(rows, ["figure", "predicted"]))
@@ -430,8 +436,9 @@ def _describe(d) -> str:
 @click.option("--gpu", help="Shipped profile name or a measured profile YAML.")
 @click.option("--gpus", help="Fleet: comma-separated profiles, or all; needs --out-dir.")
 @click.option("--batch-sizes", help="Plan a schedule over batch sizes: 1,2,4,8 or 1-256 (powers of two).")
-@click.option("--engine", help="Search only what this engine can run, costing its own step and execution: vllm, "
-                               "sglang, trtllm, hf or llamacpp (default: specplan's runtime).")
+@click.option("--engine", help="Plan for this engine (its methods, its own step cost and execution, its memory policy): "
+              "vllm, sglang, trtllm, hf, llamacpp, or specplan (the built-in runtime, which also runs layer_skip, "
+              "early_exit and s3d). Default: what some serving engine runs, and s3d with an adapter.")
 @click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
 @click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
@@ -441,7 +448,10 @@ def _describe(d) -> str:
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objective", type=click.Choice(["speed", "pareto"]), default="speed", show_default=True)
-@click.option("--methods", help="Comma-separated methods to search (default: all).")
+@click.option("--methods", help="Comma-separated methods to search (default: what --engine can deploy).")
+@click.option("--quant", "quants", callback=lambda ctx, param, text: _quant_list(text),
+              help="Target quantizations the plan may choose, e.g. none,int4 (default: none; a plan quantizes "
+                   "unasked only when the model does not fit unquantized, and says so).")
 @click.option("--acceptance", multiple=True, callback=_plan_acceptance,
               help="Measured acceptance replacing the priors, [METHOD=]FIGURES: per token (0.8) or per drafted position "
                    "as vLLM logs it (0.84,0.60,0.39,0.27; drafts no longer than that); repeatable, one per method, a bare "
@@ -455,8 +465,8 @@ def _describe(d) -> str:
               help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour, vram_gib, context, trials,
-                 seed, objective, methods, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
+def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour, vram_gib, context,
+                 trials, seed, objective, methods, quants, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -472,29 +482,28 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
     from planner.plan import save_plan
     from planner.runtime.adapter import planned_s3d
     from planner.search import search
-    from planner.search.engines import engine_space
+    from planner.search.engines import RUNTIME
     from planner.search.plot import check_plot_path
     from planner.search.request import SearchRequest
     from planner.search.schedule import parse_batch_sizes, schedule_search
 
     _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
-                        adapter, methods)
+                        adapter, methods, engine)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
-                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
-                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name,
-                            model_source=model_name, engine=engine, execution=execution)
+                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
+                            acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, execution=execution,
+                            storage=storage, study_name=study_name, model_source=model_name)
     if gpus:
         return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
         if path:
             ensure_writable(path)
-    method_list, quants = engine_space([engine] if engine else [], request.methods)
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
-    adapted = None if batch_sizes is not None or (method_list and "s3d" not in method_list) else \
-        planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
+    wants_s3d = batch_sizes is None and ("s3d" in request.methods if request.methods else engine in (None, RUNTIME))
+    adapted = planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter) \
+        if wants_s3d else None
     measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
-    request = request.replace(methods=method_list, quants=quants, s3d=adapted and adapted[0],
-                              acceptance=measured | request.acceptance_by_method)
+    request = request.replace(s3d=adapted and adapted[0], acceptance=measured | request.acceptance_by_method)
     if batch_sizes is not None:
         result = schedule_search(spec, profile, request)
     else:
@@ -504,16 +513,19 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, execution, out_dir,
 
         (plot_schedule if batch_sizes is not None else plot_search)(result, plot)
     save_plan(result.plan, out)
-    _print_plan(result.plan)
+    _print_plan(result.plan, result.budget_gib)
     if result.plan.schedule:
         _print_schedule(result.plan)
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 
 def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,
-                        adapter, methods):
+                        adapter, methods, engine):
     from planner.errors import InputError
 
+    if adapter and engine not in (None, "specplan"):
+        raise InputError(f"--adapter plans s3d, which only the built-in runtime runs: leave out --engine {engine}, or "
+                         "give --engine specplan")
     if adapter and (gpus or batch_sizes):
         raise InputError("--adapter plans s3d for one GPU at one batch size: leave out --gpus and --batch-sizes")
     if adapter and methods and "s3d" not in _method_list(methods):
@@ -552,6 +564,17 @@ def _print_schedule(plan) -> None:
     click.echo(_table(rows, ["batch sizes", "method", "gamma", "tokens/s per sequence", "tokens/s total"]))
 
 
+def _quant_list(text: str | None) -> tuple[str, ...] | None:
+    """--quant none,int4 -> ('none', 'int4'); each one a known quantization."""
+    if text is None:
+        return None
+    chosen = tuple(q.strip() for q in text.split(",") if q.strip())
+    for quant in chosen or (text,):
+        if quant not in QUANTIZATIONS:
+            raise click.BadParameter(f"'{quant}' is not one of {', '.join(QUANTIZATIONS)}")
+    return chosen
+
+
 def _method_list(methods):
     if not methods:
         return None
@@ -565,16 +588,19 @@ def _method_list(methods):
     return chosen
 
 
-def _print_plan(plan) -> None:
+def _print_plan(plan, budget_gib: float) -> None:
     rows = [["chosen", _describe(plan.decoding), f"{plan.prediction.tokens_per_s:.1f}", f"{plan.prediction.speedup:.2f}x",
              f"{plan.prediction.tokens_per_iteration:.2f}", f"{plan.prediction.vram_gib:.1f}"]]
     rows += [[f"alt {i + 1}", _describe(c.decoding), f"{c.prediction.tokens_per_s:.1f}", f"{c.prediction.speedup:.2f}x",
               f"{c.prediction.tokens_per_iteration:.2f}", f"{c.prediction.vram_gib:.1f}"] for i, c in enumerate(plan.alternatives)]
-    budget, settings = plan.constraints.vram_gib, plan.search
+    c, settings = plan.constraints, plan.search
     served = f", served by {settings.engine} ({settings.execution})" if settings.engine else ""
-    click.echo(f"{plan.model.name} on {plan.hardware.profile}" + (f", budget {budget:g} GiB" if budget else "")
-               + f", context {plan.constraints.context}{served}, {settings.trials} trials ({plan.prediction.basis})")
+    click.echo(f"{plan.model.name} on {plan.hardware.profile}"
+               + (f", budget {round(budget_gib, 1):g} GiB" if c.vram_gib or c.engine else "")
+               + f", context {c.context}{served}, {settings.trials} trials ({plan.prediction.basis})")
     click.echo(_table(rows, ["", "set-up", "tokens/s", "speedup", "tokens/iter", "VRAM GiB"]))
+    for note in plan.notes:
+        click.echo(f"note: {note}")
 
 
 # ---------------------------------------------------------------- runtime (issue 4)
@@ -690,9 +716,12 @@ def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quant", "quants", default="none", show_default=True, callback=lambda ctx, param, text: _quant_list(text),
+              help="Target quantizations the plan may choose, e.g. none,int4 (quantized weights change the outputs).")
 @_CHAT_OPTION
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
-def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, chat, out):
+def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens, trials, device, dtype, seed, quants, chat,
+             out):
     """Profile this machine, plan for a model, calibrate the plan on real prompts (each
     method's best set-up timed against autoregressive decoding in interleaved rounds), write
     the fastest as the plan, run it and print predicted against measured tokens/s.
@@ -709,7 +738,7 @@ def autotune(model_path, prompts_path, draft_model, num_prompts, max_new_tokens,
 
     request = AutotuneRequest(model=model_path, prompts=prompts_path, draft_model=draft_model,
                               max_new_tokens=max_new_tokens, num_prompts=num_prompts, trials=trials, seed=seed,
-                              device=device, dtype=dtype, chat=chat, out=out)
+                              device=device, dtype=dtype, chat=chat, out=out, quants=quants)
     result = run_autotune(request, log=lambda message: click.echo(message, err=True))
     click.echo(_table(calibration_rows(result), CALIBRATION_HEADERS))
     click.echo()

@@ -83,6 +83,56 @@ def test_draft_with_another_vocabulary_is_refused(tmp_path):
     assert "qwen2.5-0.5b has a vocabulary of 151936 tokens and qwen2.5-7b one of 152064" in err
 
 
+def test_predict_refuses_a_set_up_over_the_budget_with_its_figures(tmp_path):
+    err = refused(["predict", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--method", "autoregressive"], tmp_path)
+    assert ("llama-3.1-70b on h100-sxm (autoregressive, none) at context 2048 and batch 1 needs 132.80 GiB (weights "
+            "131.42, kv cache 0.63, runtime 0.75), over the 79.6 GiB budget") in err
+    err = refused(PREDICT + ["--method", "autoregressive", "--vram-gib", "12"], tmp_path)
+    assert "needs 15.96 GiB" in err and "over the 12.0 GiB budget" in err
+
+
+@pytest.mark.parametrize("command", [PREDICT + ["--method", "autoregressive"], ["plan", "--model", "llama-3.1-8b", "--gpu",
+                                                                                "a10g", "--trials", "5"]])
+def test_a_budget_above_the_device_is_refused(tmp_path, command):
+    err = refused(command + ["--vram-gib", "500", *(["--out", tmp_path / "p.yaml"] if "plan" in command else [])], tmp_path)
+    assert "--vram-gib 500 is above the 22.5 GiB of a10g" in err
+
+
+def test_a_fleet_budget_above_one_of_its_gpus_is_refused(tmp_path):
+    err = refused(["plan", "--model", "llama-3.2-1b", "--gpus", "a10g,h100-sxm", "--vram-gib", "40", "--trials", "5",
+                   "--out-dir", tmp_path / "d"], tmp_path)
+    assert "--vram-gib 40 is above the 22.5 GiB of a10g" in err
+
+
+def test_the_library_refuses_a_context_beyond_the_model_too():
+    from planner.errors import InputError
+    from planner.models import load_model_spec
+    from planner.search import SearchRequest, search
+
+    with pytest.raises(InputError, match="`context` 8192 is beyond the 4096 positions of llama-2-7b"):
+        search(load_model_spec("llama-2-7b"), load_profile("a10g"), SearchRequest(context=8192, trials=5))
+
+
+@pytest.mark.parametrize("gpu", ["t4", "l4", "a10g", "a100-40gb"])
+def test_nothing_fits_suggests_only_a_budget_the_gpu_holds(tmp_path, gpu):
+    """A budget the hint names fits the device it names; where none does, it says what would."""
+    import re
+
+    memory = load_profile(gpu).memory_gib
+    for model, budget in (("llama-3.1-8b", "2"), ("llama-3.1-70b", None), ("llama-2-13b", None)):
+        options = ["--vram-gib", budget] if budget else []
+        result = CliRunner().invoke(cli, ["plan", "--model", model, "--gpu", gpu, "--trials", "5",
+                                          "--out", tmp_path / "p.yaml", *options])
+        if result.exit_code == 0:
+            continue
+        assert "nothing fits" in result.stderr, result.stderr
+        named = re.search(r"use --vram-gib ([\d.]+) or more", result.stderr)
+        if named:
+            assert float(named.group(1)) <= memory, result.stderr
+        else:
+            assert f"more than the {memory:.1f} GiB of {gpu}" in result.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--vram-gib", "nan"], "'nan' is not a finite number"),
     (["--vram-gib", "inf"], "'inf' is not a finite number"),
@@ -464,3 +514,9 @@ def test_any_bytes_as_a_plan_or_profile_are_refused(data):
     with _folder() as folder:
         refused(_export(folder, data), folder)
         refused(PREDICT[:3] + ["--gpu", _profile_file(folder, data), "--method", "s3d"], folder)
+
+
+@pytest.mark.parametrize("command", [["plan", "--model", "llama-3.1-8b", "--gpu", "a10g"], ["autotune"]])
+def test_an_unknown_quantization_in_an_allowed_set_is_refused(tmp_path, command):
+    err = refused(command + ["--quant", "none,int3", "--out", tmp_path / "p.yaml"], tmp_path)
+    assert "'int3' is not one of none, int8, int4" in err

@@ -65,7 +65,7 @@ def test_schedule_gammas_are_what_the_model_predicts(gpu, context):
 
 def test_plan_batch_sizes_saves_the_schedule_prints_the_table_and_plots(tmp_path):
     out, plot = tmp_path / "plan.yaml", tmp_path / "schedule.png"
-    result = _run("plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--context", "256", "--batch-sizes", "1-128",
+    result = _run("plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--context", "128", "--batch-sizes", "1-128",
                   "--engine", "vllm", "--trials", TRIALS, "--out", str(out), "--plot", str(plot))
     assert result.exit_code == 0, result.output
     plan = load_plan(out)
@@ -94,9 +94,10 @@ def test_engine_restricts_the_search(tmp_path):
     for decoding in (plan.decoding, *(c.decoding for c in plan.alternatives)):
         assert decoding.method in vllm.methods and decoding.quant in vllm.quants
     assert set(plan.search.methods) <= set(vllm.methods)
-    # Unrestricted, the same search prefers what vLLM cannot run (S3D with int4 on this GPU).
+    # For the built-in runtime with quantization allowed, the same search prefers what vLLM cannot run.
     free = tmp_path / "free.yaml"
-    assert _run("plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", TRIALS, "--out", str(free)).exit_code == 0
+    assert _run("plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", TRIALS, "--engine", "specplan",
+                "--quant", "none,int8,int4", "--out", str(free)).exit_code == 0
     assert vllm.cannot_run(load_plan(free).decoding) is not None
 
 
@@ -130,7 +131,7 @@ def test_fleet_writes_plans_exports_and_a_costed_summary(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--gpu", "a10g", "--engine", "vlm"], "unknown engine 'vlm'"),
     (["--gpu", "a10g", "--engine", "vllm", "--methods", "s3d"], "vLLM cannot run s3d"),
-    (["--gpu", "a10g", "--engine", "vllm", "--batch-sizes", "1-256"], "batch size 256 does not fit 22.5 GiB"),
+    (["--gpu", "a10g", "--engine", "vllm", "--batch-sizes", "1-256"], "batch size 256 does not fit 20.7 GiB"),
     (["--gpu", "a10g", "--batch-sizes", "0-4"], "--batch-sizes"),
     (["--gpus", "a10g,h100", "--out-dir", "{tmp}/d"], "unknown GPU profile 'h100'"),
     (["--gpus", "a10g,l40s", "--out-dir", "{tmp}/d", "--export", "vllm,tensorrt"], "unknown engine 'tensorrt'"),

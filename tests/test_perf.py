@@ -195,3 +195,50 @@ def test_a_draft_model_set_up_without_the_drafts_spec_names_the_parameter(llama8
     decoding = Decoding("draft_model", gamma=4, draft_model="llama-3.2-1b")
     with pytest.raises(InputError, match="method draft_model needs the draft model's spec: `draft_spec`"):
         predict_detail(llama8b, TOY, decoding)
+
+
+SGLANG_SOURCE = "sgl-project/sglang server_args.py _handle_gpu_memory_settings @ 469c63e (engines.yaml)"
+
+
+@pytest.mark.parametrize("gpu, method, reserve_mib", [
+    ("a10g", "autoregressive", 512 + 2048 * 1.5 + 24 * 2 + 128),  # 22.5 GiB: chunked prefill 2048, graphs up to 24
+    ("t4", "autoregressive", 512 + 2048 * 1.5 + 8 * 2 + 128),  # 15 GiB: graphs up to 8
+    ("h100-sxm", "autoregressive", 512 + 8192 * 1.5 + 256 * 2 + 128),  # 79.6 GiB: 8192 and 256, above the 10 GiB floor
+    ("h100-sxm", "draft_model", 512 + 8192 * 1.5 + 256 * 2 + 128 + 6 * 1024),  # a STANDALONE draft: 6 GiB more
+])
+def test_sglang_reserve_is_its_own_mem_fraction_static_rule(llama8b, gpu, method, reserve_mib):
+    """SGLang keeps gpu_mem - mem_fraction_static x gpu_mem for activations, CUDA graphs and
+    metadata (SGLANG_SOURCE); with SGLang targeted that reserve replaces specplan's own
+    activation and runtime estimates in the VRAM figure."""
+    from planner.perf.memory import GIB
+    from planner.search.engines import engine_memory
+
+    profile = load_profile(gpu)
+    draft = load_model_spec("llama-3.2-1b") if method == "draft_model" else None
+    d = Decoding(method, gamma=4 if draft else 0, draft_model="llama-3.2-1b" if draft else None)
+    detail = predict_detail(llama8b, profile, d, draft_spec=draft, engine_memory=engine_memory("sglang"))
+    parts = detail.vram_bytes
+    assert parts["engine"] == pytest.approx(reserve_mib * 2**20)
+    assert parts["activations"] == parts["runtime"] == 0.0
+    assert detail.prediction.vram_gib == pytest.approx(sum(parts.values()) / GIB)
+
+
+def test_vllm_allocates_its_memory_utilization_and_captures_graphs_beside_it(llama8b):
+    """vLLM's gpu_memory_utilization (0.92, vllm/config/cache.py) is the budget when none is given;
+    a given budget stands (the exporter writes it as the utilization); CUDA graphs add 512 x 2 MiB."""
+    from planner.perf.memory import budget_gib
+    from planner.search.engines import engine_memory
+
+    vllm, profile = engine_memory("vllm"), load_profile("a100-80gb")
+    assert budget_gib(None, memory_gib=profile.memory_gib, device=profile.name, engine=vllm) == pytest.approx(
+        0.92 * profile.memory_gib)
+    assert budget_gib(30.0, memory_gib=profile.memory_gib, device=profile.name, engine=vllm) == 30.0
+    with pytest.raises(InputError, match="`vram_gib` 90 is above the 79.\\d GiB of a100-80gb"):
+        budget_gib(90.0, memory_gib=profile.memory_gib, device=profile.name, engine=vllm)
+    plain = predict_detail(llama8b, profile, Decoding("autoregressive"))
+    served = predict_detail(llama8b, profile, Decoding("autoregressive"), engine_memory=vllm)
+    assert served.vram_bytes["engine"] == 512 * 2 * 2**20
+    assert served.prediction.vram_gib == pytest.approx(plain.prediction.vram_gib + 1.0)
+    eager = Execution(dtype="bf16", graphs=False)
+    assert predict_detail(llama8b, profile, Decoding("autoregressive"), engine_memory=vllm,
+                          execution=eager).vram_bytes["engine"] == 0.0

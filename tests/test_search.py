@@ -12,7 +12,7 @@ from planner.errors import BudgetError, InputError
 from planner.hardware import load_profile, shipped_profile_names
 from planner.models import load_model_spec
 from planner.perf import predict
-from planner.plan import Decoding, load_plan
+from planner.plan import METHODS, QUANTIZATIONS, Decoding, load_plan
 from planner.search import SearchRequest, Space, draft_candidates, enumerate_space, search
 
 
@@ -30,7 +30,8 @@ def _exhaustive_best(spec, profile, budget, methods=None):
 @pytest.mark.parametrize("model, gpu, budget", [("llama-3.1-8b", "a10g", 12.0), ("tinyllama-1.1b", "rtx4090", 24.0), ("qwen2.5-7b", "l4", 8.0)])
 def test_search_within_two_percent_of_exhaustive(model, gpu, budget):
     spec, profile = load_model_spec(model), load_profile(gpu)
-    found = search(spec, profile, SearchRequest(vram_gib=budget, trials=300, seed=1)).plan.prediction.tokens_per_s
+    everything = SearchRequest(vram_gib=budget, trials=300, seed=1, methods=METHODS, quants=QUANTIZATIONS)
+    found = search(spec, profile, everything).plan.prediction.tokens_per_s
     assert found >= 0.98 * _exhaustive_best(spec, profile, budget)
 
 
@@ -68,7 +69,8 @@ def test_self_speculative_plans_follow_the_literature(card, gpu):
     """Restricted to self-drafting, mid-layer skipping with about four token predictors wins (S3D)."""
     spec, profile = load_model_spec(card), load_profile(gpu)
     try:
-        plan = search(spec, profile, SearchRequest(trials=100, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"])).plan
+        plan = search(spec, profile, SearchRequest(trials=100, seed=0, methods=["autoregressive", "layer_skip", "s3d", "early_exit"],
+                                                   quants=QUANTIZATIONS)).plan
     except BudgetError:
         assert spec.weight_bytes("int4") / 2**30 > 0.9 * profile.memory_gib  # only a card that cannot fit at all
         return
@@ -256,3 +258,67 @@ def test_plan_refuses_acceptance_it_cannot_use(tmp_path, values, message):
     args = ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--out", str(tmp_path / "p.yaml")]
     result = CliRunner().invoke(cli, args + [a for v in values for a in ("--acceptance", v)])
     assert result.exit_code == 2 and message in result.stderr and not (tmp_path / "p.yaml").exists()
+
+
+def _every_card_on_every_gpu():
+    from planner.models import shipped_model_names
+
+    return [(card, gpu) for card in shipped_model_names() for gpu in shipped_profile_names()]
+
+
+@pytest.mark.parametrize("card, gpu", _every_card_on_every_gpu())
+def test_the_default_plan_is_deployable_and_unquantized_when_the_model_fits(card, gpu):
+    """`specplan plan` with no options: a method some serving engine runs (no s3d without an
+    adapter), a draft only with the target's vocabulary, and the model as given whenever plain
+    decoding of it fits; else the least quantization that fits, said in words."""
+    from planner.plan import Decoding
+    from planner.search.engines import deployable_methods
+    from planner.search.study import check_draft
+
+    spec, profile = load_model_spec(card), load_profile(gpu)
+    unquantized_fits = predict(spec, profile, Decoding("autoregressive")).vram_gib <= profile.memory_gib
+    try:
+        plan = search(spec, profile, SearchRequest(trials=20)).plan
+    except BudgetError:
+        assert predict(spec, profile, Decoding("autoregressive", quant="int4")).vram_gib > profile.memory_gib
+        return
+    for decoding in (plan.decoding, *(c.decoding for c in plan.alternatives)):
+        assert decoding.method in deployable_methods(None, adapted=False) and decoding.method != "s3d"
+        if decoding.draft_model:
+            check_draft(spec, load_model_spec(decoding.draft_model))  # raises for another vocabulary
+    if unquantized_fits:
+        assert plan.decoding.quant == "none" and not plan.notes
+    else:
+        assert plan.decoding.quant != "none"
+        assert plan.notes == (f"quantized to {plan.decoding.quant}: {card} does not fit {profile.memory_gib:.1f} GiB "
+                              f"unquantized (it needs {predict(spec, profile, Decoding('autoregressive')).vram_gib:.2f} "
+                              "GiB); outputs differ from the checkpoint's",)
+
+
+def test_plan_prints_why_it_quantized_and_quantizes_when_allowed(tmp_path):
+    out = tmp_path / "plan.yaml"
+    forced = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "t4", "--trials", "30", "--out", str(out)])
+    assert forced.exit_code == 0, forced.output
+    assert ("note: quantized to int8: llama-3.1-8b does not fit 15.0 GiB unquantized (it needs 15.96 GiB); outputs "
+            "differ from the checkpoint's") in forced.output
+    assert load_plan(out).notes == (forced.output.split("note: ")[1].splitlines()[0],)
+    allowed = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", "60",
+                                       "--quant", "none,int4", "--out", str(out)])
+    assert allowed.exit_code == 0, allowed.output
+    assert load_plan(out).decoding.quant == "int4" and "note:" not in allowed.output  # the user allowed it
+    bad = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--quant", "none,int3"])
+    assert bad.exit_code == 2 and "'int3' is not one of none, int8, int4" in bad.stderr
+
+
+def test_self_drafting_methods_are_planned_for_the_built_in_runtime(tmp_path):
+    out = tmp_path / "plan.yaml"
+    served = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", "30", "--out", str(out)])
+    assert served.exit_code == 0 and not {"layer_skip", "s3d"} & set(load_plan(out).search.methods)
+    runtime = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", "30",
+                                       "--engine", "specplan", "--out", str(out)])
+    assert runtime.exit_code == 0, runtime.output
+    # A card has no adapter: s3d stays out even for the built-in runtime.
+    assert set(load_plan(out).search.methods) == {"autoregressive", "layer_skip", "early_exit", "draft_model", "prompt_lookup"}
+    bad = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--engine", "vllm",
+                                   "--adapter", str(tmp_path)])
+    assert bad.exit_code == 2 and "--adapter plans s3d, which only the built-in runtime runs" in bad.stderr

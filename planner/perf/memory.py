@@ -1,10 +1,22 @@
-"""VRAM a set-up needs: weights, KV cache, activations, draft extras, runtime overhead.
+"""VRAM a set-up needs: weights, KV cache, activations, draft extras, runtime overhead, and
+a serving engine's own reserve; the budget a set-up must fit.
 
 The one rule for memory: `predict` uses it for a plan, and the runtime for its budget check
-before loading (planner.runtime.memory), so a plan's figure and a run's refusal agree."""
+before loading (planner.runtime.memory), so a plan's figure and a run's refusal agree.
+
+A serving engine sets memory aside by policy (`EngineMemory`, figures in
+planner/profiles/engines.yaml with their sources): vLLM allocates at most
+gpu_memory_utilization of the device (the budget, when none is given) and captures CUDA
+graphs beside it; SGLang keeps (1 - mem_fraction_static) of the device for activations,
+CUDA graphs and metadata, a reserve that then stands for this module's own activation and
+runtime estimates.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from planner.errors import BudgetError, InputError
 from planner.models.spec import DTYPE_BYTES, ModelSpec
 
 GIB = 2**30
@@ -12,6 +24,81 @@ GIB = 2**30
 # library state on a CPU. About what `torch.cuda.memory_reserved` adds beyond tensors.
 RUNTIME_OVERHEAD_GIB = {"gpu": 0.75, "cpu": 0.3}
 CAPTURED_STEPS = 3  # decode/verify, draft and prefill shapes each keep an activation pool under graphs
+
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class ReserveTier:
+    """SGLang's defaults for devices below `below_gib` GiB (None: every larger one)."""
+
+    below_gib: float | None
+    prefill_tokens: int  # chunked_prefill_size
+    graph_batch: int  # cuda_graph_max_bs (one GPU, tensor parallel below 4)
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """How a serving engine sets memory aside (planner/profiles/engines.yaml, `memory`)."""
+
+    share: float = 1.0  # of the device the engine allocates when no budget is given
+    graph_mib_per_batch: float = 0.0  # CUDA-graph capture, per captured batch size
+    graph_max_batch: int = 0  # the largest batch size captured
+    # A reserve for activations, CUDA graphs and metadata, as the engine computes it:
+    # base + per_prefill_token x prefill_tokens + graph_mib_per_batch x graph_batch + tensor_parallel,
+    # at least floor_mib on devices above floor_above_gib, plus draft_model_mib with a draft model.
+    reserve_tiers: tuple[ReserveTier, ...] = ()  # none: no reserve (graphs are added instead)
+    base_mib: float = 0.0
+    per_prefill_token_mib: float = 0.0
+    tensor_parallel_mib: float = 0.0
+    floor_mib: float = 0.0
+    floor_above_gib: float = 0.0
+    draft_model_mib: float = 0.0
+
+    def budget_gib(self, memory_gib: float) -> float:
+        """What the engine allocates on a device of `memory_gib` GiB, given no budget."""
+        return self.share * memory_gib
+
+    def reserve_bytes(self, *, memory_gib: float, method: str, graphs: bool) -> float:
+        """Bytes the engine holds beside weights and KV cache: its reserve, or CUDA-graph capture."""
+        if not self.reserve_tiers:
+            return self.graph_mib_per_batch * self.graph_max_batch * MIB if graphs else 0.0
+        tier = next(t for t in self.reserve_tiers if t.below_gib is None or memory_gib < t.below_gib)
+        reserve = (self.base_mib + self.per_prefill_token_mib * tier.prefill_tokens
+                   + self.graph_mib_per_batch * tier.graph_batch + self.tensor_parallel_mib)
+        if memory_gib > self.floor_above_gib:
+            reserve = max(reserve, self.floor_mib)
+        return (reserve + (self.draft_model_mib if method == "draft_model" else 0.0)) * MIB
+
+
+def budget_gib(vram_gib: float | None, *, memory_gib: float, device: str, engine: EngineMemory | None = None) -> float:
+    """The memory budget in GiB on `device` (a profile name) of `memory_gib` GiB: `vram_gib`, or
+    what the engine allocates of the device (all of it without an engine).
+
+    Raises:
+        InputError: `vram_gib` above the device's memory.
+    """
+    if vram_gib is not None and vram_gib > memory_gib:
+        raise InputError(f"`vram_gib` {vram_gib:g} is above the {memory_gib:.1f} GiB of {device}")
+    if vram_gib is not None:
+        return vram_gib
+    return engine.budget_gib(memory_gib) if engine else memory_gib
+
+
+def require_fit(needed_gib: float, budget: float, *, what: str, parts: dict[str, float] | None = None) -> None:
+    """Nothing, when `needed_gib` fits `budget` (GiB).
+
+    Raises:
+        BudgetError: it does not; the message names `what`, the GiB it needs (by part, when
+            `parts` gives bytes per component) and the budget.
+    """
+    if needed_gib <= budget:
+        return
+    detail = ", ".join(f"{name.replace('_', ' ')} {size / GIB:.2f}" for name, size in (parts or {}).items()
+                       if size >= 0.005 * GIB)
+    raise BudgetError(f"{what} needs {needed_gib:.2f} GiB" + (f" ({detail})" if detail else "")
+                      + f", over the {budget:.1f} GiB budget")
 
 
 def activation_bytes(spec: ModelSpec, *, tokens: int, batch_size: int, dtype: str) -> float:
@@ -24,11 +111,13 @@ def activation_bytes(spec: ModelSpec, *, tokens: int, batch_size: int, dtype: st
 def vram_bytes(
     spec: ModelSpec, *, device_kind: str, method: str, gamma: int, quant: str, context: int,
     batch_size: int = 1, dtype: str = "bf16", graphs: bool = False, draft_spec: ModelSpec | None = None,
-    draft_quant: str = "none",
+    draft_quant: str = "none", engine: EngineMemory | None = None, memory_gib: float = 0.0,
 ) -> dict[str, float]:
-    """Bytes by component on a device of `device_kind` ("gpu" or "cpu", HardwareProfile.kind);
-    the KV cache holds `context` tokens plus gamma + 1 verify slots. Weights are all that is
-    resident: every expert of a mixture-of-experts model."""
+    """Bytes by component on a device of `device_kind` ("gpu" or "cpu", HardwareProfile.kind)
+    with `memory_gib` GiB; the KV cache holds `context` tokens plus gamma + 1 verify slots.
+    Weights are all that is resident: every expert of a mixture-of-experts model. A serving
+    `engine` adds its part: CUDA-graph capture, or a reserve that replaces the activation and
+    runtime estimates (see the module docstring)."""
     slots = context + gamma + 1
     parts = {
         "weights": spec.weight_bytes(quant, dtype),
@@ -43,6 +132,10 @@ def vram_bytes(
     elif method == "draft_model" and draft_spec is not None:
         # A separate draft keeps its own weights and its own cache for every target token.
         parts["draft"] = draft_spec.weight_bytes(draft_quant, dtype) + batch_size * slots * draft_spec.kv_bytes_per_token(dtype)
+    if engine is not None:
+        parts["engine"] = engine.reserve_bytes(memory_gib=memory_gib, method=method, graphs=graphs)
+        if engine.reserve_tiers:
+            parts["activations"] = parts["runtime"] = 0.0
     return parts
 
 

@@ -29,7 +29,7 @@ from planner.perf.acceptance import (
     Prior, position_acceptances, resolve_priors, size_gap, skipped_fraction, tokens_per_iteration,
 )
 from planner.perf.cost import Execution, forward_latency_s, ngram_proposer_s
-from planner.perf.memory import vram_gib
+from planner.perf.memory import GIB, EngineMemory, vram_bytes
 from planner.plan.schema import Decoding, Prediction
 
 
@@ -40,6 +40,7 @@ class Detail:
     autoregressive_s: float  # T(1, all): one plain decoding step
     draft_s: float
     verify_s: float
+    vram_bytes: dict[str, float]  # by component (planner.perf.memory.vram_bytes); vram_gib is their sum
 
 
 def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, execution, draft_spec):
@@ -103,7 +104,7 @@ def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: fl
 def predict_detail(
     spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, context: int = 2048, batch_size: int = 1,
     acceptance: float | tuple[float, ...] | None = None, draft_spec: ModelSpec | None = None, priors=None,
-    execution: Execution | None = None, basis: str | None = None,
+    execution: Execution | None = None, basis: str | None = None, engine_memory: EngineMemory | None = None,
 ) -> Detail:
     """The predicted figures of one set-up, `decoding` of `spec` on `profile`, with the pieces
     they are made of.
@@ -121,12 +122,14 @@ def predict_detail(
     "analytical"). draft_spec: the draft model's spec, needed for method draft_model.
     execution: dtype, CUDA graphs and the serving engine's own cost per step (default:
     Execution.default_for(profile): the built-in runtime). basis overrides the prediction's
-    basis label.
+    basis label. engine_memory: the serving engine's memory policy
+    (planner.perf.memory.EngineMemory), whose reserve or CUDA-graph capture counts in vram_gib.
 
     Returns a Detail: `prediction` (tokens_per_s per sequence, speedup as a ratio,
     tokens_per_iteration, acceptance as the mean over drafted positions, latencies in ms,
     vram_gib in GiB), `alphas` (acceptance per drafted position), and the seconds of one
-    autoregressive step, of the drafting and of the verify forward of one iteration.
+    autoregressive step, of the drafting and of the verify forward of one iteration, and the
+    VRAM by component in bytes.
 
     Raises:
         InputError: method draft_model without `draft_spec`, an unknown method, fp8 on a
@@ -146,9 +149,10 @@ def predict_detail(
                              quant=decoding.quant, execution=ex) + engine_s
     verify_s += engine_s + (ex.engine.speculative_step_us * 1e-6 if alphas else 0.0)
     iteration_s = draft_s + verify_s
-    memory = vram_gib(spec, device_kind=profile.kind, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
+    memory = vram_bytes(spec, device_kind=profile.kind, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
                       context=context, batch_size=batch_size, dtype=ex.dtype, graphs=ex.graphs,
-                      draft_spec=draft_spec, draft_quant=decoding.draft_quant)
+                      draft_spec=draft_spec, draft_quant=decoding.draft_quant, engine=engine_memory,
+                      memory_gib=profile.memory_gib)
     prediction = Prediction(
         basis=basis or ("calibrated" if acceptance is not None else "analytical"),
         tokens_per_s=tau / iteration_s,
@@ -158,9 +162,9 @@ def predict_detail(
         target_latency_ms=ar_s * 1e3,
         draft_latency_ms=draft_s * 1e3,
         iteration_ms=iteration_s * 1e3,
-        vram_gib=memory,
+        vram_gib=sum(memory.values()) / GIB,
     )
-    return Detail(prediction, tuple(alphas), ar_s, draft_s, verify_s)
+    return Detail(prediction, tuple(alphas), ar_s, draft_s, verify_s, memory)
 
 
 def predict(spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, **kwargs) -> Prediction:

@@ -39,8 +39,9 @@ class HardwareRef:
 @dataclass(frozen=True)
 class Constraints:
     context: int = 2048  # prompt plus generated tokens the KV cache must hold
-    vram_gib: float | None = None  # None: the device's memory
+    vram_gib: float | None = None  # None: the device's memory (the share the engine allocates, for an engine)
     batch_size: int = 1
+    engine: str | None = None  # the serving engine planned for (its methods and memory policy); None: none named
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Plan:
     search: SearchSettings | None = None
     measured: dict | None = None
     tuning: Tuning | None = None  # set by `tune`; plans without it (older ones too) read as before
+    notes: tuple[str, ...] = ()  # what the user must know about the set-up, in words (e.g. why it is quantized)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -1,7 +1,11 @@
-"""The search space a set of serving engines can express (`specplan plan --engine vllm`).
+"""The search space a set of serving engines can express (`specplan plan --engine vllm`), and
+what a plan searches by default: what the user can deploy.
 
 Restricting the search, rather than refusing at export time, makes the exported plan the
-best that engine can do instead of a fallback from a plan it cannot run.
+best that engine can do instead of a fallback from a plan it cannot run. With no engine
+named, a plan searches the methods some serving engine runs, and s3d only with an adapter
+(its draft is trained; `specplan adapt` makes one); the self-drafting methods only the
+built-in runtime runs are searched when it is the target (`engine` "specplan") or named.
 """
 
 from __future__ import annotations
@@ -9,8 +13,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from planner.errors import InputError
-from planner.plan.export import engine_info
+from planner.perf.cost import RUNTIME as RUNTIME_COST, EngineCost
+from planner.perf.memory import EngineMemory
+from planner.plan.export import engine_info, engine_names
 from planner.plan.schema import METHODS, Decoding
+
+RUNTIME = "specplan"  # the built-in runtime (specplan run): every method, not an export target
+
+
+def engine_memory(engine: str | None) -> EngineMemory | None:
+    """The memory policy of `engine` (planner/profiles/engines.yaml); None for no engine, the
+    built-in runtime, or an engine without one.
+
+    Raises:
+        NotFoundError: an unknown engine.
+    """
+    if engine is None or engine == RUNTIME:
+        return None
+    return engine_info(engine).memory
+
+
+def engine_cost(engine: str | None) -> EngineCost:
+    """What `engine` adds to a decoding step (planner/profiles/engines.yaml); the built-in
+    runtime's (only its kernels) for no engine or the built-in runtime.
+
+    Raises:
+        NotFoundError: an unknown engine.
+    """
+    if engine is None or engine == RUNTIME:
+        return RUNTIME_COST
+    return engine_info(engine).cost
 
 
 def engine_space(engines: Iterable[str], methods=None, quants=None) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -45,3 +77,24 @@ def engine_space(engines: Iterable[str], methods=None, quants=None) -> tuple[tup
         names = ", ".join(info.display for info in infos)
         raise InputError(f"{names} share no target quantization; export to them from separate plans")
     return chosen, quants
+
+
+def deployable_methods(engine: str | None, *, adapted: bool) -> tuple[str, ...]:
+    """The methods a plan for `engine` searches when none are named: the engine's; for no
+    engine, those some serving engine runs; every method on the built-in runtime. s3d only
+    when `adapted` (an adapter was given or found for the checkpoint).
+
+    Raises:
+        NotFoundError: an unknown engine.
+    """
+    if engine == RUNTIME:
+        runnable = set(METHODS)
+    elif engine is not None:
+        runnable = set(engine_info(engine).methods)
+    else:
+        runnable = {m for name in engine_names() for m in engine_info(name).methods}
+    if adapted and engine in (None, RUNTIME):
+        runnable.add("s3d")
+    elif not adapted:
+        runnable.discard("s3d")
+    return tuple(m for m in METHODS if m in runnable)

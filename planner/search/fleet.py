@@ -20,7 +20,7 @@ from planner.hardware import load_profile, shipped_profile_names
 from planner.models.spec import ModelSpec
 from planner.plan.export import Export, export_plan, write_export
 from planner.plan.schema import Plan
-from planner.search.engines import engine_space
+from planner.search.engines import RUNTIME, engine_space
 from planner.search.request import SearchRequest
 from planner.search.schedule import fitting_batch_sizes, schedule_search
 
@@ -94,14 +94,15 @@ def parse_prices(text: str | None) -> dict[str, float]:
 
 
 def _row(gpu: str, profile, spec, request: SearchRequest, prices) -> FleetRow:
-    budget = request.budget_gib(profile.memory_gib)
+    budget = request.budget_gib(profile)
     sizes = fitting_batch_sizes(spec, profile, request)
     if not sizes:
         return FleetRow(gpu, None, (), 0.0, 0.0, 0.0, 0.0, prices.get(gpu),
                         note=f"does not fit {budget:.1f} GiB even at batch size {request.batch_sizes[0]}")
     result = schedule_search(spec, profile, request.replace(batch_sizes=sizes))
     first, last = result.chosen[0], result.chosen[-1]
-    note = f"batch sizes above {sizes[-1]} do not fit {budget:.1f} GiB" if sizes[-1] < request.batch_sizes[-1] else ""
+    notes = [f"batch sizes above {sizes[-1]} do not fit {budget:.1f} GiB"] if sizes[-1] < request.batch_sizes[-1] else []
+    note = "; ".join(notes + list(result.plan.notes))
     return FleetRow(gpu, result.plan, sizes, first.tokens_per_s, first.speedup, last.tokens_per_s * sizes[-1],
                     last.vram_gib, prices.get(gpu), note)
 
@@ -111,13 +112,13 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
     """Plan `spec` for `request` on every GPU in `gpus`; write DIR/<gpu>/plan.yaml,
     DIR/<gpu>/<engine>.<ext>, DIR/summary.md and DIR/summary.png. The search is restricted to
     what `request.engine` (whose step cost every trial pays) and every engine in `exports` can
-    run (within `request.methods`), so each export is the best those engines can do;
-    `usd_per_hour` prices GPUs by name.
+    run (within `request.methods`), so each export is the best those engines can do; with engines, a plan quantizes only as
+    `request.quants` allows. `usd_per_hour` prices GPUs by name.
 
     Raises:
         InputError: out_dir is a file or cannot be created, a price for a GPU not in `gpus`,
-            a request for the Pareto front or with a storage, or a method the engines cannot
-            run; files that cannot be written.
+            a request for the Pareto front or with a storage, a method or quantization the
+            engines cannot run, or a budget above a GPU's memory; files that cannot be written.
         NotFoundError: an unknown GPU profile or engine.
         BudgetError: the model fits none of the GPUs.
     """
@@ -128,9 +129,13 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
         raise InputError("a fleet plans each GPU for speed in one process: leave out `objective` pareto and `storage`")
     profiles = {gpu: load_profile(gpu) for gpu in gpus}
     exports = tuple(dict.fromkeys(exports))
-    engine = request.engine
-    methods, quants = engine_space(([engine] if engine else []) + list(exports), request.methods)
-    request = request.replace(methods=methods, quants=quants or request.quants)
+    engine = request.engine if request.engine != RUNTIME else None
+    methods, engine_quants = engine_space(([engine] if engine else []) + list(exports), request.methods)
+    if engine_quants is not None:
+        quants = tuple(q for q in request.quants or ("none",) if q in engine_quants)
+        if not quants:
+            raise InputError(f"the engines apply none of `quants` {', '.join(request.quants)}")
+        request = request.replace(methods=methods, quants=quants)
     prices = usd_per_hour or {}
     for name in prices:
         if name not in profiles:

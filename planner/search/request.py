@@ -24,10 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from planner.errors import InputError, near_matches
+from planner.hardware.profile import HardwareProfile
+from planner.models.spec import ModelSpec
 from planner.perf.acceptance import resolve_priors
-from planner.perf.cost import RUNTIME, Execution
-from planner.plan.export.engines import engine_info
-from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding
+from planner.perf.cost import Execution
+from planner.perf.memory import EngineMemory, budget_gib
+from planner.perf.speedup import predict
+from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding, Prediction
+from planner.search.engines import engine_cost, engine_memory
 
 OBJECTIVES = ("speed", "pareto")
 SKIP_PATTERNS = ("middle", "any")
@@ -49,13 +53,16 @@ class SearchRequest:
     """
 
     context: int = 2048  # tokens per sequence the KV cache must hold (prompt plus output)
-    vram_gib: float | None = None  # memory budget in GiB; None: the device's memory
+    vram_gib: float | None = None  # memory budget in GiB, at most the device's; None: the device's (an engine's share)
     batch_sizes: tuple[int, ...] = (1,)  # sequences decoded together; several: a schedule (schedule_search)
     trials: int = 300  # Optuna trials (a shared study's total grows by this many per worker)
     seed: int = 0  # the TPE sampler's seed: the same request gives the same plan
     objective: str = "speed"  # speed: max tokens/s; pareto: also min VRAM (the Pareto front)
-    methods: tuple[str, ...] | None = None  # methods to search; None: every one the model can run
-    quants: tuple[str, ...] | None = None  # target quantizations allowed; None: every one
+    # Methods to search; None: what the user can deploy (planner.search.engines.deployable_methods).
+    methods: tuple[str, ...] | None = None
+    # Target quantizations allowed; None: unquantized, unless the unquantized model does not fit
+    # (then the least quantization that fits, with a note in the plan: search.resolve_quants).
+    quants: tuple[str, ...] | None = None
     drafts: tuple[str, ...] | None = None  # draft model names for draft_model; None: shipped cards that fit
     skip_pattern: str = "middle"  # skipped layers: a centred block, or "any" subset
     # Measured acceptance replacing the priors: one Acceptance for every method, or a mapping
@@ -64,15 +71,20 @@ class SearchRequest:
     # Priors replacing the shipped ones for the methods they name: Prior objects, a priors
     # mapping or a YAML path; resolved to the full table (planner.perf.acceptance.resolve_priors).
     priors: object = None
-    # The serving engine (engines.yaml key) whose own cost per step and default execution every
-    # trial pays; None: specplan's runtime. Which methods it runs is `methods` (engine_space).
+    # The serving engine the plan is for (an engines.yaml key: vllm, sglang, trtllm, hf, llamacpp):
+    # every trial pays its own cost per step and default execution, and its memory policy counts
+    # in VRAM and budget; "specplan": the built-in runtime; None: no engine (the runtime's cost).
+    # Which methods it runs is `methods` (engine_space).
     engine: str | None = None
     execution: str | None = None  # "graphs" or "eager", overriding the engine's default; a CPU never has graphs
-    s3d: Decoding | None = None  # an adapter's set-up (runtime.adapter.planned_s3d): s3d trials take it as it is
+    # An adapter's set-up (runtime.adapter.planned_s3d): s3d trials take it as it is, and s3d is
+    # deployable by default only with one.
+    s3d: Decoding | None = None
     storage: str | None = None  # Optuna storage URL shared by workers (sqlite:///, a journal file, postgresql://)
     study_name: str | None = None  # the study in `storage`
     model_source: str | None = None  # what the plan loads (directory, card, hub id); None: the model's name
     acceptance_by_method: Mapping[str, Acceptance] = field(init=False, repr=False, compare=False)
+    engine_memory: EngineMemory | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def set_(name, value):
@@ -84,6 +96,7 @@ class SearchRequest:
         set_("drafts", None if self.drafts is None else tuple(self.drafts))
         set_("priors", resolve_priors(self.priors))
         set_("acceptance_by_method", normalise_acceptance(self.acceptance))
+        set_("engine_memory", engine_memory(self.engine))
         self._check()
 
     def _check(self) -> None:
@@ -105,8 +118,6 @@ class SearchRequest:
             raise InputError("`quants` is empty: allow at least none")
         if self.execution is not None and self.execution not in EXECUTIONS:
             raise InputError(f"unknown `execution` '{self.execution}': expected graphs or eager")
-        if self.engine is not None:
-            engine_info(self.engine)  # NotFoundError with the near names
 
     @property
     def batch_size(self) -> int:
@@ -129,20 +140,36 @@ class SearchRequest:
         nothing about positions beyond the last, so no longer draft is planned."""
         return {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
 
-    def execution_on(self, profile) -> Execution:
+    def budget_gib(self, profile: HardwareProfile) -> float:
+        """The memory budget in GiB on `profile`: `vram_gib`, or what the engine allocates of
+        the device (all of it with no engine).
+
+        Raises:
+            InputError: `vram_gib` above the device's memory.
+        """
+        return budget_gib(self.vram_gib, memory_gib=profile.memory_gib, device=profile.name, engine=self.engine_memory)
+
+    def execution_on(self, profile: HardwareProfile) -> Execution:
         """How a trial's forward runs on `profile`: its decode dtype, the engine's step cost, and
         CUDA graphs or eager (`execution`, else the engine's default)."""
-        cost = RUNTIME if self.engine is None else engine_info(self.engine).cost
         graphs = None if self.execution is None else self.execution == "graphs"
-        return Execution.default_for(profile, cost, graphs=graphs)
+        return Execution.default_for(profile, engine_cost(self.engine), graphs=graphs)
 
-    def budget_gib(self, memory_gib: float) -> float:
-        """The memory budget on a device of `memory_gib` GiB."""
-        return memory_gib if self.vram_gib is None else self.vram_gib
+    def predict(self, spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, batch_size: int | None = None,
+                draft_spec: ModelSpec | None = None) -> Prediction:
+        """The performance model's prediction of `decoding` under this request (its context,
+        acceptance, priors, execution and engine) at `batch_size` (None: the smallest).
+
+        Raises:
+            InputError: as planner.perf.speedup.predict_detail.
+        """
+        return predict(spec, profile, decoding, context=self.context, batch_size=batch_size or self.batch_sizes[0],
+                       acceptance=self.acceptance_for(decoding.method), priors=self.priors, draft_spec=draft_spec,
+                       execution=self.execution_on(profile), engine_memory=self.engine_memory)
 
     def constraints(self) -> Constraints:
         """What the plan file records of the request (at its smallest batch size)."""
-        return Constraints(context=self.context, vram_gib=self.vram_gib, batch_size=self.batch_sizes[0])
+        return Constraints(context=self.context, vram_gib=self.vram_gib, batch_size=self.batch_sizes[0], engine=self.engine)
 
     def replace(self, **changes) -> "SearchRequest":
         """A copy with `changes` (keyword: field), normalised and checked like a new request."""

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.speedup import predict
-from planner.plan.schema import MAX_GAMMA, Candidate, Decoding, Plan, Prediction, ScheduleEntry
+from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Decoding, Plan, Prediction, ScheduleEntry
 from planner.search.space import MAX_PREDICTORS, usable_quants
 from planner.search.request import SearchRequest
-from planner.search.study import search
+from planner.search.study import resolve_quants, search
 
 Evaluate = Callable[[str, int, int], Prediction]
 
@@ -151,34 +150,34 @@ class ScheduleResult:
     budget_gib: float
 
 
-def _autoregressive_gib(spec, profile, quant, batch, *, context, execution) -> float:
-    return predict(spec, profile, Decoding("autoregressive", quant=quant), context=context, batch_size=batch,
-                   execution=execution).vram_gib
+def _autoregressive_gib(spec, profile, quant, batch, request: SearchRequest) -> float:
+    return request.predict(spec, profile, Decoding("autoregressive", quant=quant), batch_size=batch).vram_gib
 
 
 def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest) -> tuple[int, ...]:
     """The batch sizes of `request` at which its smallest set-up (autoregressive, smallest
-    allowed quantization) fits the request's budget on `profile`."""
-    execution = request.execution_on(profile)
-    budget = request.budget_gib(profile.memory_gib)
+    allowed quantization) fits the request's budget on `profile`.
+
+    Raises:
+        InputError: the request's budget is above the device's memory.
+    """
+    budget = request.budget_gib(profile)
     return tuple(b for b in request.batch_sizes
-                 if min(_autoregressive_gib(spec, profile, q, b, context=request.context, execution=execution)
-                        for q in usable_quants(profile, request.quants)) <= budget)
+                 if min(_autoregressive_gib(spec, profile, q, b, request) for q in usable_quants(profile, request.quants or QUANTIZATIONS)) <= budget)
 
 
 def _require_batch_range(spec, profile, request: SearchRequest) -> None:
     fitting = fitting_batch_sizes(spec, profile, request)
-    sizes, context = request.batch_sizes, request.context
+    sizes = request.batch_sizes
     if fitting and fitting[-1] == sizes[-1]:
         return
-    execution = request.execution_on(profile)
-    needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], context=context, execution=execution), q)
-                        for q in usable_quants(profile, request.quants))
+    needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], request), q)
+                        for q in usable_quants(profile, request.quants or QUANTIZATIONS))
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
-        f"batch size {sizes[-1]} does not fit {request.budget_gib(profile.memory_gib):.1f} GiB on {profile.name}: even "
-        f"autoregressive {quant} needs {needed:.1f} GiB at context {context}; {hint} (use smaller `batch_sizes` or a "
-        f"shorter `context`)"
+        f"batch size {sizes[-1]} does not fit {request.budget_gib(profile):.1f} GiB on {profile.name}: even "
+        f"autoregressive {quant} needs {needed:.1f} GiB at context {request.context}; {hint} (use smaller "
+        f"`batch_sizes` or a shorter `context`)"
     )
 
 
@@ -211,16 +210,15 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     if request.objective != "speed" or request.storage:
         raise InputError("a schedule is planned for speed in one process: leave out `objective` pareto and `storage`")
     sizes = request.batch_sizes
-    budget = request.budget_gib(profile.memory_gib)
-    execution = request.execution_on(profile)
+    budget = request.budget_gib(profile)
     _require_batch_range(spec, profile, request)
-    result = search(spec, profile, request.replace(batch_sizes=sizes[:1]))
+    quants, note = resolve_quants(spec, profile, request, sizes[-1])  # what fits the largest batch
+    result = search(spec, profile, request.replace(batch_sizes=sizes[:1], quants=quants))
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:
         draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
-        return predict(spec, profile, decoding, context=request.context, batch_size=batch, priors=request.priors,
-                       acceptance=request.acceptance_for(decoding.method), draft_spec=draft, execution=execution)
+        return request.predict(spec, profile, decoding, batch_size=batch, draft_spec=draft)
 
     def fits_largest(decoding: Decoding) -> bool:
         return at(decoding, sizes[-1]).vram_gib <= budget
@@ -244,7 +242,7 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     plan = result.plan.replace(
         decoding=decoding, prediction=at(decoding, sizes[0]), alternatives=alternatives,
         constraints=request.constraints(),
-        schedule=schedule if len(sizes) > 1 else (),
+        schedule=schedule if len(sizes) > 1 else (), notes=(note,) if note else (),
     )
     curve_gammas = range(0, max_gamma + 1) if method != "autoregressive" else (0,)
     curves = {g: tuple(evaluate(method if g else "autoregressive", g, b) for b in sizes) for g in curve_gammas}

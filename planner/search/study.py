@@ -16,12 +16,14 @@ from planner._signals import sigint_handler
 from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.speedup import predict
+from planner.perf.memory import GIB
+from planner.plan.export import engine_info
 from planner.plan.schema import (
     Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
+from planner.search.engines import RUNTIME, deployable_methods, engine_space
 from planner.search.request import SearchRequest
-from planner.search.space import Space, seeds, suggest, usable_quants
+from planner.search.space import DEFAULT_QUANTS, Space, seeds, suggest, usable_quants
 from planner.search.storage import open_study, storage_errors
 
 ALTERNATIVES = 5
@@ -79,27 +81,31 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     five alternatives, and every evaluated set-up. `progress` draws Optuna's progress bar.
 
     Raises:
-        InputError: a request with several batch sizes, a storage that cannot be opened, no
-            method left to search, or a draft with another vocabulary.
-        NotFoundError: a draft name that is no model.
+        InputError: a request with several batch sizes, a context beyond the model's positions,
+            a budget above the device's memory, a method or quantization the engine cannot run,
+            a storage that cannot be opened, no method left to search, or a draft with another
+            vocabulary.
+        NotFoundError: a draft name that is no model, an unknown engine.
         BudgetError: nothing fits the budget (the message names the smallest that would).
         MissingDependencyError: the storage's database driver is not installed.
     """
     import optuna
 
     r = request or SearchRequest()
-    batch_size, budget = r.batch_size, r.budget_gib(profile.memory_gib)
-    draft_specs = draft_candidates(spec, r.drafts) if (r.methods is None or "draft_model" in r.methods) else {}
-    space = Space.for_model(spec, methods=r.methods, quants=usable_quants(profile, r.quants), drafts=tuple(draft_specs),
+    batch_size, budget = r.batch_size, r.budget_gib(profile)
+    if r.context > spec.max_position_embeddings:
+        raise InputError(f"`context` {r.context} is beyond the {spec.max_position_embeddings} positions of {spec.name}")
+    methods = searched_methods(r)
+    quants, note = resolve_quants(spec, profile, r, batch_size)
+    draft_specs = draft_candidates(spec, r.drafts) if "draft_model" in methods else {}
+    space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs),
                             skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
     execution = r.execution_on(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
-        return predict(spec, profile, decoding, context=r.context, batch_size=batch_size,
-                       acceptance=r.acceptance_for(decoding.method), priors=r.priors,
-                       draft_spec=draft_specs.get(decoding.draft_model), execution=execution)
+        return r.predict(spec, profile, decoding, draft_spec=draft_specs.get(decoding.draft_model))
 
     def objective_fn(trial):
         decoding = suggest(trial, space)
@@ -124,7 +130,7 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     feasible = tuple(c.prediction.vram_gib <= budget for c in evaluated)
     chosen = _rank([c for c, ok in zip(evaluated, feasible) if ok])
     if not chosen:
-        raise BudgetError(_nothing_fits(spec, profile, budget, r, space, execution))
+        raise BudgetError(_nothing_fits(spec, profile, budget, r, space))
     winner, alternatives = chosen[0], _alternatives(chosen)
     plan = Plan(
         model=ModelRef(name=spec.name, source=r.model_source or spec.name, num_layers=spec.num_layers,
@@ -137,8 +143,58 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
         search=SearchSettings(sampler="TPESampler", seed=r.seed, trials=finished, objective=r.objective,
                               methods=space.methods, storage=r.storage, study=r.study_name, engine=r.engine,
                               execution="graphs" if execution.graphs else "eager"),
+        notes=(note,) if note else (),
     )
     return SearchResult(plan, tuple(evaluated), feasible, budget)
+
+
+def searched_methods(request: SearchRequest) -> tuple[str, ...]:
+    """The methods `request` searches: those it names (each one its engine can run), else the
+    ones its engine, or with none some serving engine, can deploy (planner.search.engines).
+
+    Raises:
+        InputError: a named method the engine cannot run.
+        NotFoundError: an unknown engine.
+    """
+    if request.methods is not None:
+        engines = [] if request.engine in (None, RUNTIME) else [request.engine]
+        return engine_space(engines, request.methods)[0]
+    return deployable_methods(request.engine, adapted=request.s3d is not None)
+
+
+def resolve_quants(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest,
+                   batch_size: int) -> tuple[tuple[str, ...], str | None]:
+    """(the target quantizations to search, a note in words when the plan must quantize).
+
+    Quantization changes the model's outputs, so by default (`request.quants` None) a plan is
+    unquantized, unless even autoregressive decoding of the unquantized model does not fit the
+    budget at `batch_size`: then the least quantization that fits, with a note saying so. A
+    named set is searched as it is, within what the request's engine applies.
+
+    Raises:
+        InputError: named quantizations the engine cannot apply.
+        NotFoundError: an unknown engine.
+    """
+    engine_quants = None if request.engine in (None, RUNTIME) else engine_info(request.engine).quants
+    if request.quants is not None:
+        quants = tuple(q for q in request.quants if engine_quants is None or q in engine_quants)
+        if not quants:
+            raise InputError(f"{engine_info(request.engine).display} applies none of `quants` "
+                             f"{', '.join(request.quants)} (it applies {', '.join(engine_quants)})")
+        return usable_quants(profile, quants), None
+    allowed = usable_quants(profile, engine_quants or DEFAULT_QUANTS)
+    budget = request.budget_gib(profile)
+
+    def needed(quant: str) -> float:
+        return request.predict(spec, profile, Decoding("autoregressive", quant=quant), batch_size=batch_size).vram_gib
+
+    if "none" in allowed and needed("none") <= budget:
+        return ("none",), None
+    quant = next((q for q in allowed if q != "none" and needed(q) <= budget), None)
+    if quant is None:
+        return allowed, None  # nothing fits: the search says what would
+    return (quant,), (f"quantized to {quant}: {spec.name} does not fit {budget:.1f} GiB unquantized (it needs "
+                      f"{needed('none'):.2f} GiB); outputs differ from the checkpoint's")
 
 
 def _run_study(storage, study_name, *, sampler, directions, fingerprint, space, objective_fn, trials, progress):
@@ -228,13 +284,17 @@ def _alternatives(ranked: list[Candidate]) -> tuple[Candidate, ...]:
     return tuple(sorted(picked, key=lambda c: -c.prediction.tokens_per_s)[:ALTERNATIVES])
 
 
-def _nothing_fits(spec, profile, budget, request, space, execution) -> str:
+def _nothing_fits(spec, profile, budget, request, space) -> str:
+    """Why nothing fits, and a budget that would: one the device holds, else what to change."""
     context, batch_size = request.context, request.batch_size
-    smallest = min(
-        (predict(spec, profile, Decoding("autoregressive", quant=q), context=context, batch_size=batch_size,
-                 execution=execution).vram_gib, q)
-        for q in space.quants
-    )
-    return (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {smallest[1]}) needs "
-            f"{smallest[0]:.1f} GiB at context {context} and batch {batch_size}; "
-            f"use `vram_gib` {smallest[0] + 0.05:.1f} or more, or a shorter `context`")
+    smallest, quant = min((request.predict(spec, profile, Decoding("autoregressive", quant=q)).vram_gib, q)
+                          for q in space.quants)
+    what = (f"nothing fits {budget:.1f} GiB: the smallest set-up (autoregressive, {quant}) needs {smallest:.1f} GiB "
+            f"at context {context} and batch {batch_size}")
+    memory = profile.memory_gib
+    if smallest <= memory:
+        return f"{what}; use `vram_gib` {smallest + 0.05:.1f} or more (up to the {memory:.1f} GiB of {profile.name})"
+    weights = spec.weight_bytes(quant) / GIB
+    if weights > memory:
+        return f"{what}, more than the {memory:.1f} GiB of {profile.name}: its {quant} weights alone need {weights:.1f} GiB"
+    return f"{what}, more than the {memory:.1f} GiB of {profile.name}: use a shorter `context` or fewer sequences"

@@ -207,6 +207,11 @@ class _Setup:
         return cls(request, log, spec, source, draft_specs, tuning, held, space, request.storage_url(), study_name, stamp,
                    profile, dtype, priors)
 
+    @property
+    def context(self) -> int:
+        """Tokens the predictions' KV cache holds: the prompt margin and the output, at most the model's positions."""
+        return min(self.request.max_new_tokens + CONTEXT_MARGIN, self.spec.max_position_embeddings)
+
     @staticmethod
     def _profile(request, log):
         from planner.hardware import load_profile, profile_device
@@ -234,7 +239,7 @@ class _Setup:
         from planner.perf.speedup import predict
 
         d = decoding or Decoding("autoregressive", quant=quant)
-        context = self.request.max_new_tokens + CONTEXT_MARGIN
+        context = self.context
         return Plan(
             model=ModelRef(name=self.spec.name, source=str(self.source.resolve()) if self.source.exists() else str(self.source),
                            num_layers=self.spec.num_layers, vocab_size=self.spec.vocab_size, hidden_size=self.spec.hidden_size),
@@ -255,7 +260,7 @@ class _Setup:
     def predict(self, profile, decoding: Decoding, acceptance=None):
         from planner.perf.speedup import predict
 
-        return predict(self.spec, profile, decoding, context=self.request.max_new_tokens + CONTEXT_MARGIN, priors=self.priors,
+        return predict(self.spec, profile, decoding, context=self.context, priors=self.priors,
                        draft_spec=self.draft_specs.get(decoding.draft_model), acceptance=acceptance,
                        basis="analytical" if acceptance is None else "calibrated")
 
@@ -392,7 +397,7 @@ class _MeasuredTuning:
         step_s = bench.compare([], 1)[0].iteration_ms / 1e3
         log(f"autoregressive step: {step_s * 1e3:.1f} ms")
         # the model's step made equal to this checkpoint's measured one (autotune's calibration)
-        self.calibrated = calibrate_kernel_cost(setup.spec, setup.profile, step_s, context=r.max_new_tokens + CONTEXT_MARGIN)
+        self.calibrated = calibrate_kernel_cost(setup.spec, setup.profile, step_s, context=setup.context)
 
     def bench(self, quant: str):
         if quant not in self._benches:
@@ -409,7 +414,7 @@ class _MeasuredTuning:
         from planner.search.study import search
 
         s = self.setup
-        request = SearchRequest(context=s.request.max_new_tokens + CONTEXT_MARGIN, trials=ANALYTICAL_TRIALS,
+        request = SearchRequest(context=s.context, trials=ANALYTICAL_TRIALS,
                                 seed=s.request.seed, methods=s.space.methods, quants=s.space.quants,
                                 drafts=tuple(s.draft_specs), skip_pattern=s.space.skip_pattern, priors=s.priors)
         result = search(s.spec, self.calibrated, request)

@@ -16,6 +16,7 @@ from packaging.version import InvalidVersion, Version
 from planner._yaml import read_yaml
 from planner.errors import InputError, NotFoundError, near_matches
 from planner.perf.cost import EngineCost
+from planner.perf.memory import EngineMemory, ReserveTier
 from planner.plan.schema import Decoding
 from planner.profiles import PROFILES_DIR
 
@@ -60,6 +61,7 @@ class EngineInfo:
     port: int | None  # the engine's default port
     tables: tuple[FieldTable, ...]  # oldest first
     cost: EngineCost = EngineCost()  # what the engine adds to a step (planner.perf.cost)
+    memory: EngineMemory | None = None  # how it sets memory aside; None: no policy known
 
     @property
     def version_range(self) -> str:
@@ -111,12 +113,20 @@ def _info(name: str, row: dict) -> EngineInfo:
         port=row["port"],
         tables=tuple(_table_of(t) for t in row["tables"]),
         cost=_cost_of(name, row.get("cost") or {}),
+        memory=_memory_of(row.get("memory")),
     )
 
 
 def _cost_of(name: str, row: dict) -> EngineCost:
     figures = {k: v for k, v in row.items() if k not in ("execution", "sources")}
     return EngineCost(name=name, graphs=row.get("execution", "graphs") == "graphs", **figures)
+
+
+def _memory_of(row: dict | None) -> EngineMemory | None:
+    if row is None:
+        return None
+    fields = {k: v for k, v in row.items() if k not in ("sources", "reserve_tiers")}
+    return EngineMemory(**fields, reserve_tiers=tuple(ReserveTier(**t) for t in row.get("reserve_tiers", ())))
 
 
 @lru_cache(maxsize=1)

@@ -375,6 +375,8 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     from planner.perf import predict_detail
     from planner.perf.memory import require_fit
     from planner.perf.speedup import per_position_acceptances
+    from planner.plan.export.engines import engine_info
+    from planner.search.engines import RUNTIME
     from planner.search.request import SearchRequest
     from planner.search.study import check_draft
 
@@ -386,6 +388,12 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
         if method != "draft_model":
             raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
         decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
+    if acceptance is not None and method == "autoregressive":
+        raise InputError("--acceptance does not apply to --method autoregressive (nothing is drafted)")
+    if engine is not None and engine != RUNTIME:
+        why = engine_info(engine).cannot_run(decoding)  # as plan refuses what the engine cannot serve
+        if why:
+            raise InputError(why)
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec, execution=request.execution_on(profile),
@@ -411,7 +419,8 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
         ["VRAM", f"{p.vram_gib:.2f} GiB of {budget:.1f}" + (f" (budget; {profile.memory_gib:.1f} on the GPU)"
                                                             if vram_gib else "")],
     ]
-    click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}")
+    served = "" if engine is None else f"; served by {engine} ({'CUDA graphs' if request.execution_on(profile).graphs else 'eager'})"
+    click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}{served}")
     click.echo(_table(rows, ["figure", "predicted"]))
 
 

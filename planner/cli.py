@@ -381,6 +381,8 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
     from planner.perf import predict_detail
     from planner.perf.memory import require_fit
     from planner.perf.speedup import per_position_acceptances
+    from planner.plan.export.engines import engine_info
+    from planner.search.engines import RUNTIME
     from planner.search.request import SearchRequest
     from planner.search.study import check_draft
 
@@ -393,6 +395,12 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
         if method != "draft_model":
             raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
         decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
+    if acceptance is not None and method == "autoregressive":
+        raise InputError("--acceptance does not apply to --method autoregressive (nothing is drafted)")
+    if engine is not None and engine != RUNTIME:
+        why = engine_info(engine).cannot_run(decoding)  # as plan refuses what the engine cannot serve
+        if why:
+            raise InputError(why)
     draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec, execution=request.execution_on(profile),
@@ -419,7 +427,8 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
         ["VRAM", f"{p.vram_gib:.2f} GiB of {budget:.1f}" + (f" (budget; {profile.memory_gib:.1f} on the GPU)"
                                                             if vram_gib else "")],
     ]
-    click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}")
+    served = "" if engine is None else f"; served by {engine} ({'CUDA graphs' if request.execution_on(profile).graphs else 'eager'})"
+    click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}{served}")
     click.echo(_table(rows, ["figure", "predicted"]))
 
 
@@ -517,7 +526,7 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
         raise InputError("--calibration was fitted on one device: give it with --gpu (or alone), not --gpus")
     _check_plan_options(gpu or calibration, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot,
                         skip_pattern, adapter, methods, engine)
-    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
+    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
                             acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, execution=execution,
                             storage=storage, study_name=study_name, model_source=model_name)
@@ -528,19 +537,19 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
             ensure_writable(path)
     spec = _target_spec(model_name, context)
     profile, priors = _profile_and_priors(gpu, calibration, spec)
-    wants_s3d = not batch_sizes and ("s3d" in request.methods if request.methods else engine in (None, RUNTIME))
+    wants_s3d = batch_sizes is None and ("s3d" in request.methods if request.methods else engine in (None, RUNTIME))
     adapted = planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter) \
         if wants_s3d else None
     measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
     request = request.replace(s3d=adapted and adapted[0], acceptance=measured | request.acceptance_by_method, priors=priors)
-    if batch_sizes:
+    if batch_sizes is not None:
         result = schedule_search(spec, profile, request)
     else:
         result = search(spec, profile, request)
     if plot:
         from planner.search.plot import plot_schedule, plot_search
 
-        (plot_schedule if batch_sizes else plot_search)(result, plot)
+        (plot_schedule if batch_sizes is not None else plot_search)(result, plot)
     save_plan(result.plan, out)
     _print_plan(result.plan, result.budget_gib)
     if result.plan.schedule:

@@ -72,6 +72,14 @@ def _folder():
     (["--method", "early_exit", "--skip-ratio", "0.3"], "--skip-ratio does not apply to --method early_exit"),
     (["--method", "autoregressive", "--gamma", "3"], "--gamma does not apply to --method autoregressive"),
     (["--method", "draft_model"], "--method draft_model needs --draft-model"),
+    (["--method", "autoregressive", "--acceptance", "0.9"], "--acceptance does not apply to --method autoregressive"),
+    # an engine given to predict refuses what it cannot serve, as plan --engine does
+    (["--method", "s3d", "--engine", "vllm"], "vLLM cannot run s3d"),
+    (["--method", "autoregressive", "--engine", "llamacpp", "--quant", "fp8"], "cannot apply fp8 weight quantization"),
+    (["--method", "autoregressive", "--engine", "hf", "--quant", "int4"], "transformers cannot apply int4"),
+    (["--method", "draft_model", "--draft-model", "llama-3.2-1b", "--draft-quant", "int4", "--engine", "vllm"],
+     "vLLM cannot apply int4 weight quantization to the draft"),
+    (["--method", "autoregressive", "--engine", ""], "unknown engine ''"),
 ])
 def test_predict_options(tmp_path, args, message):
     assert message in refused(PREDICT + args, tmp_path)
@@ -145,6 +153,10 @@ def test_nothing_fits_suggests_only_a_budget_the_gpu_holds(tmp_path, gpu):
     (["--storage", "{tmp}/no/dir/study.log", "--study", "s"], "no directory {tmp}/no/dir"),
     (["--storage", "study.db", "--study", "s"], "a database needs a URL: sqlite:///study.db"),
     (["--storage", "sqlite:///{tmp}/study.db"], "--storage needs --study"),
+    (["--batch-sizes", "1,,2"], "an empty item"),
+    (["--batch-sizes", ""], "an empty item"),
+    (["--batch-sizes", ","], "an empty item"),
+    (["--batch-sizes", "0,2"], "batch sizes must be positive"),
 ])
 def test_plan_options(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]

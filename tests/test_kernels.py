@@ -7,6 +7,8 @@ the fallback when the kernels cannot be built."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -110,6 +112,48 @@ def test_when_the_kernel_cannot_be_built_one_line_says_so_and_torch_linears_stay
     assert type(model[0]) is nn.Linear
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not be built (Error building extension: g++: command not found)" in err[0]
+
+
+def _fresh_build(monkeypatch, tmp_path):
+    """`kernels.available` as on a machine whose kernel cache is empty (tmp_path)."""
+    monkeypatch.setenv("SPECPLAN_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "available", kernels.available.__wrapped__)  # bypass the cached answer
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_before_building(monkeypatch, tmp_path, capsys):
+    """torch's builder waits for ever on its `lock` file; one left by a killed build used to hang
+    every later run without a word."""
+    import torch.utils.cpp_extension
+
+    _fresh_build(monkeypatch, tmp_path)
+    seen = {}
+
+    def fake_load(name, sources, build_directory, **kwargs):
+        seen["lock left"] = (Path(build_directory) / "lock").exists()
+        raise RuntimeError("fake build stopped here")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    source = b"".join(path.read_bytes() for path in kernels.SOURCES)
+    import hashlib
+    tag = hashlib.sha256(source + " ".join((torch.__version__, *kernels.CFLAGS)).encode()).hexdigest()[:12]
+    stale = tmp_path / "kernels" / f"lean_linear-{tag}" / "lock"
+    stale.parent.mkdir(parents=True)
+    stale.touch()
+    assert kernels.available() is False
+    assert seen == {"lock left": False}
+    assert "fake build stopped here" in capsys.readouterr().err
+
+
+def test_without_a_compiler_one_line_names_it_and_torch_is_not_asked_to_build(monkeypatch, tmp_path, capsys):
+    import torch.utils.cpp_extension
+
+    _fresh_build(monkeypatch, tmp_path)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kwargs: pytest.fail("load called"))
+    assert kernels.available() is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["specplan: the lean CPU kernel could not be built (no C++ compiler: '/nonexistent/c++' not found); "
+                   "decoding uses torch's own modules"]
 
 
 def _rms_norm_reference(x, weight, eps):

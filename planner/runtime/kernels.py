@@ -58,28 +58,56 @@ def available() -> bool:
         return True
     except Exception as e:  # a missing compiler, ninja or header: decoding still works, slower
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f"specplan: the lean CPU kernel could not be built ({reason[:200]}); decoding uses torch's linear", file=sys.stderr)
+        print(f"specplan: the lean CPU kernel could not be built ({reason[:200]}); decoding uses torch's own modules", file=sys.stderr)
         return False
 
 
 def _build() -> None:
-    from torch.utils.cpp_extension import load
+    """Load the kernels' library from $SPECPLAN_CACHE/kernels/lean_linear-<tag>, compiling it
+    first if it is not there. The tag hashes the sources, torch's version and the flags, so a
+    library once built is loaded as is (no ninja run, whatever the sources' file times). One
+    process builds at a time (a lock the OS releases when its holder dies); a build killed
+    half-way leaves torch's own lock file behind, which would make every later build wait for
+    ever, so it is removed under that lock.
+
+    Raises:
+        RuntimeError: no C++ compiler, or the build failed (the caller falls back to torch).
+    """
+    import fcntl
+    import os
+    import shutil
 
     from planner.runtime.checkpoint import cache_root
 
     source = b"".join(path.read_bytes() for path in SOURCES)
     tag = hashlib.sha256(source + " ".join((torch.__version__, *CFLAGS)).encode()).hexdigest()[:12]
+    name = f"specplan_lean_linear_{tag}"
     build = cache_root() / "kernels" / f"lean_linear-{tag}"
+    library = build / f"{name}.so"
+    if library.is_file():
+        torch.ops.load_library(str(library))
+        return
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: '{compiler}' not found")
     build.mkdir(parents=True, exist_ok=True)
-    load(
-        name=f"specplan_lean_linear_{tag}",
-        sources=[str(path) for path in SOURCES],
-        extra_cflags=list(CFLAGS),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build),
-        is_python_module=False,  # registers torch.ops.specplan.linear
-        verbose=False,
-    )
+    with open(build / "specplan.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process building: wait for it
+        if library.is_file():  # it built the library meanwhile
+            torch.ops.load_library(str(library))
+            return
+        (build / "lock").unlink(missing_ok=True)  # torch's lock, left by a killed build
+        from torch.utils.cpp_extension import load
+
+        load(
+            name=name,
+            sources=[str(path) for path in SOURCES],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+            is_python_module=False,  # registers torch.ops.specplan.*
+            verbose=False,
+        )
 
 
 class LeanLinear(nn.Linear):

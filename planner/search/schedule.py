@@ -48,11 +48,14 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
             raise InputError(f"`batch_sizes` {text}: expected LOW-HIGH with 1 <= LOW <= HIGH")
         sizes = {low, high} | {2**k for k in range(high.bit_length()) if low <= 2**k <= high}
         return tuple(sorted(sizes))
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise InputError(f"`batch_sizes` {text!r}: an empty item; expected numbers like 1,2,4 or a range like 1-256")
     try:
-        sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+        sizes = sorted({int(part) for part in parts})
     except ValueError:
         raise InputError(f"`batch_sizes` {text!r}: expected numbers like 1,2,4 or a range like 1-256") from None
-    if not sizes or sizes[0] < 1:
+    if sizes[0] < 1:
         raise InputError(f"`batch_sizes` {text!r}: batch sizes must be positive")
     return tuple(sizes)
 

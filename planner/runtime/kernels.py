@@ -62,9 +62,19 @@ def available() -> bool:
         return False
 
 
+def build_directory() -> Path:
+    """$SPECPLAN_CACHE/kernels/lean_linear-<tag>, the tag a hash of the sources, torch's version
+    and the flags: one directory (and library) per build that differs."""
+    from planner.runtime.checkpoint import cache_root
+
+    source = b"".join(path.read_bytes() for path in SOURCES)
+    tag = hashlib.sha256(source + " ".join((torch.__version__, *CFLAGS)).encode()).hexdigest()[:12]
+    return cache_root() / "kernels" / f"lean_linear-{tag}"
+
+
 def _build() -> None:
-    """Load the kernels' library from $SPECPLAN_CACHE/kernels/lean_linear-<tag>, compiling it
-    first if it is not there. The tag hashes the sources, torch's version and the flags, so a
+    """Load the kernels' library from `build_directory()`, compiling it first if it is not
+    there. The directory's tag hashes the sources, torch's version and the flags, so a
     library once built is loaded as is (no ninja run, whatever the sources' file times). One
     process builds at a time (a lock the OS releases when its holder dies); a build killed
     half-way leaves torch's own lock file behind, which would make every later build wait for
@@ -77,12 +87,8 @@ def _build() -> None:
     import os
     import shutil
 
-    from planner.runtime.checkpoint import cache_root
-
-    source = b"".join(path.read_bytes() for path in SOURCES)
-    tag = hashlib.sha256(source + " ".join((torch.__version__, *CFLAGS)).encode()).hexdigest()[:12]
-    name = f"specplan_lean_linear_{tag}"
-    build = cache_root() / "kernels" / f"lean_linear-{tag}"
+    build = build_directory()
+    name = f"specplan_{build.name.replace('-', '_')}"
     library = build / f"{name}.so"
     if library.is_file():
         torch.ops.load_library(str(library))

@@ -171,10 +171,11 @@ def summary_rows(result: AutotuneResult) -> list[list[str]]:
     """Predicted (the plan's prediction, from the study) against measured on the held-out
     prompts, for the plan and autoregressive decoding."""
     r, p = result.report, result.plan.prediction
-    return [
-        [describe(result.plan.decoding), f"{p.tokens_per_s:.1f}", f"{r.tokens_per_s:.1f}", f"{p.speedup:.2f}x", f"{r.speedup:.2f}x"],
-        ["autoregressive", f"{p.tokens_per_s / p.speedup:.1f}", f"{r.baseline_tokens_per_s:.1f}", "1.00x", "1.00x"],
-    ]
+    plain = ["autoregressive", f"{p.tokens_per_s / p.speedup:.1f}", f"{r.baseline_tokens_per_s:.1f}", "1.00x", "1.00x"]
+    if result.plan.decoding.method == "autoregressive":  # the plan is the baseline: one row, not two of the same
+        return [plain]
+    return [[describe(result.plan.decoding), f"{p.tokens_per_s:.1f}", f"{r.tokens_per_s:.1f}", f"{p.speedup:.2f}x",
+             f"{r.speedup:.2f}x"], plain]
 
 
 SUMMARY_HEADERS = ["decoding", "predicted tokens/s", "measured tokens/s", "predicted speedup", "measured speedup"]

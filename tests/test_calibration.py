@@ -96,12 +96,15 @@ def test_calibrate_holds_out_every_third_set_up_and_predicts_them_better_after_t
     assert "synthetic" in c.profile.sources["token_slope"] and set(c.priors) == set(TRUE_PRIORS)
 
 
-def test_quantized_pruned_and_unpaired_trials_are_not_fitted(synthetic):
+def test_quantized_unmeasured_and_unpaired_trials_are_not_fitted_but_trials_pruned_after_a_round_are(synthetic):
     _, _, _, trials = synthetic
     m = trials[0]
-    left_out = [replace(m, decoding=replace(m.decoding, quant="int8")), replace(m, speedup_range=None, state="pruned"),
+    left_out = [replace(m, decoding=replace(m.decoding, quant="int8")),
+                replace(m, speedup=None, speedup_range=None, state="pruned", tokens_per_iteration=None, accept_counts=()),
                 replace(m, autoregressive_ms=None)]
     assert observations(left_out) == [] and len(observations(trials + left_out)) == len(trials)
+    after_a_round = replace(m, state="pruned", value=None, speedup_range=(m.speedup, m.speedup))
+    assert [o.speedup for o in observations([after_a_round])] == [m.speedup]
 
 
 def test_non_negative_least_squares_matches_the_constrained_optimum():

@@ -107,6 +107,27 @@ def test_a_set_up_whose_output_differs_fails_its_trial_and_the_plan_stays_autore
     assert load_plan(out).decoding.method == "autoregressive"
 
 
+def test_a_trial_pruned_after_a_round_keeps_what_it_measured_and_the_calibration_fits_it(tu_model, prompts, tmp_path,
+                                                                                         monkeypatch):
+    from planner.tune.calibration import load_calibration
+
+    study_module = sys.modules["planner.tune.study"]
+    monkeypatch.setattr(study_module, "PRUNE_MEASURED_BELOW", 100.0)  # every measured set-up pruned after its first round
+    out = tmp_path / "plan.yaml"
+    result = CliRunner().invoke(cli, _args(tu_model, prompts, out, "--trials", 2, "--methods", "layer_skip,prompt_lookup",
+                                           "--rounds", 2))  # the last --rounds counts
+    assert result.exit_code == 0, result.output
+    plan = load_plan(out)
+    trials = _trials(plan.search.storage, plan.search.study)
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    for t in trials:
+        m = t.user_attrs["measured"]
+        assert m["rounds"] == 1 and m["speedup"] == pytest.approx(t.intermediate_values[0]) and m["autoregressive_ms"] > 0
+        assert t.user_attrs["why"] == f"1 round(s) measured {m['speedup']:.2f}x, under 100x"
+    assert plan.decoding.method == "autoregressive" and "calibration fitted to 2 measured trials" in result.output
+    assert load_calibration(tmp_path / "plan.calibration.yaml").fit.trials == 2
+
+
 def test_prompts_split_per_group_keeping_one_of_each_for_tuning():
     tuning, held = split_prompts(PROMPTS + [("alone", "c")], 0.5)
     assert [p for p, _ in held] == ["abcabcabcabcabc", "hello hello hello", "1 2 3 4 5 6 7", "xyz xyz xyz xyz"]

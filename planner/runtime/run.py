@@ -499,9 +499,8 @@ class DecodingBench:
         times, interleaved prompt by prompt. Timing on a shared machine drifts by up to 27%
         over seconds: each round's speedups are taken against that round's autoregressive
         run, and the median round is reported, over all prompts and per group.
-        on_round(r, speedups) is called after round r with that round's speedup of each
-        decoding (autoregressive's 1.0 first); an exception it raises ends the comparison."""
-        import statistics
+        on_round(r, comparisons) is called after round r with what would be returned had
+        the comparison stopped there (rounds 0..r); an exception it raises ends the comparison."""
 
         if rounds < 1:
             raise InputError(f"`rounds` must be at least 1, got {rounds}")
@@ -516,9 +515,17 @@ class DecodingBench:
                 for k in _rotated(len(decodings), r):
                     runs[k][r].append(self._decode(drafters[k], ids))
             if on_round is not None:
-                on_round(r, [_speedup(runs[k][r], runs[0][r]) for k in range(len(decodings))])
+                on_round(r, self._comparisons(decodings, [rounds_of[: r + 1] for rounds_of in runs]))
+        return self._comparisons(decodings, runs)
+
+    def _comparisons(self, decodings, runs) -> list[Comparison]:
+        """Each decoding's Comparison from runs[decoding][round] -> generations: the median
+        round over all prompts and per group."""
+        import statistics
+
         if not all(_totals(gens).tokens_per_s for gens in runs[0]):
             raise InputError("every prompt ended at its first token: nothing to time")
+        rounds = len(runs[0])
         names = list(dict.fromkeys(self.groups))
         in_group = {g: [i for i, name in enumerate(self.groups) if name == g] for g in names}
         result = []

@@ -62,7 +62,7 @@ GRID_POINTS, REFINE_POINTS, REFINE_ROUNDS = 17, 7, 60
 
 @dataclass(frozen=True)
 class Observation:
-    """One trial decoded in full: what the fit reads."""
+    """One trial that decoded every prompt at least once: what the fit reads."""
 
     decoding: Decoding
     speedup: float  # median paired speedup over autoregressive decoding
@@ -72,9 +72,11 @@ class Observation:
 
 
 def observations(trials) -> list[Observation]:
-    """The trials (planner.tune.Measured) the fit reads, in trial order: decoded in full
-    (complete, or failed because the output differed: its timing and acceptance are as
-    real) on an unquantized target, with the paired autoregressive step recorded."""
+    """The trials (planner.tune.Measured) the fit reads, in trial order: every prompt decoded
+    at least once (complete; pruned after a round, over the rounds it ran: the set-ups the
+    model overrated teach the fit most; or failed because the output differed: its timing
+    and acceptance are as real) on an unquantized target, with the paired autoregressive
+    step recorded. Trials pruned by the model before decoding are not measurements."""
     return [Observation(m.decoding, m.speedup, m.tokens_per_iteration, m.accept_counts, m.autoregressive_ms)
             for m in sorted(trials, key=lambda m: m.number)
             if m.speedup_range is not None and m.decoding.quant == "none" and m.autoregressive_ms]
@@ -253,7 +255,7 @@ def split_held_out(obs) -> tuple[list[Observation], list[Observation]]:
 def calibrate(spec, profile, priors, trials, *, context: int, draft_specs: dict, study: str) -> Calibration | None:
     """The calibration of `spec` on `profile` (the study's step-calibrated one) fitted to the
     study's `trials`, its held-out error measured first on a fit without a third of the
-    set-ups; None when no trial was decoded in full on an unquantized target. `priors`: what
+    set-ups; None when no trial decoded every prompt on an unquantized target. `priors`: what
     resolve_priors takes (the priors the study predicted with).
 
     Raises:

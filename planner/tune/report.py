@@ -139,7 +139,7 @@ def calibration_summary(result) -> str:
     """One line: what the calibration was fitted to and its held-out error before and after."""
     c = result.calibration
     if c is None:
-        return "no calibration: no trial was decoded in full on the unquantized model"
+        return "no calibration: no trial decoded every prompt on the unquantized model"
     line = f"calibration fitted to {c.fit.trials} measured trials ({c.fit.set_ups} set-ups)"
     if c.fit.error_before is None:
         return line + "; too few set-ups to hold any out"

@@ -57,7 +57,7 @@ class Measured:
     decoding: Decoding
     predicted_speedup: float  # the calibrated performance model's
     value: float | None  # the objective's (complete trials)
-    speedup: float | None  # median paired speedup, all tuning prompts; pruned trials: the last round's
+    speedup: float | None  # median paired speedup, all tuning prompts; pruned trials: over the rounds before pruning
     speedup_range: tuple[float, float] | None
     group_speedups: tuple[tuple[str, float], ...]
     tokens_per_iteration: float | None
@@ -77,7 +77,7 @@ class TuneResult:
     storage: str
     study: str
     dtype: str  # what the target decoded in
-    calibration: object  # planner.tune.calibration.Calibration fitted to the trials, or None (nothing measured in full)
+    calibration: object  # planner.tune.calibration.Calibration fitted to the trials, or None (no trial decoded every prompt)
     files: tuple[Path, ...]  # the plan, its calibration and its reports
 
 
@@ -500,11 +500,15 @@ class _MeasuredTuning:
                                        f"{best:.2f}x: not measured")
             raise optuna.TrialPruned()
 
-        def on_round(r: int, speedups: list[float]) -> None:
+        def on_round(r: int, comparisons) -> None:
+            plain, c = comparisons
             with self.interrupt.decoding(False):  # storage work
-                trial.report(speedups[1], r)
+                trial.report(c.speedup * factor, r)
                 if trial.should_prune():
-                    trial.set_user_attr("why", f"round {r + 1} measured {speedups[1]:.2f}x, under {PRUNE_MEASURED_BELOW:g}x")
+                    # the rounds measured so far are kept: a calibration learns most from set-ups the model overrated
+                    trial.set_user_attr("measured", _measured_attrs(plain, c, factor, rounds=r + 1))
+                    trial.set_user_attr("why", f"{r + 1} round(s) measured {c.speedup * factor:.2f}x, "
+                                               f"under {PRUNE_MEASURED_BELOW:g}x")
                     raise optuna.TrialPruned()
 
         try:
@@ -518,15 +522,11 @@ class _MeasuredTuning:
         except SpecplanError as exc:  # this checkpoint cannot run the set-up (memory, shapes)
             trial.set_user_attr("why", str(exc))
             raise TrialFailed(str(exc)) from None
-        groups = tuple((g, v * factor) for g, v in c.group_speedups)
-        trial.set_user_attr("measured", {"speedup": c.speedup * factor, "speedup_range": [v * factor for v in c.speedup_range],
-                                         "groups": [list(g) for g in groups], "tokens_per_iteration": c.tokens_per_iteration,
-                                         "accept_counts": list(c.accept_counts), "identical": c.identical,
-                                         "autoregressive_ms": plain.iteration_ms})
+        trial.set_user_attr("measured", _measured_attrs(plain, c, factor, rounds=s.request.rounds))
         if not c.identical:
             trial.set_user_attr("why", "output differs from autoregressive decoding")
             raise TrialFailed("output differs from autoregressive decoding")
-        return c.speedup * factor if s.request.objective == "mean" else min(v for _, v in groups)
+        return c.speedup * factor if s.request.objective == "mean" else min(v * factor for _, v in c.group_speedups)
 
     def quant_factor(self, quant: str) -> float:
         """Autoregressive tokens/s of the `quant` target over the unquantized one's, measured
@@ -544,6 +544,16 @@ class _MeasuredTuning:
             self._quant_factor[quant] = statistics.median(ratios)
             self.log(f"{quant}: autoregressive decoding at {self._quant_factor[quant]:.2f}x the unquantized model's")
         return self._quant_factor[quant]
+
+
+def _measured_attrs(plain, c, factor: float, *, rounds: int) -> dict:
+    """A trial's "measured" attribute (JSON) from its runtime.Comparison `c` against
+    autoregressive decoding (`plain`) over `rounds` rounds; speedups times `factor` (the
+    quantized target's autoregressive speed over the unquantized one's)."""
+    return {"speedup": c.speedup * factor, "speedup_range": [v * factor for v in c.speedup_range],
+            "groups": [[g, v * factor] for g, v in c.group_speedups], "tokens_per_iteration": c.tokens_per_iteration,
+            "accept_counts": list(c.accept_counts), "identical": c.identical, "autoregressive_ms": plain.iteration_ms,
+            "rounds": rounds}
 
 
 def _record(trial, decoding: Decoding, **attrs) -> None:

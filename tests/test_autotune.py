@@ -38,6 +38,8 @@ def test_autotune_on_the_demo_model_tunes_calibrates_and_runs_the_plan_on_held_o
     plan = load_plan(out)
     assert plan.model.source.endswith("profiles/demo") and plan.measured["identical"] is True
     assert plan.measured["prompts"] == 1 and plan.measured["max_new_tokens"] == 12 and plan.measured["tokens_per_s"] > 0
+    assert plan.prediction.basis == ("calibrated" if plan.decoding.method == "autoregressive" else "measured")
+    assert f"(prediction basis: {plan.prediction.basis})" in result.output
     assert plan.search.trials == 3 and plan.tuning.tuning_prompts == 3 and plan.tuning.held_out_prompts == 0
     assert load_calibration(tmp_path / "plan.calibration.yaml").model.name == "demo"
 

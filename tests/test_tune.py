@@ -55,6 +55,9 @@ def test_tune_writes_a_plan_checked_on_held_out_prompts_resumes_and_refuses_anot
     assert [g.group for g in t.groups] == ["a", "b"] and all(g.held_out is not None for g in t.groups)
     assert t.held_out_speedup is not None and plan.measured["identical"] is True
     assert plan.search.trials == 5 and plan.search.storage == f"sqlite:///{tmp_path / 'plan.study.db'}"
+    # measured set-ups are the plan's figures; autoregressive decoding's come from the calibrated step
+    assert plan.prediction.basis == ("calibrated" if plan.decoding.method == "autoregressive" else "measured")
+    assert {a.prediction.basis for a in plan.alternatives} <= {"measured"}
     for name in ("plan.tune.md", "plan.acceptance.png", "plan.trials.png"):
         assert (tmp_path / name).stat().st_size > 0
     report = (tmp_path / "plan.tune.md").read_text()
@@ -125,6 +128,7 @@ def test_a_trial_pruned_after_a_round_keeps_what_it_measured_and_the_calibration
         assert m["rounds"] == 1 and m["speedup"] == pytest.approx(t.intermediate_values[0]) and m["autoregressive_ms"] > 0
         assert t.user_attrs["why"] == f"1 round(s) measured {m['speedup']:.2f}x, under 100x"
     assert plan.decoding.method == "autoregressive" and "calibration fitted to 2 measured trials" in result.output
+    assert plan.prediction.basis == "calibrated"
     assert load_calibration(tmp_path / "plan.calibration.yaml").fit.trials == 2
 
 

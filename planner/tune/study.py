@@ -298,9 +298,12 @@ class _Setup:
         held = held_out.get(decoding)
 
         def candidate(d: Decoding, speedup: float, tokens_per_iteration: float) -> Candidate:
-            alpha = None if d.method == "autoregressive" else alpha_from_tokens_per_iteration(tokens_per_iteration, d.gamma)
-            model = self.predict(calibrated, d, acceptance=alpha)
-            return Candidate(d, with_measured_speedup(model, speedup) if d.method != "autoregressive" else model)
+            # basis: autoregressive tokens/s from the profile calibrated on the measured step;
+            # a set-up's speedup and acceptance as measured
+            if d.method == "autoregressive":
+                return Candidate(d, dataclasses.replace(self.predict(calibrated, d), basis="calibrated"))
+            model = self.predict(calibrated, d, acceptance=alpha_from_tokens_per_iteration(tokens_per_iteration, d.gamma))
+            return Candidate(d, dataclasses.replace(with_measured_speedup(model, speedup), basis="measured"))
 
         if chosen is None:
             main = candidate(decoding, 1.0, 1.0)

@@ -1,5 +1,5 @@
-"""Exports checked by the engines' own code (opt-in: `pip install .[engines]`, or the CPU recipe in
-docs/deployment.md). Each exported script runs with the engine binary stubbed; the arguments
+"""Exports checked by the engines' own code (vLLM and SGLang: the README's test install takes their
+wheels without dependencies; see docs/deployment.md). Each exported script runs with the engine binary stubbed; the arguments
 it would have received go to the engine's own argument parser and config checks."""
 
 from __future__ import annotations
@@ -13,14 +13,20 @@ from planner.plan.export import export_plan
 from tests._export_support import DRAFT, LOOKUP, SCHEDULE, entry, launched_args, make_plan
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="vllm is not installed (opt-in extra `engines`; see docs/deployment.md)")
+                                reason="vllm is not installed (README's test install; docs/deployment.md)")
 needs_sglang = pytest.mark.skipif(importlib.util.find_spec("sglang") is None,
-                                  reason="sglang is not installed (opt-in extra `engines`; see docs/deployment.md)")
+                                  reason="sglang is not installed (README's test install; docs/deployment.md)")
 needs_trtllm = pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is None,
                                   reason="tensorrt_llm is not installed (a CUDA wheel from pypi.nvidia.com)")
 
 LOOKUP_SCHEDULE = tuple(entry(e.batch_min, e.batch_max, e.gamma, "prompt_lookup") for e in SCHEDULE)
 PLANS = {"draft": make_plan(DRAFT, schedule=SCHEDULE), "lookup": make_plan(LOOKUP, schedule=LOOKUP_SCHEDULE)}
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="outside CI the engines' parsers are optional")
+def test_ci_checks_the_exports_with_the_engines_own_parsers():
+    """Under CI (`CI` set) the README's test install brings vLLM's and SGLang's wheels: their tests must not skip."""
+    assert [m for m in ("vllm", "sglang") if importlib.util.find_spec(m) is None] == []
 
 
 @pytest.fixture(scope="module")

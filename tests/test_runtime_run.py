@@ -125,6 +125,7 @@ def _rewrite_weights(source: str, out) -> None:
         ({"method": "s3d", "skip_layers": (1,)}, [], "has none (none given, none in its directory, none shipped for it): run `specplan adapt` first"),
         ({"method": "s3d", "skip_layers": (1,), "adapter": "/no/adapter"}, [], "/no/adapter: no S3D adapter here (no s3d.json)"),
         ({"context": 16}, ["--max-new-tokens", "10"], "with --max-new-tokens 10 it exceeds the plan's context of 16"),
+        ({"context": 4096}, [], "the plan's context of 4096 tokens is beyond the 512 positions of "),
         ({}, ["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
         ({}, ["--temperature", "-1"], "Invalid value for '--temperature': -1.0 is not in the range x>=0"),
         ({}, ["--temperature", "nan"], "Invalid value for '--temperature': 'nan' is not a finite number"),

@@ -313,6 +313,10 @@ class _Session:
         self.plan, self.device = plan, resolve_device(device)
         self.source = local_checkpoint(model or plan.model.source)
         self.hf_config = read_hf_config(self.source)
+        positions = getattr(self.hf_config.get_text_config(), "max_position_embeddings", None)  # None: no limit (ALiBi)
+        if isinstance(positions, int) and plan.constraints.context > positions:
+            raise InputError(f"the plan's context of {plan.constraints.context} tokens is beyond the {positions} positions "
+                             f"of {model or plan.model.source}: plan for this checkpoint (specplan plan --model)")
         self.max_gamma = max_gamma
         self.max_seq_len = plan.constraints.context + max_gamma + 1  # a verify may write gamma + 1 slots past the last token
         self.dtype = resolve_dtype(dtype, self.device, _plan_profile(plan))

@@ -257,6 +257,52 @@ def test_norms_and_attentions_are_swapped_and_decode_as_transformers_modules_do(
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("arch", LEAN_ARCHS)
+def test_a_fused_decoder_layer_computes_what_its_lean_modules_compute_one_by_one(rt_models, arch, dtype, monkeypatch):
+    """specplan::decoder_layer runs for every layer of a step (prefill aside: the cache has no
+    buffer yet) and its logits equal, bit for bit, those of the same lean modules called one by one."""
+    from planner.runtime.load import load_target
+
+    calls = []
+    fused = torch.ops.specplan.decoder_layer
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return fused(*args)
+
+    logits = {}
+    for mode in ("fused", "one by one"):
+        target = load_target(rt_models[arch], device=torch.device("cpu"), max_seq_len=64, dtype=DTYPES[dtype])
+        layers = target.decoder.layers
+        assert {type(layer).__name__ for layer in layers} == {f"Lean{type(layers[0]).__mro__[2].__name__}"}
+        if mode == "fused":
+            monkeypatch.setattr(torch.ops.specplan, "decoder_layer", counted)
+            assert all(kernels._fused_parts(layer) is not None for layer in layers)
+        else:
+            monkeypatch.setattr(kernels, "_fused_parts", lambda layer: None)
+        target.prefill(torch.tensor([list(range(3, 20))]), target.positions(0, 17))
+        steps = [target.step(torch.tensor([[t]]), target.positions(17 + i, 1)) for i, t in enumerate((5, 9, 11))]
+        logits[mode] = steps + [target.step(torch.tensor([[4, 8, 2]]), target.positions(20, 3))]
+        monkeypatch.undo()
+    assert len(calls) == 4 * len(layers) and calls[-1][1] == 3
+    for a, b in zip(logits["fused"], logits["one by one"]):
+        assert torch.equal(a, b)
+
+
+def test_an_adapters_layer_copies_run_their_own_modules_not_the_fused_layer(rt_models, tmp_path):
+    """The S3D draft's copies of the kept layers have LoRA linears: they run module by module."""
+    from planner.runtime.adapter import untrained_draft
+    from planner.runtime.load import load_target
+
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=64, dtype=torch.float32)
+    target.prefill(torch.tensor([list(range(3, 20))]), target.positions(0, 17))  # the originals' parts worked out first
+    assert all(kernels._fused_parts(layer) is not None for layer in target.decoder.layers)
+    key = untrained_draft(target.decoder, (1, 2))
+    copies = [m for m in target.decoder.view(key).modules() if type(m).__name__ == "LeanLlamaDecoderLayer"]
+    assert len(copies) == len(target.decoder.layers) - 2 and all(kernels._fused_parts(c) is None for c in copies)
+
+
 def test_a_swapped_module_runs_its_own_forward_where_the_ops_do_not_apply(rt_models):
     """With gradients on (training) the swapped modules run transformers' code."""
     from planner.runtime.load import load_target

@@ -19,7 +19,10 @@ plain nn.Linear, and the norms, attentions and MLPs of the architectures whose t
 modules compute exactly what the ops compute (LEAN_NORMS, LEAN_ATTENTIONS, LEAN_MLPS: Llama's
 RMSNorm, Llama's attention with rotate-half rotary over the whole head, Llama's silu-gated MLP,
 as Llama, Mistral, Qwen2 and Qwen3 run them); an attention's q, k and v projections are then
-one `specplan::linears` call and an MLP's gate and up one `specplan::silu_gated_linear`. A swapped module falls back to its own forward wherever the op does not
+one `specplan::linears` call and an MLP's gate and up one `specplan::silu_gated_linear`. With
+all of a decoder layer's modules lean, the layer itself (LEAN_DECODER_LAYERS) is one
+`specplan::decoder_layer` call: the same ops in the same order, minus a few dozen Python-level
+calls per layer. A swapped module falls back to its own forward wherever the op does not
 apply (gradients on, no KV cache, another mask). Other architectures keep their modules and
 still get the lean linears.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -210,6 +214,52 @@ class _LeanGatedMLP:
         return self.down_proj(torch.ops.specplan.silu_gated_linear(x, gate.weight, gate.bias, up.weight, up.bias))
 
 
+class _LeanDecoderLayer:
+    """LlamaDecoderLayer's forward (input norm, attention, residual add, post-attention norm,
+    MLP, residual add) as one `specplan::decoder_layer` call: the same lean ops in the same
+    order as the swapped modules calling them one by one, so the same bits, without a few
+    dozen Python-level calls per layer. Where any of its modules is not the lean one (an
+    adapter's LoRA layers, another activation) or the step is not the runtime's (gradients,
+    no cache buffer yet, another mask), the modules run one by one as before."""
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("past_key_value")))
+        position_embeddings = kwargs.get("position_embeddings")
+        parts = _fused_parts(self)
+        attn = self.self_attn
+        if (parts is None or args or torch.is_grad_enabled() or position_embeddings is None
+                or getattr(cache, "input_pos", None) is None or cache.keys[attn.layer_idx] is None
+                or not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != hidden_states.dtype
+                or hidden_states.dtype != parts[0][0].dtype or hidden_states.dim() != 3
+                or position_embeddings[0].shape[-1] != attn.head_dim):
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+        weights, biases, head_norms, eps = parts
+        return torch.ops.specplan.decoder_layer(
+            hidden_states, weights, biases, head_norms, eps, *position_embeddings, cache.keys[attn.layer_idx],
+            cache.values[attn.layer_idx], cache.input_pos, attention_mask, attn.head_dim, attn.scaling)
+
+
+_FUSED_PARTS = weakref.WeakKeyDictionary()  # decoder layer -> its parts or None; a copy of a layer (an adapter's) is looked at anew
+
+
+def _fused_parts(layer: nn.Module):
+    """(weights, biases, head norms, eps) of a decoder layer whose modules are all the lean
+    ones `specplan::decoder_layer` computes, else None; worked out once per layer object."""
+    if layer not in _FUSED_PARTS:
+        attn, mlp = layer.self_attn, layer.mlp
+        norms = [layer.input_layernorm, layer.post_attention_layernorm]
+        head_norms = [attn.q_norm, attn.k_norm] if hasattr(attn, "q_norm") else []
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        eps = {n.variance_epsilon for n in norms + head_norms if isinstance(n, _LeanRMSNorm)}
+        fits = (isinstance(attn, _LeanAttention) and isinstance(mlp, _LeanGatedMLP)
+                and all(isinstance(n, _LeanRMSNorm) for n in norms + head_norms) and len(eps) == 1
+                and all(type(m) is LeanLinear for m in linears) and type(mlp.act_fn).__name__ == "SiLUActivation"
+                and len({p.dtype for p in layer.parameters()}) == 1)
+        _FUSED_PARTS[layer] = ([n.weight for n in norms] + [m.weight for m in linears], [m.bias for m in linears],
+                               [n.weight for n in head_norms], float(eps.pop())) if fits else None
+    return _FUSED_PARTS[layer]
+
+
 def _project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
     """Each module applied to x: in one `specplan::linears` call when all are lean linears."""
     if all(type(m) is LeanLinear for m in linears):
@@ -221,8 +271,9 @@ def _project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
 LEAN_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 LEAN_ATTENTIONS = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention")
 LEAN_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+LEAN_DECODER_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
 _LEAN_MIXINS = {**dict.fromkeys(LEAN_NORMS, _LeanRMSNorm), **dict.fromkeys(LEAN_ATTENTIONS, _LeanAttention),
-                **dict.fromkeys(LEAN_MLPS, _LeanGatedMLP)}
+                **dict.fromkeys(LEAN_MLPS, _LeanGatedMLP), **dict.fromkeys(LEAN_DECODER_LAYERS, _LeanDecoderLayer)}
 
 
 @functools.cache

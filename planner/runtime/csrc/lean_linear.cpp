@@ -156,6 +156,11 @@ void rows(const T* x, const std::vector<Matrix<T>>& mats, int64_t M, int64_t K) 
   });
 }
 
+}  // namespace
+
+// Called by specplan::decoder_layer (lean_step.cpp) as well as registered below.
+namespace specplan_impl {
+
 // x (..., K) times each (N_i, K) weight: outputs (..., N_i), in x's dtype.
 std::vector<at::Tensor> linears_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases) {
   TORCH_CHECK(!weights.empty() && biases.size() == weights.size(), "specplan::linears: one bias (or None) per weight");
@@ -227,6 +232,12 @@ at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, 
     }));
   return gate;
 }
+
+}  // namespace specplan_impl
+
+namespace {
+
+using namespace specplan_impl;
 
 at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   auto shape = x.sizes().vec();

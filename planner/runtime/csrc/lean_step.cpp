@@ -11,12 +11,23 @@
 //   attention  softmax(q k^T * scale + mask) v over the KV cache, GQA heads shared, fp32 inside;
 //              keys whose mask entry is the dtype's lowest value are skipped (their softmax
 //              weight is exactly 0), so a step reads only the cache slots it can see.
+//   decoder_layer  a Llama-family decoder layer (LlamaDecoderLayer's forward) in one call: the
+//              ops above and the linears, the KV cache written at the step's positions, both
+//              residual adds; the same ops in the same order as the modules calling them one by
+//              one, so the same bits, without a few dozen Python-level calls per layer.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <limits>
 #include <vector>
+
+namespace specplan_impl {  // lean_linear.cpp
+std::vector<at::Tensor> linears_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases);
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>& b_gate,
+                                 const at::Tensor& w_up, const c10::optional<at::Tensor>& b_up);
+}  // namespace specplan_impl
 
 namespace {
 
@@ -166,6 +177,38 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
   return out;
 }
 
+// LlamaDecoderLayer.forward for the runtime's step: x (B, T, hidden) -> (B, T, hidden).
+// weights: input norm, post-attention norm, q, k, v, o, gate, up, down (nn.Linear layout);
+// biases: q, k, v, o, gate, up, down (each optional); head_norms: Qwen3's q and k norms (none
+// or both); cos, sin (B, T, D); k_cache, v_cache (B, Hk, S, D), written at input_pos (T,);
+// mask (1 or B, 1, T, S) additive.
+at::Tensor decoder_layer_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
+                             at::TensorList head_norms, double eps, const at::Tensor& cos, const at::Tensor& sin,
+                             at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& input_pos, const at::Tensor& mask,
+                             int64_t head_dim, double scale) {
+  using namespace specplan_impl;
+  TORCH_CHECK(weights.size() == 9 && biases.size() == 7, "specplan::decoder_layer: 9 weights and 7 biases");
+  TORCH_CHECK(head_norms.empty() || head_norms.size() == 2, "specplan::decoder_layer: no head norms, or q's and k's");
+  const int64_t B = x.size(0), Tn = x.size(1);
+  c10::List<c10::optional<at::Tensor>> qkv_biases;
+  for (int i = 0; i < 3; ++i) qkv_biases.push_back(biases.get(i));
+  auto h = rms_norm_cpu(x, weights[0], eps);
+  auto qkv = linears_cpu(h, {weights[2], weights[3], weights[4]}, qkv_biases);
+  auto q = qkv[0].view({B, Tn, -1, head_dim}), k = qkv[1].view({B, Tn, -1, head_dim});
+  if (!head_norms.empty()) {
+    q = rms_norm_cpu(q, head_norms[0], eps);
+    k = rms_norm_cpu(k, head_norms[1], eps);
+  }
+  auto v = qkv[2].view({B, Tn, -1, head_dim}).transpose(1, 2);
+  auto qk = rotary_cpu(q.transpose(1, 2), k.transpose(1, 2), cos, sin);
+  k_cache.index_copy_(2, input_pos, qk[1]);
+  v_cache.index_copy_(2, input_pos, v);
+  auto attended = attention_cpu(qk[0], k_cache, v_cache, mask, scale);  // (B, T, H, D)
+  auto out = x + linear_cpu(attended.view({B, Tn, -1}), weights[5], biases.get(3));
+  auto gated = silu_gated_linear_cpu(rms_norm_cpu(out, weights[1], eps), weights[6], biases.get(4), weights[7], biases.get(5));
+  return out + linear_cpu(gated, weights[8], biases.get(6));
+}
+
 at::Tensor rms_norm_meta(const at::Tensor& x, const at::Tensor&, double) { return at::empty_like(x); }
 std::vector<at::Tensor> rotary_meta(const at::Tensor& q, const at::Tensor& k, const at::Tensor&, const at::Tensor&) {
   return {at::empty_like(q), at::empty_like(k)};
@@ -180,11 +223,14 @@ TORCH_LIBRARY_FRAGMENT(specplan, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> Tensor[]");
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+  m.def("decoder_layer(Tensor x, Tensor[] weights, Tensor?[] biases, Tensor[] head_norms, float eps, Tensor cos, "
+        "Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos, Tensor mask, int head_dim, float scale) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(specplan, CPU, m) {
   m.impl("rms_norm", rms_norm_cpu);
   m.impl("rotary", rotary_cpu);
   m.impl("attention", attention_cpu);
+  m.impl("decoder_layer", decoder_layer_cpu);
 }
 TORCH_LIBRARY_IMPL(specplan, Meta, m) {
   m.impl("rms_norm", rms_norm_meta);

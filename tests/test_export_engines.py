@@ -4,13 +4,15 @@ it would have received go to the engine's own argument parser and config checks.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
 from planner.plan.export import export_plan
-from tests._export_support import DRAFT, LOOKUP, SCHEDULE, entry, launched_args, make_plan
+from tests._export_support import DRAFT, LOOKUP, SCHEDULE, entry, flag_value, launched_args, make_plan
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vllm is not installed (README's test install; docs/deployment.md)")
@@ -20,7 +22,9 @@ needs_trtllm = pytest.mark.skipif(importlib.util.find_spec("tensorrt_llm") is No
                                   reason="tensorrt_llm is not installed (a CUDA wheel from pypi.nvidia.com)")
 
 LOOKUP_SCHEDULE = tuple(entry(e.batch_min, e.batch_max, e.gamma, "prompt_lookup") for e in SCHEDULE)
-PLANS = {"draft": make_plan(DRAFT, schedule=SCHEDULE), "lookup": make_plan(LOOKUP, schedule=LOOKUP_SCHEDULE)}
+FP8 = dataclasses.replace(DRAFT, quant="fp8", draft_quant="fp8")  # fp8 weights for the target and its draft
+PLANS = {"draft": make_plan(DRAFT, schedule=SCHEDULE), "lookup": make_plan(LOOKUP, schedule=LOOKUP_SCHEDULE),
+         "fp8": make_plan(FP8, schedule=SCHEDULE)}
 
 
 @pytest.mark.skipif(not os.environ.get("CI"), reason="outside CI the engines' parsers are optional")
@@ -64,6 +68,8 @@ def test_vllm_parses_the_launch_and_schedules_the_planned_gammas(name, vllm_pars
     dense = build_dynamic_sd_schedule_lookup(spec["num_speculative_tokens_per_batch_size"], ns.max_num_seqs,
                                              spec["num_speculative_tokens"])
     assert dense[1:] == [e.gamma for e in plan.schedule for _ in range(e.batch_min, e.batch_max + 1)]
+    if name == "fp8":  # the target's and the draft's weights
+        assert ns.quantization == "fp8" and spec["quantization"] == "fp8"
 
 
 @needs_vllm
@@ -99,8 +105,10 @@ def test_sglang_server_args_accept_the_launch(name, tmp_path):
     assert (ns["model_path"], tp, ns["max_running_requests"], ns["context_length"]) == (plan.model.source, 1, 128, 4096)
     assert ns["mem_fraction_static"] == pytest.approx(0.90)
     gamma = plan.schedule[0].gamma  # SGLang takes one draft length: the one of the plan's batch size, 1
-    algorithm = {"draft": "STANDALONE", "lookup": "NGRAM"}[name]
+    algorithm = {"draft": "STANDALONE", "lookup": "NGRAM", "fp8": "STANDALONE"}[name]
     assert ns["speculative_algorithm"] == algorithm and ns["speculative_num_draft_tokens"] == gamma + 1
+    if name == "fp8":
+        assert ns["quantization"] == "fp8" and ns["speculative_draft_model_quantization"] == "fp8"
     from sglang.srt.server_args import prepare_server_args
 
     try:
@@ -129,3 +137,76 @@ def test_trtllm_config_classes_accept_the_options():
         spec = yaml.safe_load(body)["speculative_config"]
         spec.pop("decoding_type")
         cls(**spec)
+
+
+# ------------------------------------------------------------ a fleet plan through all five engines
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """`specplan plan --gpus a10g,h100-sxm --batch-sizes 1-128 --out-dir DIR --export` to all five
+    engines (the issue's "done when"): DIR/<gpu>/plan.yaml and one launch script per engine."""
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    out = tmp_path_factory.mktemp("fleet")
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpus", "a10g,h100-sxm", "--batch-sizes", "1-128",
+                                      "--trials", "40", "--out-dir", str(out), "--export", "vllm,sglang,trtllm,hf,llamacpp"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+FLEET_GPUS = ("a10g", "h100-sxm")
+
+
+def _fleet_launch(fleet, gpu: str, engine: str, tmp_path) -> tuple:
+    """(the GPU's plan, its largest planned batch, the arguments the engine's launch passes)."""
+    from planner.plan.schema import load_plan
+
+    plan = load_plan(fleet / gpu / "plan.yaml")
+    env = {}
+    if engine == "llamacpp":  # local checkpoints for the converter (a hub id would be downloaded)
+        env = {key: str(tmp_path / key.lower()) for key in ("MODEL", "DRAFT_MODEL")}
+        for path in env.values():
+            Path(path).mkdir()
+    env["CONFIG"] = str(tmp_path / "options.yaml")
+    script = next(p for p in (fleet / gpu).iterdir() if p.suffix == ".sh" and p.stem.startswith(engine))
+    return plan, max(e.batch_max for e in plan.schedule), launched_args(script.read_text(), engine, tmp_path, env)
+
+
+@needs_vllm
+@pytest.mark.parametrize("gpu", FLEET_GPUS)
+def test_a_fleet_plans_vllm_launch_parses_and_serves_its_largest_batch(fleet, gpu, vllm_parser, tmp_path):
+    from vllm.config import SpeculativeConfig
+
+    plan, top, args = _fleet_launch(fleet, gpu, "vllm", tmp_path)
+    ns = vllm_parser.parse_args(args[1:])
+    assert ns.max_num_seqs == top and 0 < ns.gpu_memory_utilization <= 1
+    if plan.decoding.method != "autoregressive":
+        assert set(ns.speculative_config) <= set(SpeculativeConfig.__dataclass_fields__)
+
+
+@needs_sglang
+@pytest.mark.parametrize("gpu", FLEET_GPUS)
+def test_a_fleet_plans_sglang_launch_parses_and_serves_its_largest_batch(fleet, gpu, tmp_path):
+    _, top, args = _fleet_launch(fleet, gpu, "sglang", tmp_path)
+    ns = vars(_sglang_namespace(args[1:]))
+    assert ns["max_running_requests"] == top and 0 < ns["mem_fraction_static"] <= 1
+
+
+@pytest.mark.parametrize("gpu", FLEET_GPUS)
+@pytest.mark.parametrize("engine, concurrency", [("trtllm", "--max_batch_size"), ("llamacpp", "-np")])
+def test_a_fleet_plans_trtllm_and_llamacpp_launches_use_only_sourced_names(fleet, gpu, engine, concurrency, tmp_path):
+    """TensorRT-LLM and llama.cpp have no CPU package: every flag and key is checked against the
+    field table read from their sources (planner/profiles/engines.yaml)."""
+    import yaml
+
+    from planner.plan.export import engine_info
+
+    _, top, args = _fleet_launch(fleet, gpu, engine, tmp_path)
+    fields = set(engine_info(engine).table(None).fields)
+    assert {a for a in args if a.startswith("-")} <= fields and flag_value(args, concurrency) == str(top)
+    if engine == "trtllm" and (tmp_path / "options.yaml").exists():
+        options = yaml.safe_load((tmp_path / "options.yaml").read_text()) or {}
+        assert set(options) | set(options.get("speculative_config") or {}) <= fields

@@ -61,7 +61,8 @@ def _outside_comments_and_quotes(text: str) -> str:
 
 def _shell_exports():
     plan = _payload_plan()
-    return {engine: export_plan(plan, engine, engine_version="1.2.1" if engine == "trtllm" else None).text
+    return {engine: export_plan(plan, engine, engine_version="1.2.1" if engine == "trtllm" else None,
+                                plan_label=f"plan{PAYLOAD}.yaml").text  # the plan's path as given on the command line
             for engine in ENGINE_BINARY}
 
 
@@ -116,7 +117,7 @@ def test_trtllm_refuses_a_draft_model_that_would_break_its_yaml(tmp_path):
 
 
 def test_transformers_file_keeps_the_payload_in_strings_and_comments():
-    text = export_plan(_payload_plan(), "hf").text
+    text = export_plan(_payload_plan(), "hf", plan_label=f"plan{PAYLOAD}.yaml").text
     module = ast.parse(text)
     clean = ast.parse(export_plan(make_plan(schedule=SCHEDULE), "hf").text)
     assert [type(node) for node in module.body] == [type(node) for node in clean.body]  # no statement added

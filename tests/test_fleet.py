@@ -116,6 +116,9 @@ def test_fleet_writes_plans_exports_and_a_costed_summary(tmp_path):
         assert plan.hardware.profile == gpu and plan.schedule[-1].batch_max == 16
         for name in ("vllm.sh", "sglang.sh", "hf.py"):
             assert f"profile {gpu}" in (out_dir / gpu / name).read_text()
+        # a compose file beside each server launch whose engine publishes an image (transformers: none)
+        assert {p.name for p in (out_dir / gpu).glob("*.compose.yaml")} == {"vllm.compose.yaml", "sglang.compose.yaml"}
+        assert "vllm.sh" in (out_dir / gpu / "vllm.compose.yaml").read_text()
         # engines load hub ids, not the card names the plan was made from
         assert "MODEL=meta-llama/Llama-3.1-8B " in (out_dir / gpu / "vllm.sh").read_text()
         row = next(line for line in summary.splitlines() if line.startswith(f"| {gpu} |"))

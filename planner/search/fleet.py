@@ -18,7 +18,7 @@ from planner._yaml import write_yaml_atomic
 from planner.errors import BudgetError, InputError, near_matches
 from planner.hardware import load_profile, shipped_profile_names
 from planner.models.spec import ModelSpec
-from planner.plan.export import Export, export_plan, write_export
+from planner.plan.export import Export, export_plan, write_compose, write_export
 from planner.plan.schema import Plan
 from planner.search.engines import RUNTIME, engine_space
 from planner.search.request import SearchRequest
@@ -167,7 +167,8 @@ def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str,
         for export in exports[row.gpu]:
             path = gpu_dir / f"{export.engine}{export.suffix}"
             write_export(export, path)
-            written.append(path)
+            compose = write_compose(export, path)  # as `specplan export` writes one beside the script
+            written += [path] + ([compose] if compose else [])
     return tuple(written)
 
 

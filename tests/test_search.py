@@ -112,8 +112,8 @@ def test_plan_command_bad_input_writes_nothing(tmp_path):
     out = tmp_path / "plan.yaml"
     result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--vram-gib", "1", "--trials", "10", "--out", str(out)])
     assert result.exit_code == 2 and "nothing fits" in result.output and not out.exists()
-    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--methods", "s3d,medusa", "--out", str(out)])
-    assert result.exit_code == 2 and "unknown method 'medusa'" in result.output
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--methods", "s3d,hydra", "--out", str(out)])
+    assert result.exit_code == 2 and "unknown method 'hydra'" in result.output
 
 
 def test_predict_json_and_table():
@@ -213,7 +213,7 @@ def test_plan_takes_measured_acceptance_per_method_and_per_position(tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    (["medusa=0.5"], "'medusa' is not a speculative method"),
+    (["hydra=0.5"], "'hydra' is not a speculative method"),
     (["0.5", "0.6"], "give one figure for every method, or METHOD=FIGURES for each"),
     (["draft_model=0.5,0.7"], "cannot rise"),
 ])

@@ -69,7 +69,7 @@ _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
 # Library parameters that a command's option holds under another name: run_plan's `model` is
 # adapt's and autotune's model_path and predict's model_name; predict_detail's `draft_spec`
 # is what predict's --draft-model names.
-_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",)}
+_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",), "tensor_parallel": ("tp",)}
 
 
 def _flags(message: str, command: click.Command | None) -> str:
@@ -279,9 +279,10 @@ def _acceptance_text(alphas) -> str:
 
 
 _SKIPPING = ("layer_skip", "s3d")
-_SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
+_HEADS = ("eagle", "eagle3", "mtp", "medusa")
+_SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup", *_HEADS)
 _APPLIES_TO = {"--gamma": _SPECULATIVE, "--skip-layers": _SKIPPING, "--skip-ratio": _SKIPPING,
-               "--exit-layer": ("early_exit",), "--draft-model": ("draft_model",)}
+               "--exit-layer": ("early_exit",), "--draft-model": ("draft_model", *_HEADS)}
 
 
 def _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model):
@@ -355,15 +356,25 @@ _QUANTS = click.Choice(list(QUANTIZATIONS))
 @click.option("--engine", help="Cost the serving engine's own step and execution: vllm, sglang, trtllm, hf or llamacpp "
                                "(default: specplan's runtime).")
 @click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
+@click.option("--topk", type=click.IntRange(1, 10), help="eagle/eagle3/mtp: a draft tree's children per expanded node "
+              "(SGLang's --speculative-eagle-topk; default 1, a chain).")
+@click.option("--num-draft-tokens", type=click.IntRange(2, 64), help="eagle/eagle3/mtp tree: tokens verified per iteration, "
+              "the root included (SGLang's --speculative-num-draft-tokens; default gamma + 1).")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tensor parallel: GPUs of --gpu each forward is split over; VRAM is then per GPU.")
+@click.option("--draft-tp", type=click.IntRange(1, 64), help="The draft's or head's own tensor parallel: 1 or --tp "
+              "(vLLM's draft_tensor_parallel_size; default --tp).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model, acceptance,
-            context, batch_size, draft_quant, engine, execution, as_json):
+            context, batch_size, draft_quant, engine, execution, topk, num_draft_tokens, tp, draft_tp, as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
     Example:
       specplan predict --model llama-3.1-8b --gpu a10g --method s3d --gamma 4 --skip-ratio 0.4 --quant int4
       specplan predict --model llama-3.1-8b --gpu h100-sxm --method autoregressive --engine vllm --quant fp8
+      specplan predict --model llama-3.3-70b --gpu h100-sxm --tp 8 --engine sglang --method eagle3 --gamma 8 \
+          --topk 8 --num-draft-tokens 64
     """
     import dataclasses
 
@@ -374,20 +385,28 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
     from planner.perf.cost import RUNTIME
     from planner.plan.export import engine_info
     from planner.perf.speedup import per_position_acceptances
-    from planner.search.study import check_draft
+    from planner.search.study import check_draft, check_fits_gpu, check_tensor_parallel
 
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
+    decoding = _tree_and_parallel(decoding, topk, num_draft_tokens, tp, draft_tp)
     if draft_quant is not None:
         if method != "draft_model":
             raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
         decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
-    draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
+    check_tensor_parallel(spec, profile, tp, decoding.draft_tensor_parallel)
+    draft_spec = None
+    if draft_model and method == "draft_model":
+        draft_spec = check_draft(spec, load_model_spec(draft_model))
+    elif draft_model and _readable_config(draft_model):  # a head's own config; a hub id only names the head
+        draft_spec = load_model_spec(draft_model)
     engine_cost = engine_info(engine).cost if engine else RUNTIME
-    ex = Execution.default_for(profile, engine_cost, graphs=None if execution is None else execution == "graphs")
+    ex = Execution.default_for(profile, engine_cost, graphs=None if execution is None else execution == "graphs",
+                               tensor_parallel=tp)
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec, execution=ex)
     p = detail.prediction
+    check_fits_gpu(spec, profile, p.vram_gib, tp)
     if as_json:
         data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,
                     decoding={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(decoding).items()},
@@ -403,16 +422,54 @@ def predict(model_name, gpu, method, gamma, skip_layers, skip_ratio, exit_layer,
         ["target forward", f"{p.target_latency_ms:.2f} ms"],
         ["draft per iteration", f"{p.draft_latency_ms:.2f} ms"],
         ["iteration", f"{p.iteration_ms:.2f} ms"],
-        ["VRAM", f"{p.vram_gib:.2f} GiB of {profile.memory_gib:.1f}"],
+        ["VRAM", f"{p.vram_gib:.2f} GiB of {profile.memory_gib:.1f}" + (f" on each of {tp} GPUs" if tp > 1 else "")],
     ]
     click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}")
     click.echo(_table(rows, ["figure", "predicted"]))
+
+
+def _readable_config(name: str) -> bool:
+    """Whether `name` is a local config or checkpoint directory (a head's own shape), not a hub id."""
+    from pathlib import Path
+
+    return Path(name).exists()
+
+
+def _tree_and_parallel(decoding, topk, num_draft_tokens, tp, draft_tp):
+    """`decoding` with a draft tree and the draft's tensor parallel, refused where they do not apply.
+
+    Raises:
+        InputError: --topk/--num-draft-tokens on a method with no tree, a tree SGLang cannot
+            build, or --draft-tp other than 1 or --tp.
+    """
+    import dataclasses
+
+    from planner.errors import InputError
+    from planner.plan.schema import TREE_METHODS, tree_problem
+
+    if (topk is not None or num_draft_tokens is not None) and decoding.method not in TREE_METHODS:
+        raise InputError(f"--topk and --num-draft-tokens apply to {', '.join(TREE_METHODS)}, not --method {decoding.method}")
+    if draft_tp is not None and decoding.method not in ("draft_model", *_HEADS):
+        raise InputError(f"--draft-tp applies to a draft model or head, not --method {decoding.method}")
+    if draft_tp is not None and draft_tp not in (1, tp):
+        raise InputError(f"--draft-tp {draft_tp}: a draft runs on 1 GPU or on the target's {tp} (vLLM's rule)")
+    topk = topk or 1
+    if num_draft_tokens is None:
+        num_draft_tokens = 0 if topk == 1 else min(64, 1 + topk + (decoding.gamma - 1) * topk * topk)
+    decoding = dataclasses.replace(decoding, topk=topk, num_draft_tokens=num_draft_tokens,
+                                   draft_tensor_parallel=draft_tp)
+    why = tree_problem(decoding)
+    if why:
+        raise InputError(f"--num-draft-tokens: {why}")
+    return decoding
 
 
 def _describe(d) -> str:
     parts = [d.method]
     if d.gamma:
         parts.append(f"gamma {d.gamma}")
+    if d.topk > 1:
+        parts.append(f"tree topk {d.topk} tokens {d.num_draft_tokens}")
     if d.skip_layers:
         parts.append(f"skip {d.skip_layers[0]}-{d.skip_layers[-1]}" if list(d.skip_layers) == list(range(d.skip_layers[0], d.skip_layers[-1] + 1)) else f"skip {len(d.skip_layers)} layers")
     if d.exit_layer is not None:
@@ -452,9 +509,14 @@ def _describe(d) -> str:
 @click.option("--adapter", type=click.Path(file_okay=False),
               help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tensor parallel: GPUs of --gpu each forward is split over; the budget is per GPU.")
+@click.option("--head", "heads", multiple=True, callback=lambda ctx, param, texts: _heads(texts),
+              help="A learned draft head, METHOD=NAME (eagle, eagle3, mtp, medusa; NAME a hub id or the head's config.json); "
+                   "repeatable. Default: the public heads known for the model.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, usd_per_hour, vram_gib, context, trials,
-                 seed, objective, methods, acceptance, skip_pattern, storage, study_name, plot, adapter, out):
+                 seed, objective, methods, acceptance, skip_pattern, storage, study_name, plot, adapter, tp, heads, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -464,6 +526,8 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
       specplan plan --model llama-3.1-8b --gpus all --batch-sizes 1-128 --out-dir deploy \\
           --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
       specplan plan --model SmolLM2-135M-Instruct.Q4_1.gguf --gpu cpu.yaml --methods s3d,autoregressive
+      specplan plan --model llama-3.1-70b --gpu h100-sxm --tp 8 --engine sglang \
+          --head eagle3=yuhuili/EAGLE3-LLaMA3.1-Instruct-70B
     """
     from planner._files import ensure_writable
     from planner.hardware import load_profile
@@ -479,19 +543,23 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
                         adapter, methods)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes(batch_sizes or "1"),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods),
-                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name, model_source=model_name)
+                            acceptance=acceptance, skip_pattern=skip_pattern, storage=storage, study_name=study_name, model_source=model_name,
+                            tensor_parallel=tp, heads=heads)
     if gpus:
         return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour, engine)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
         if path:
             ensure_writable(path)
     method_list, quants = engine_space([engine] if engine else [], request.methods)
+    if method_list is not None and "mtp" not in (request.methods or ()):  # the model's own layers: only when named
+        method_list = tuple(m for m in method_list if m != "mtp")
     spec, profile = _target_spec(model_name, context), load_profile(gpu)
     adapted = None if batch_sizes or (method_list and "s3d" not in method_list) else \
         planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size), given=adapter)
     measured = {"s3d": adapted[1]} if adapted and adapted[1] is not None else {}  # the adapter's held-out figure
     request = request.replace(methods=method_list, quants=quants, s3d=adapted and adapted[0],
-                              acceptance=measured | request.acceptance_by_method)
+                              acceptance=measured | request.acceptance_by_method,
+                              trees=not engine or _engine_trees(engine))
     if batch_sizes:
         result = schedule_search(spec, profile, request)
     else:
@@ -505,6 +573,23 @@ def plan_command(model_name, gpu, gpus, batch_sizes, engine, out_dir, exports, u
     if result.plan.schedule:
         _print_schedule(result.plan)
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+def _heads(texts) -> dict[str, str] | None:
+    """plan's --head METHOD=NAME, repeatable -> {method: name}."""
+    heads = {}
+    for text in texts:
+        method, sep, name = text.partition("=")
+        if not sep or method not in _HEADS or not name:
+            raise click.BadParameter(f"'{text}': expected METHOD=NAME with METHOD one of {', '.join(_HEADS)}")
+        heads[method] = name
+    return heads or None
+
+
+def _engine_trees(engine: str) -> bool:
+    from planner.plan.export import engine_info
+
+    return engine_info(engine).trees
 
 
 def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,

@@ -188,6 +188,8 @@ def layer_weight_read_bytes(spec: ModelSpec, *, tokens: int, quant: str = "none"
 def kv_share(spec: ModelSpec, tensor_parallel: int) -> float:
     """The share of a layer's KV cache one of `tensor_parallel` GPUs holds: its KV heads,
     max(1, kv_heads / N) of them (a KV head is replicated where N exceeds their count)."""
+    if spec.num_kv_heads == 0:  # no attention (Medusa's heads)
+        return 0.0
     return max(1.0, spec.num_kv_heads / tensor_parallel) / spec.num_kv_heads
 
 

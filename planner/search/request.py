@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from planner.errors import InputError, near_matches
 from planner.perf.acceptance import resolve_priors
 from planner.perf.cost import Execution
-from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding
+from planner.plan.schema import HEAD_METHODS, METHODS, QUANTIZATIONS, Constraints, Decoding
 
 OBJECTIVES = ("speed", "pareto")
 SKIP_PATTERNS = ("middle", "any")
@@ -65,6 +65,12 @@ class SearchRequest:
     storage: str | None = None  # Optuna storage URL shared by workers (sqlite:///, a journal file, postgresql://)
     study_name: str | None = None  # the study in `storage`
     model_source: str | None = None  # what the plan loads (directory, card, hub id); None: the model's name
+    tensor_parallel: int = 1  # GPUs of the profile each forward is split over; VRAM is then per GPU
+    # Learned heads, method -> the head's hub id or config path (eagle, eagle3, mtp, medusa); a
+    # head method is searched where a head is given here or published for the model
+    # (planner/profiles/heads.yaml); mtp (the model's own layers) where `methods` names it.
+    heads: Mapping[str, str] | None = None
+    trees: bool = True  # search draft trees (topk > 1) for heads; False where the engine drafts chains
     acceptance_by_method: Mapping[str, Acceptance] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,7 @@ class SearchRequest:
         set_("methods", _choices("methods", self.methods, METHODS))
         set_("quants", _choices("quants", self.quants, QUANTIZATIONS))
         set_("drafts", None if self.drafts is None else tuple(self.drafts))
+        set_("heads", dict(self.heads or {}))
         set_("priors", resolve_priors(self.priors))
         set_("acceptance_by_method", normalise_acceptance(self.acceptance))
         self._check()
@@ -92,6 +99,11 @@ class SearchRequest:
             raise InputError(f"`vram_gib` must be a positive number of GiB, got {self.vram_gib}")
         if self.storage and not self.study_name:
             raise InputError("`storage` needs `study_name`: the study many workers share")
+        if self.tensor_parallel < 1:
+            raise InputError(f"`tensor_parallel` must be at least 1, got {self.tensor_parallel}")
+        for method in self.heads:
+            if method not in HEAD_METHODS:
+                raise InputError(f"`heads`: '{method}' is not a head method ({', '.join(HEAD_METHODS)})")
         if self.methods == ():
             raise InputError("`methods` is empty: name at least one method")
         if self.quants == ():
@@ -115,8 +127,10 @@ class SearchRequest:
 
     def gamma_caps(self) -> dict[str, int]:
         """Per method, the most drafted tokens its acceptance covers: per-position figures say
-        nothing about positions beyond the last, so no longer draft is planned."""
-        return {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
+        nothing about positions beyond the last, so no longer draft is planned; a prior whose
+        source measured a few positions (`Prior.positions`) caps its method where no figure is given."""
+        caps = {m: p.positions for m, p in self.priors.items() if p.positions and m not in self.acceptance_by_method}
+        return caps | {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
 
     def budget_gib(self, memory_gib: float) -> float:
         """The memory budget on a device of `memory_gib` GiB."""

@@ -204,19 +204,24 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
             for speed, in one process); otherwise as `search`.
         NotFoundError: as `search`.
     """
+    from pathlib import Path
+
     from planner.models import load_model_spec
 
     if request.objective != "speed" or request.storage:
         raise InputError("a schedule is planned for speed in one process: leave out `objective` pareto and `storage`")
     sizes = request.batch_sizes
     budget = request.budget_gib(profile.memory_gib)
-    execution = request.execution or Execution.default_for(profile)
+    execution = dataclasses.replace(request.execution or Execution.default_for(profile),
+                                    tensor_parallel=request.tensor_parallel)
     _require_batch_range(spec, profile, request)
     result = search(spec, profile, request.replace(batch_sizes=sizes[:1], execution=execution))
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:
-        draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
+        draft = None
+        if decoding.method == "draft_model" or (decoding.draft_model and Path(decoding.draft_model).exists()):
+            draft = load_model_spec(decoding.draft_model)  # a head named by hub id is costed in the target's shape
         return predict(spec, profile, decoding, context=request.context, batch_size=batch, priors=request.priors,
                        acceptance=request.acceptance_for(decoding.method), draft_spec=draft, execution=execution)
 

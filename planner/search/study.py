@@ -19,7 +19,7 @@ from planner.models.spec import ModelSpec
 from planner.perf.cost import Execution
 from planner.perf.speedup import predict
 from planner.plan.schema import (
-    Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
+    HEAD_METHODS, Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
 from planner.search.request import SearchRequest
 from planner.search.space import Space, seeds, suggest, usable_quants
@@ -47,6 +47,69 @@ def check_draft(spec: ModelSpec, draft: ModelSpec) -> ModelSpec:
         raise InputError(f"draft model {draft.name} has a vocabulary of {draft.vocab_size} tokens and {spec.name} "
                          f"one of {spec.vocab_size}: a draft must share the target's vocabulary")
     return draft
+
+
+def check_tensor_parallel(spec: ModelSpec, profile: HardwareProfile, tensor_parallel: int,
+                          draft_tensor_parallel: int | None = None) -> None:
+    """Nothing, when `spec` can be split over `tensor_parallel` GPUs of `profile`.
+
+    Raises:
+        InputError: attention heads that do not divide evenly (vLLM and SGLang require it), a
+            profile with no interconnect figure, or a draft's own tensor parallel other than 1 or
+            the target's (vLLM's rule for draft_tensor_parallel_size).
+    """
+    if tensor_parallel == 1:
+        return
+    if spec.num_heads % tensor_parallel:
+        raise InputError(f"`tensor_parallel` {tensor_parallel}: {spec.name}'s {spec.num_heads} attention heads do not "
+                         "split evenly over that many GPUs")
+    if profile.interconnect_gbps <= 0:
+        raise InputError(f"`tensor_parallel` {tensor_parallel}: {profile.name} states no interconnect bandwidth")
+    if draft_tensor_parallel not in (None, 1, tensor_parallel):
+        raise InputError(f"a draft runs on 1 GPU or on the target's {tensor_parallel}, not {draft_tensor_parallel}")
+
+
+def check_fits_gpu(spec: ModelSpec, profile: HardwareProfile, vram_gib: float, tensor_parallel: int = 1) -> None:
+    """Nothing, when `vram_gib` (per GPU) fits one GPU of `profile`.
+
+    Raises:
+        BudgetError: it does not; the message names the smallest tensor parallel that would fit
+            the weights, where one does.
+    """
+    if vram_gib <= profile.memory_gib:
+        return
+    weights_gib = spec.weight_bytes("none") / 2**30
+    fits = next((n for n in (2, 4, 8, 16) if n > tensor_parallel and spec.num_heads % n == 0
+                 and weights_gib / n < 0.9 * profile.memory_gib), None)
+    hint = f"; split it with `tensor_parallel` {fits}" if fits else ""
+    raise BudgetError(f"{spec.name} needs {vram_gib:.1f} GiB per GPU, over the {profile.memory_gib:.1f} GiB of one "
+                      f"{profile.name}" + (f" at `tensor_parallel` {tensor_parallel}" if tensor_parallel > 1 else "") + hint)
+
+
+def search_heads(spec: ModelSpec, request: SearchRequest) -> dict[str, str | None]:
+    """Head methods the search may plan, method -> the head's name: the heads `request` gives,
+    else the public heads planner/profiles/heads.yaml names for the model; mtp (the model's own
+    layers, None) where `request.methods` names it; medusa only with a measured acceptance (no
+    published prior)."""
+    from planner.perf.heads import published_head
+
+    heads = {m: published_head(spec.name, m) for m in HEAD_METHODS if published_head(spec.name, m)}
+    heads |= dict(request.heads)
+    if request.methods and "mtp" in request.methods:
+        heads.setdefault("mtp", None)
+    if "medusa" in heads and request.acceptance_for("medusa") is None and "medusa" not in request.priors:
+        del heads["medusa"]
+    return heads
+
+
+def _head_configs(heads: dict[str, str | None]) -> dict[str, ModelSpec]:
+    """The heads given as a local config or directory, as specs (their own shapes); hub ids
+    only name a head, which is then costed in the target's shape (planner.perf.heads)."""
+    from pathlib import Path
+
+    from planner.models import load_model_spec
+
+    return {m: load_model_spec(name) for m, name in heads.items() if name and Path(name).exists()}
 
 
 def draft_candidates(spec: ModelSpec, names=None) -> dict[str, ModelSpec]:
@@ -91,16 +154,21 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     r = request or SearchRequest()
     batch_size, budget = r.batch_size, r.budget_gib(profile.memory_gib)
     draft_specs = draft_candidates(spec, r.drafts) if (r.methods is None or "draft_model" in r.methods) else {}
+    check_tensor_parallel(spec, profile, r.tensor_parallel)
+    heads = search_heads(spec, r)
     space = Space.for_model(spec, methods=r.methods, quants=usable_quants(profile, r.quants), drafts=tuple(draft_specs),
-                            skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
+                            skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps(), heads=heads, trees=r.trees)
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
-    execution = r.execution or Execution.default_for(profile)
+    execution = dataclasses.replace(r.execution or Execution.default_for(profile), tensor_parallel=r.tensor_parallel)
 
     def evaluate(decoding: Decoding) -> Prediction:
+        draft = draft_specs.get(decoding.draft_model) if decoding.method == "draft_model" else head_configs.get(decoding.method)
         return predict(spec, profile, decoding, context=r.context, batch_size=batch_size,
                        acceptance=r.acceptance_for(decoding.method), priors=r.priors,
-                       draft_spec=draft_specs.get(decoding.draft_model), execution=execution)
+                       draft_spec=draft, execution=execution)
+
+    head_configs = _head_configs(heads)
 
     def objective_fn(trial):
         decoding = suggest(trial, space)
@@ -129,7 +197,7 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     plan = Plan(
         model=ModelRef(name=spec.name, source=r.model_source or spec.name, num_layers=spec.num_layers,
                        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size),
-        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name),
+        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name, tensor_parallel=r.tensor_parallel),
         decoding=winner.decoding,
         prediction=winner.prediction,
         constraints=r.constraints(),

@@ -10,6 +10,10 @@ Flags from the field table in planner/profiles/engines.yaml (sglang 0.5.5 and 0.
   counts the root token) and --speculative-ngram-max-bfs-breadth 1 for a chain;
 - a quantization flag for the draft names a method for a pre-quantized draft, not a bit
   width: a planned draft_quant is reported as dropped.
+- a learned head is algorithm EAGLE (EAGLE-1/2 heads; the model's own MTP layers run as
+  EAGLE too, with no draft path) or EAGLE3: --speculative-num-steps gamma (the tree's depth),
+  --speculative-eagle-topk topk, --speculative-num-draft-tokens the verified tokens (gamma + 1
+  for a chain);
 SGLang has no per-batch-size draft length: one gamma is written.
 """
 
@@ -38,6 +42,12 @@ def speculative_args(resolved: Resolved) -> list:
     if d.method == "autoregressive":
         return []
     window = str(d.gamma + 1)
+    if d.method in ("eagle", "eagle3", "mtp"):
+        args = ["--speculative-algorithm", "EAGLE3" if d.method == "eagle3" else "EAGLE"]
+        if d.draft_model:
+            args += ["--speculative-draft-model-path", Ref("DRAFT_MODEL")]
+        return args + ["--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", str(d.topk),
+                       "--speculative-num-draft-tokens", str(d.num_draft_tokens or d.gamma + 1)]
     if d.method == "draft_model":
         return ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", Ref("DRAFT_MODEL"),
                 "--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", "1",
@@ -49,7 +59,7 @@ def speculative_args(resolved: Resolved) -> list:
 def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, table: FieldTable,
            header: list[str]) -> str:
     d = resolved.decoding
-    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+    variables = serving_variables(plan.model.source, d.draft_model if d.method in ("draft_model", "eagle", "eagle3") else None,
                                   info.port, launch.tensor_parallel)
     args = ["sglang", "serve", "--model-path", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"),
             "--tp-size", Ref("TP")]

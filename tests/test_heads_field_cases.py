@@ -106,3 +106,55 @@ def test_seventy_b_splits_over_tensor_parallel_gpus():
         per_gpu[tp] = predict_detail(spec, profile, Decoding("autoregressive"), execution=ex).prediction
     assert per_gpu[1].vram_gib > profile.memory_gib > per_gpu[4].vram_gib > per_gpu[8].vram_gib
     assert per_gpu[8].tokens_per_s > per_gpu[4].tokens_per_s
+
+
+# -- bad input: one line, exit 2 --------------------------------------------------------------
+
+from click.testing import CliRunner  # noqa: E402
+
+from planner.cli import cli  # noqa: E402
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--method", "autoregressive"],
+     "needs 132.8 GiB per GPU, over the 79.6 GiB of one h100-sxm; split it with --tp 2"),
+    (["--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--method", "autoregressive", "--tp", "3"],
+     "64 attention heads do not split evenly"),
+    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "draft_model", "--draft-model", "llama-3.2-1b",
+      "--topk", "4"], "--topk and --num-draft-tokens apply to eagle, eagle3, mtp"),
+    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "eagle3", "--gamma", "3", "--topk", "4",
+      "--num-draft-tokens", "64"], "between 4 and 37"),
+    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "eagle3", "--tp", "2", "--draft-tp", "4"],
+     "a draft runs on 1 GPU or on the target's 2"),
+    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "medusa"], "no published acceptance prior for medusa"),
+])
+def test_predict_refuses_in_one_line(args, message):
+    result = CliRunner().invoke(cli, ["predict", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_run_refuses_a_head_plan_naming_the_engines(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    made = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--methods", "eagle3",
+                                    "--trials", "20", "--out", str(plan)])
+    assert made.exit_code == 0, made.output
+    result = CliRunner().invoke(cli, ["run", "--plan", str(plan), "--prompt", "hi"])
+    assert result.exit_code == 2
+    assert "does not run eagle3 heads; serve the plan with vllm, sglang" in result.output
+
+
+def test_seventy_b_plans_and_exports_with_tensor_parallel(tmp_path):
+    """Issue 17's done-when: llama-3.1-70b on h100-sxm at --tp 4 and 8 plans and exports for vLLM
+    and SGLang, EAGLE-3 among the candidates when a head is given."""
+    for tp in ("4", "8"):
+        for engine in ("vllm", "sglang"):
+            plan = tmp_path / f"{engine}{tp}.yaml"
+            made = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-70b", "--gpu", "h100-sxm", "--tp", tp,
+                                            "--engine", engine, "--head", "eagle3=yuhuili/EAGLE3-LLaMA3.1-Instruct-70B",
+                                            "--trials", "60", "--out", str(plan)])
+            assert made.exit_code == 0, made.output
+            assert "eagle3" in made.output
+            exported = CliRunner().invoke(cli, ["export", "--plan", str(plan), "--to", engine])
+            assert exported.exit_code == 0, exported.output
+            assert f"TP={tp}" in exported.output

@@ -69,7 +69,7 @@ _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
 # Library parameters that a command's option holds under another name: run_plan's `model` is
 # adapt's and autotune's model_path and predict's model_name; predict_detail's `draft_spec`
 # is what predict's --draft-model names.
-_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",)}
+_OPTION_NAMES = {"model": ("model_path", "model_name"), "draft_spec": ("draft_model",), "tensor_parallel": ("tp",)}
 
 
 def _flags(message: str, command: click.Command | None) -> str:
@@ -279,9 +279,10 @@ def _acceptance_text(alphas) -> str:
 
 
 _SKIPPING = ("layer_skip", "s3d")
-_SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
+_HEADS = ("eagle", "eagle3", "mtp", "medusa")
+_SPECULATIVE = ("layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup", *_HEADS)
 _APPLIES_TO = {"--gamma": _SPECULATIVE, "--skip-layers": _SKIPPING, "--skip-ratio": _SKIPPING,
-               "--exit-layer": ("early_exit",), "--draft-model": ("draft_model",)}
+               "--exit-layer": ("early_exit",), "--draft-model": ("draft_model", *_HEADS)}
 
 
 def _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model):
@@ -362,10 +363,20 @@ _CALIBRATION_OPTION = click.option(
                                "hf or llamacpp (default: specplan's runtime).")
 @click.option("--execution", type=click.Choice(["graphs", "eager"]), help="CUDA graphs or eager (default: the engine's).")
 @click.option("--vram-gib", type=_Finite(min=0, min_open=True),
-              help="Memory budget (default: the GPU's, or the engine's share of it); a set-up that does not fit is refused.")
+              help="Memory budget per GPU (default: the GPU's, or the engine's share of it); a set-up that does not fit "
+                   "is refused.")
+@click.option("--topk", type=click.IntRange(1, 10), help="eagle/eagle3/mtp: a draft tree's children per expanded node "
+              "(SGLang's --speculative-eagle-topk; default 1, a chain).")
+@click.option("--num-draft-tokens", type=click.IntRange(2, 64), help="eagle/eagle3/mtp tree: tokens verified per iteration, "
+              "the root included (SGLang's --speculative-num-draft-tokens; default gamma + 1).")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tensor parallel: GPUs of --gpu each forward is split over; VRAM is then per GPU.")
+@click.option("--draft-tp", type=click.IntRange(1, 64), help="The draft's or head's own tensor parallel: 1 or --tp "
+              "(vLLM's draft_tensor_parallel_size; default --tp).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model,
-            acceptance, context, batch_size, draft_quant, engine, execution, vram_gib, as_json):
+            acceptance, context, batch_size, draft_quant, engine, execution, vram_gib, topk, num_draft_tokens, tp, draft_tp,
+            as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
     \b
@@ -373,6 +384,8 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
       specplan predict --model llama-3.1-8b --gpu a10g --method s3d --gamma 4 --skip-ratio 0.4 --quant int4
       specplan predict --model llama-3.1-8b --gpu h100-sxm --method autoregressive --engine vllm --quant fp8
       specplan predict --model ./my-llama --calibration plan.calibration.yaml --method layer_skip --gamma 3
+      specplan predict --model llama-3.3-70b --gpu h100-sxm --tp 8 --engine sglang --method eagle3 --gamma 8 \\
+          --topk 8 --num-draft-tokens 64
     """
     import dataclasses
 
@@ -384,13 +397,15 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
     from planner.plan.export.engines import engine_info
     from planner.search.engines import RUNTIME
     from planner.search.request import SearchRequest
-    from planner.search.study import check_draft
+    from planner.search.study import check_draft, check_tensor_parallel, split_hint
 
     spec = _target_spec(model_name, context)
     profile, priors = _profile_and_priors(gpu, calibration, spec)
-    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=(batch_size,), engine=engine, execution=execution)
+    request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=(batch_size,), engine=engine, execution=execution,
+                            tensor_parallel=tp)
     budget = request.budget_gib(profile)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
+    decoding = _tree_and_parallel(decoding, topk, num_draft_tokens, tp, draft_tp)
     if draft_quant is not None:
         if method != "draft_model":
             raise InputError(f"--draft-quant does not apply to --method {method} (it applies to draft_model)")
@@ -401,14 +416,21 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
         why = engine_info(engine).cannot_run(decoding)  # as plan refuses what the engine cannot serve
         if why:
             raise InputError(why)
-    draft_spec = check_draft(spec, load_model_spec(draft_model)) if draft_model else None
+    check_tensor_parallel(spec, profile, tp, decoding.draft_tensor_parallel)
+    draft_spec = None
+    if draft_model and method == "draft_model":
+        draft_spec = check_draft(spec, load_model_spec(draft_model))
+    elif draft_model and _readable_config(draft_model):  # a head's own config; a hub id only names the head
+        draft_spec = load_model_spec(draft_model)
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec, execution=request.execution_on(profile),
                             engine_memory=request.engine_memory, priors=priors,
                             basis="calibrated" if calibration else None)
     p = detail.prediction
-    require_fit(p.vram_gib, budget, parts=detail.vram_bytes,
-                what=f"{spec.name} on {profile.name} ({_describe(decoding)}) at context {context} and batch {batch_size}")
+    per_gpu = f" on each of {tp} GPUs" if tp > 1 else ""
+    require_fit(p.vram_gib, budget, parts=detail.vram_bytes, hint=split_hint(spec, profile, p.vram_gib, tp),
+                what=f"{spec.name} on {profile.name} ({_describe(decoding)}) at context {context} and batch {batch_size}"
+                     f"{per_gpu}")
     if as_json:
         data = dict(vars(p), tokens_per_s_total=p.tokens_per_s * batch_size, model=spec.name, gpu=profile.name,
                     decoding={k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(decoding).items()},
@@ -424,8 +446,8 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
         ["target forward", f"{p.target_latency_ms:.2f} ms"],
         ["draft per iteration", f"{p.draft_latency_ms:.2f} ms"],
         ["iteration", f"{p.iteration_ms:.2f} ms"],
-        ["VRAM", f"{p.vram_gib:.2f} GiB of {budget:.1f}" + (f" (budget; {profile.memory_gib:.1f} on the GPU)"
-                                                            if vram_gib else "")],
+        ["VRAM", f"{p.vram_gib:.2f} GiB of {budget:.1f}{per_gpu}" + (f" (budget; {profile.memory_gib:.1f} on the GPU)"
+                                                                       if vram_gib else "")],
     ]
     served = "" if engine is None else f"; served by {engine} ({'CUDA graphs' if request.execution_on(profile).graphs else 'eager'})"
     click.echo(f"{spec.name} on {profile.name}: {_describe(decoding)}{served}")
@@ -445,12 +467,48 @@ def _profile_and_priors(gpu, calibration, spec):
     from planner.tune.calibration import calibrated_model
 
     return calibrated_model(calibration, spec, load_profile(gpu) if gpu else None)
+def _readable_config(name: str) -> bool:
+    """Whether `name` is a local config or checkpoint directory (a head's own shape), not a hub id."""
+    from pathlib import Path
+
+    return Path(name).exists()
+
+
+def _tree_and_parallel(decoding, topk, num_draft_tokens, tp, draft_tp):
+    """`decoding` with a draft tree and the draft's tensor parallel, refused where they do not apply.
+
+    Raises:
+        InputError: --topk/--num-draft-tokens on a method with no tree, a tree SGLang cannot
+            build, or --draft-tp other than 1 or --tp.
+    """
+    import dataclasses
+
+    from planner.errors import InputError
+    from planner.plan.schema import TREE_METHODS, tree_problem
+
+    if (topk is not None or num_draft_tokens is not None) and decoding.method not in TREE_METHODS:
+        raise InputError(f"--topk and --num-draft-tokens apply to {', '.join(TREE_METHODS)}, not --method {decoding.method}")
+    if draft_tp is not None and decoding.method not in ("draft_model", *_HEADS):
+        raise InputError(f"--draft-tp applies to a draft model or head, not --method {decoding.method}")
+    if draft_tp is not None and draft_tp not in (1, tp):
+        raise InputError(f"--draft-tp {draft_tp}: a draft runs on 1 GPU or on the target's {tp} (vLLM's rule)")
+    topk = topk or 1
+    if num_draft_tokens is None:
+        num_draft_tokens = 0 if topk == 1 else min(64, 1 + topk + (decoding.gamma - 1) * topk * topk)
+    decoding = dataclasses.replace(decoding, topk=topk, num_draft_tokens=num_draft_tokens,
+                                   draft_tensor_parallel=draft_tp)
+    why = tree_problem(decoding)
+    if why:
+        raise InputError(f"--num-draft-tokens: {why}")
+    return decoding
 
 
 def _describe(d) -> str:
     parts = [d.method]
     if d.gamma:
         parts.append(f"gamma {d.gamma}")
+    if d.topk > 1:
+        parts.append(f"tree topk {d.topk} tokens {d.num_draft_tokens}")
     if d.skip_layers:
         parts.append(f"skip {d.skip_layers[0]}-{d.skip_layers[-1]}" if list(d.skip_layers) == list(range(d.skip_layers[0], d.skip_layers[-1] + 1)) else f"skip {len(d.skip_layers)} layers")
     if d.exit_layer is not None:
@@ -476,7 +534,7 @@ def _describe(d) -> str:
 @click.option("--out-dir", type=click.Path(file_okay=False), help="Fleet: write DIR/<gpu>/plan.yaml, exports, summary.")
 @click.option("--export", "exports", help="Fleet: engines to export each plan to, e.g. vllm,sglang,hf.")
 @click.option("--usd-per-hour", help="Fleet: GPU prices for cost per million tokens, e.g. a10g=1.0,h100-sxm=4.5")
-@click.option("--vram-gib", type=_Finite(min=0, min_open=True), help="Memory budget (default: the GPU's).")
+@click.option("--vram-gib", type=_Finite(min=0, min_open=True), help="Memory budget per GPU (default: the GPU's).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -497,10 +555,15 @@ def _describe(d) -> str:
 @click.option("--adapter", type=click.Path(file_okay=False),
               help="s3d: the draft adapter (specplan adapt --out); default: one in the model's directory, or a shipped "
                    "one made for this checkpoint. s3d then takes its skipped layers and gamma.")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tensor parallel: GPUs of --gpu each forward is split over; the budget is per GPU.")
+@click.option("--head", "heads", multiple=True, callback=lambda ctx, param, texts: _heads(texts),
+              help="A learned draft head, METHOD=NAME (eagle, eagle3, mtp, medusa; NAME a hub id or the head's config.json); "
+                   "repeatable. Default: the public heads known for the model.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour,
                  vram_gib, context, trials, seed, objective, methods, quants, acceptance, skip_pattern, storage,
-                 study_name, plot, adapter, out):
+                 study_name, plot, adapter, tp, heads, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
     \b
@@ -511,6 +574,8 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
           --export vllm,sglang,hf --usd-per-hour a10g=1.0,h100-sxm=4.5
       specplan plan --model SmolLM2-135M-Instruct.Q4_1.gguf --gpu cpu.yaml --methods s3d,autoregressive
       specplan plan --model ./my-llama --calibration plan.calibration.yaml --out calibrated.yaml
+      specplan plan --model llama-3.1-70b --gpu h100-sxm --tp 8 --engine sglang \\
+          --head eagle3=yuhuili/EAGLE3-LLaMA3.1-Instruct-70B
     """
     from planner._files import ensure_writable
     from planner.errors import InputError
@@ -529,7 +594,8 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
                             acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, execution=execution,
-                            storage=storage, study_name=study_name, model_source=model_name)
+                            storage=storage, study_name=study_name, model_source=model_name,
+                            tensor_parallel=tp, heads=heads)
     if gpus:
         return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour)
     for path in (out, plot and check_plot_path(plot)):  # refused before the search, not after it
@@ -555,6 +621,17 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
     if result.plan.schedule:
         _print_schedule(result.plan)
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+def _heads(texts) -> dict[str, str] | None:
+    """plan's --head METHOD=NAME, repeatable -> {method: name}."""
+    heads = {}
+    for text in texts:
+        method, sep, name = text.partition("=")
+        if not sep or method not in _HEADS or not name:
+            raise click.BadParameter(f"'{text}': expected METHOD=NAME with METHOD one of {', '.join(_HEADS)}")
+        heads[method] = name
+    return heads or None
 
 
 def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot, skip_pattern,

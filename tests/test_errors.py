@@ -82,7 +82,7 @@ def test_card_yaml_syntax_error_gives_line(tmp_path, capsys):
         (["profile", "--quick-ish"], "No such option '--quick-ish'. Did you mean '--quick'? (see 'specplan profile --help')"),
         (["modles"], "No such command 'modles'"),
         (["predict", "--method", "autoregressive"], "Missing option '--model'"),
-        (["predict", "--model", "x", "--gpu", "a10g", "--method", "medusa"], "Invalid value for '--method'"),
+        (["predict", "--model", "x", "--gpu", "a10g", "--method", "hydra"], "Invalid value for '--method'"),
     ],
 )
 def test_click_usage_errors_are_one_line(capsys, args, message):

@@ -29,7 +29,7 @@ def _run(*args):
 
 def _independent_best_gamma(spec, profile, decoding, batch, *, context, budget, largest):
     """Fastest gamma (0 = plain decoding) at one batch size, straight from predict."""
-    draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
+    draft = load_model_spec(decoding.draft_model) if decoding.method == "draft_model" else None
 
     def at(gamma, b):
         d = dataclasses.replace(decoding, gamma=gamma) if gamma else dataclasses.replace(

@@ -60,7 +60,7 @@ def test_schema_version_missing_or_wrong(plan_dict):
         (lambda d: d["decoding"].update(gamma="four"), "decoding.gamma: expected int, got str 'four'"),
         (lambda d: d["decoding"].update(gamma=True), "decoding.gamma: expected int, got bool True"),
         (lambda d: d["decoding"].update(gamma=40), "decoding.gamma: must be between 0 and 16, got 40"),
-        (lambda d: d["decoding"].update(method="medusa"), "decoding.method: 'medusa' is not one of"),
+        (lambda d: d["decoding"].update(method="hydra"), "decoding.method: 'hydra' is not one of"),
         (lambda d: d["decoding"].update(quant="int3"), "decoding.quant: 'int3' is not one of none, int8, int4"),
         (lambda d: d["prediction"].update(acceptance=1.5), "prediction.acceptance: must be between 0 and 1, got 1.5"),
         (lambda d: d["constraints"].update(context=0), "constraints.context: must be positive, got 0"),

@@ -53,6 +53,11 @@ class HardwareProfile:
     # measured by `specplan profile`; empty: tensor-core tile quantization (planner.perf.cost)
     gemm_efficiency: dict[int, float] = field(default_factory=dict)
     memory_free_gib: float | None = None
+    # How GPUs of this kind reach each other under tensor parallelism: "nvlink" or "pcie";
+    # interconnect_gbps per GPU and direction (GB/s); 0: unknown, tensor parallel refused.
+    interconnect: str = "pcie"
+    interconnect_gbps: float = 0.0
+    allreduce_latency_us: float = 0.0  # fixed cost of one small (decode-sized) all-reduce
     sources: dict[str, str] = field(default_factory=dict)
     measured: dict | None = None
 
@@ -81,7 +86,9 @@ class HardwareProfile:
 
 _POSITIVE = ("memory_gib", "memory_free_gib", "bandwidth_gbps", "peak_tflops", "quant_slowdown")
 _FRACTIONS = ("bandwidth_efficiency", "compute_efficiency", "gemm_efficiency")  # achievable share of a peak: (0, 1]
-_NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope", "draft_step_us")
+_NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope", "draft_step_us", "interconnect_gbps",
+                 "allreduce_latency_us")
+INTERCONNECTS = ("nvlink", "pcie")
 KINDS = ("gpu", "cpu")
 
 
@@ -92,6 +99,8 @@ def _check_range(name: str, path: str, value) -> None:
         raise InputError(f"{path}: must be a fraction of the peak, above 0 and at most 1, got {value}")
     if name in _NON_NEGATIVE and value < 0:
         raise InputError(f"{path}: must not be negative, got {value}")
+    if name == "interconnect" and value not in INTERCONNECTS:
+        raise InputError(f"{path}: '{value}' is not one of {', '.join(INTERCONNECTS)}")
     if name == "kind" and value not in KINDS:
         raise InputError(f"{path}: '{value}' is not one of {', '.join(KINDS)}")
 

@@ -6,6 +6,24 @@
     tau         = 1 + sum_{k=1..gamma} prod_{i<=k} alpha_i (bonus token included)
 
 Priors per method live in planner/profiles/priors.yaml; measured values replace them.
+
+A tree of drafts (SGLang's EAGLE: `steps` deep, `topk` children per expanded node,
+`num_draft_tokens` verified) accepts along at most one root-to-leaf path. Under Sequoia's
+positional acceptance assumption (Chen et al. 2024, arXiv:2402.12374, §3.1) its expected
+accepted length is the sum over its nodes of the probability that the path to the node is
+accepted:
+    tau_tree = 1 + sum_{v in T} prod_{u on path(v)} q(depth u, rank u)
+where q(d, r) is the probability that the rank-r child at depth d is the target's token
+given its parent was accepted. The draft's candidates at depth d are its top-k tokens; with
+greedy verification exactly one child can match, and EAGLE-2 found the draft's confidence
+calibrated to acceptance (Li et al. 2024, arXiv:2406.16858, §3). The shape of the ranked
+shares is an assumption: geometric, q(d, r) = alpha_d (1 - alpha_d)^(r-1), whose top share
+is the chain's per-position acceptance alpha_d (so a tree with topk 1 is the chain). The
+tree is the one SGLang builds (sglang/srt/speculative/eagle_utils.py, EAGLE-2's expansion and
+re-ranking): from the root, keep the topk best children; at each next depth expand those topk
+nodes into topk children each and keep the topk best by path score; finally verify the
+num_draft_tokens - 1 best nodes by path score among all expanded (scores fall along a path,
+so the chosen set is a tree).
 """
 
 from __future__ import annotations
@@ -30,6 +48,7 @@ class Prior:
     midpoint: float = 0.5  # beta0
     decay: float = 1.0  # delta, per drafted position
     source: str = ""
+    positions: int = 0  # drafted positions the source measured (0: any); the search drafts no further
 
     def alpha(self, beta: float) -> float:
         if self.steepness == 0.0:
@@ -98,6 +117,23 @@ def tokens_per_iteration(alphas: list[float]) -> float:
         survive *= alpha
         tau += survive
     return tau
+
+
+def tree_tokens_per_iteration(alphas: list[float], topk: int, num_draft_tokens: int) -> float:
+    """Expected tokens one iteration of a draft tree emits (bonus token included): the tree
+    SGLang builds `len(alphas)` deep with `topk` children per expanded node, verifying the
+    `num_draft_tokens` - 1 best nodes (the root is the last accepted token), each depth's
+    per-position acceptance in `alphas`. See the module docstring for the formula and sources;
+    topk 1 is the chain, tokens_per_iteration(alphas[: num_draft_tokens - 1])."""
+    if topk <= 1:
+        return tokens_per_iteration(alphas[: max(0, num_draft_tokens - 1)])
+    frontier, expanded = [1.0], []
+    for alpha in alphas:
+        shares = [alpha * (1 - alpha) ** rank for rank in range(topk)]
+        children = sorted((score * share for score in frontier for share in shares), reverse=True)
+        expanded += children
+        frontier = children[:topk]
+    return 1.0 + sum(sorted(expanded, reverse=True)[: num_draft_tokens - 1])
 
 
 def skipped_fraction(method: str, num_layers: int, *, skip_layers=(), exit_layer: int | None = None) -> float:

@@ -19,6 +19,19 @@ tile quantization. A serving engine adds its own host work per step (`EngineCost
 scheduling, input preparation, sampling, rejection sampling, host sync) and its n-gram
 proposer's scan of the context (`ngram_proposer_s`); the built-in runtime's engine cost is
 zero beyond its kernels.
+
+Tensor parallel over N GPUs (Megatron-LM's layout, Shoeybi et al. 2019, arXiv:1909.08053, as
+vLLM and SGLang shard a decoder): each GPU reads 1/N of every layer's weights and of the LM
+head (vocabulary-parallel), holds the KV of max(1, kv_heads / N) of the KV heads (a KV head is
+replicated when N exceeds their count), runs 1/N of the FLOPs, and waits for one all-reduce of
+the hidden states after attention and one after the MLP:
+
+    T_allreduce = latency + 2 (N - 1) / N x bytes / interconnect      (ring all-reduce)
+
+bytes = batch x new tokens x hidden x activation bytes; latency and interconnect (one
+direction, per GPU) from the profile (`allreduce_latency_us`, `interconnect_gbps`). The
+2 (N - 1) / N factor is a ring all-reduce's traffic per GPU (Patarasuk & Yuan 2009, "Bandwidth
+optimal all-reduce algorithms for clusters of workstations").
 """
 
 from __future__ import annotations
@@ -26,8 +39,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.errors import InputError
 from planner.hardware.profile import HardwareProfile
-from planner.models.spec import ModelSpec
+from planner.models.spec import DTYPE_BYTES, ModelSpec
 
 # Ops one decoder layer of the runtime (planner/runtime/model.py) dispatches: eager runs
 # every elementwise op of the norms, rotary embedding, attention and cache update on its own
@@ -84,14 +98,18 @@ class Execution:
     dtype: str  # activation / unquantized weight dtype: HardwareProfile.decode_dtype
     graphs: bool  # CUDA graphs (compiled fixed-shape steps) or eager
     engine: EngineCost = RUNTIME  # the serving engine's own cost per step
+    tensor_parallel: int = 1  # GPUs each forward is split over (Megatron-style); 1: one GPU
 
     @classmethod
-    def default_for(cls, profile: HardwareProfile, engine: EngineCost = RUNTIME, graphs: bool | None = None) -> "Execution":
+    def default_for(cls, profile: HardwareProfile, engine: EngineCost = RUNTIME, graphs: bool | None = None,
+                    tensor_parallel: int = 1) -> "Execution":
         """The built-in runtime's execution on `profile` (CUDA graphs on a GPU), or `engine`'s
-        default mode there; `graphs` overrides the mode (a CPU never has graphs)."""
+        default mode there; `graphs` overrides the mode (a CPU never has graphs);
+        `tensor_parallel` GPUs share each forward."""
         if graphs is None:
             graphs = engine.graphs
-        return cls(dtype=profile.decode_dtype, graphs=graphs and profile.kind == "gpu", engine=engine)
+        return cls(dtype=profile.decode_dtype, graphs=graphs and profile.kind == "gpu", engine=engine,
+                   tensor_parallel=tensor_parallel)
 
     def kernel_s(self, profile: HardwareProfile) -> float:
         return (profile.graph_kernel_us if self.graphs else profile.kernel_launch_us) * 1e-6
@@ -167,28 +185,55 @@ def layer_weight_read_bytes(spec: ModelSpec, *, tokens: int, quant: str = "none"
     return spec.layer_dense_bytes(quant, dtype) + experts * spec.expert_bytes(quant, dtype)
 
 
+def kv_share(spec: ModelSpec, tensor_parallel: int) -> float:
+    """The share of a layer's KV cache one of `tensor_parallel` GPUs holds: its KV heads,
+    max(1, kv_heads / N) of them (a KV head is replicated where N exceeds their count)."""
+    if spec.num_kv_heads == 0:  # no attention (Medusa's heads)
+        return 0.0
+    return max(1.0, spec.num_kv_heads / tensor_parallel) / spec.num_kv_heads
+
+
+def allreduce_s(profile: HardwareProfile, nbytes: float, tensor_parallel: int) -> float:
+    """Seconds of one all-reduce of `nbytes` over `tensor_parallel` GPUs of `profile` (0 for
+    one GPU): latency + 2 (N - 1) / N x nbytes / interconnect (a ring all-reduce's traffic per GPU).
+
+    Raises:
+        InputError: N > 1 on a profile whose interconnect bandwidth is unknown.
+    """
+    if tensor_parallel == 1:
+        return 0.0
+    if profile.interconnect_gbps <= 0:
+        raise InputError(f"{profile.name} states no interconnect bandwidth: `tensor_parallel` {tensor_parallel} "
+                         "cannot be costed (add interconnect_gbps to its profile)")
+    ring = 2 * (tensor_parallel - 1) / tensor_parallel * nbytes / (profile.interconnect_gbps * 1e9)
+    return profile.allreduce_latency_us * 1e-6 + ring
+
+
 def layer_time_s(
     spec: ModelSpec, profile: HardwareProfile, *, new_tokens: int, context: int, batch_size: int = 1,
     quant: str = "none", execution: Execution | None = None,
 ) -> float:
     """One decoder layer over `new_tokens` tokens per sequence attending to `context` tokens."""
     ex = execution or Execution.default_for(profile)
+    tp = ex.tensor_parallel
     rows = batch_size * new_tokens
     read = layer_weight_read_bytes(spec, tokens=rows, quant=quant, dtype=ex.dtype)
-    weights = _weight_read_bytes(read, quant, profile)
+    weights = _weight_read_bytes(read, quant, profile) / tp
     # Each sequence's cache is read once per forward, or once per new token where the engine
     # verifies each token as a sequence of its own (EngineCost.verify_kv_reads).
     kv_reads = new_tokens if ex.engine.verify_kv_reads == "per_token" else 1
-    kv = batch_size * (context + new_tokens) * spec.kv_bytes_per_token_per_layer(ex.dtype) * kv_reads
-    linear_flops = batch_size * spec.layer_flops(new_tokens, 0)
-    attention_flops = batch_size * spec.layer_flops(new_tokens, context) - linear_flops
+    kv = batch_size * (context + new_tokens) * spec.kv_bytes_per_token_per_layer(ex.dtype) * kv_reads * kv_share(spec, tp)
+    linear_flops = batch_size * spec.layer_flops(new_tokens, 0) / tp
+    attention_flops = (batch_size * spec.layer_flops(new_tokens, context) - linear_flops * tp) / tp
     # Decode GEMMs are not perfectly flat in n below the compute roof: the profile's measured
     # slope of the 4096x14336 matmul's latency per extra token.
     weights *= 1.0 + profile.token_slope * (new_tokens - 1)
     memory_s = (weights + kv) / (profile.effective_bandwidth_gbps * 1e9)
     peak = _peak_tflops(profile, compute_dtype(quant, ex.dtype)) * 1e12
     compute_s = linear_flops / (peak * gemm_efficiency(profile, rows)) + attention_flops / (peak * profile.compute_efficiency)
-    return max(memory_s, compute_s) + ex.kernels_per_layer * ex.kernel_s(profile)
+    hidden_bytes = rows * spec.hidden_size * DTYPE_BYTES[ex.dtype]
+    reduce_s = 2 * allreduce_s(profile, hidden_bytes, tp)  # after attention and after the MLP
+    return max(memory_s, compute_s) + ex.kernels_per_layer * ex.kernel_s(profile) + reduce_s
 
 
 def head_time_s(
@@ -198,8 +243,8 @@ def head_time_s(
     """Final norm, any embedding projections and LM head (read on every forward), plus the step's fixed kernels."""
     ex = execution or Execution.default_for(profile)
     head_quant = "none" if spec.tie_embeddings else quant  # a tied head stays unquantized
-    weights = _weight_read_bytes(spec.head_bytes(head_quant, ex.dtype), head_quant, profile)
-    flops = batch_size * spec.head_flops(new_tokens)
+    weights = _weight_read_bytes(spec.head_bytes(head_quant, ex.dtype), head_quant, profile) / ex.tensor_parallel
+    flops = batch_size * spec.head_flops(new_tokens) / ex.tensor_parallel
     memory_s = weights / (profile.effective_bandwidth_gbps * 1e9)
     peak = _peak_tflops(profile, compute_dtype(head_quant, ex.dtype)) * 1e12
     compute_s = flops / (peak * gemm_efficiency(profile, batch_size * new_tokens))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from planner.errors import BudgetError, InputError
 from planner.models.spec import DTYPE_BYTES, ModelSpec
+from planner.plan.schema import HEAD_METHODS
 
 GIB = 2**30
 # CUDA context, cuBLAS workspaces and the allocator's slack on a GPU; interpreter and
@@ -46,7 +47,8 @@ class EngineMemory:
     graph_mib_per_batch: float = 0.0  # CUDA-graph capture, per captured batch size
     graph_max_batch: int = 0  # the largest batch size captured
     # A reserve for activations, CUDA graphs and metadata, as the engine computes it:
-    # base + per_prefill_token x prefill_tokens + graph_mib_per_batch x graph_batch + tensor_parallel,
+    # base + per_prefill_token x prefill_tokens + graph_mib_per_batch x graph_batch
+    # + tensor_parallel_mib x tensor parallel,
     # at least floor_mib on devices above floor_above_gib, plus draft_model_mib with a draft model.
     reserve_tiers: tuple[ReserveTier, ...] = ()  # none: no reserve (graphs are added instead)
     base_mib: float = 0.0
@@ -60,13 +62,14 @@ class EngineMemory:
         """What the engine allocates on a device of `memory_gib` GiB, given no budget."""
         return self.share * memory_gib
 
-    def reserve_bytes(self, *, memory_gib: float, method: str, graphs: bool) -> float:
-        """Bytes the engine holds beside weights and KV cache: its reserve, or CUDA-graph capture."""
+    def reserve_bytes(self, *, memory_gib: float, method: str, graphs: bool, tensor_parallel: int = 1) -> float:
+        """Bytes the engine holds on each GPU beside weights and KV cache: its reserve (which
+        grows with `tensor_parallel`), or CUDA-graph capture."""
         if not self.reserve_tiers:
             return self.graph_mib_per_batch * self.graph_max_batch * MIB if graphs else 0.0
         tier = next(t for t in self.reserve_tiers if t.below_gib is None or memory_gib < t.below_gib)
         reserve = (self.base_mib + self.per_prefill_token_mib * tier.prefill_tokens
-                   + self.graph_mib_per_batch * tier.graph_batch + self.tensor_parallel_mib)
+                   + self.graph_mib_per_batch * tier.graph_batch + self.tensor_parallel_mib * tensor_parallel)
         if memory_gib > self.floor_above_gib:
             reserve = max(reserve, self.floor_mib)
         return (reserve + (self.draft_model_mib if method == "draft_model" else 0.0)) * MIB
@@ -86,19 +89,20 @@ def budget_gib(vram_gib: float | None, *, memory_gib: float, device: str, engine
     return engine.budget_gib(memory_gib) if engine else memory_gib
 
 
-def require_fit(needed_gib: float, budget: float, *, what: str, parts: dict[str, float] | None = None) -> None:
+def require_fit(needed_gib: float, budget: float, *, what: str, parts: dict[str, float] | None = None,
+                hint: str = "") -> None:
     """Nothing, when `needed_gib` fits `budget` (GiB).
 
     Raises:
         BudgetError: it does not; the message names `what`, the GiB it needs (by part, when
-            `parts` gives bytes per component) and the budget.
+            `parts` gives bytes per component), the budget, and `hint` (what would fit) where given.
     """
     if needed_gib <= budget:
         return
     detail = ", ".join(f"{name.replace('_', ' ')} {size / GIB:.2f}" for name, size in (parts or {}).items()
                        if size >= 0.005 * GIB)
     raise BudgetError(f"{what} needs {needed_gib:.2f} GiB" + (f" ({detail})" if detail else "")
-                      + f", over the {budget:.1f} GiB budget")
+                      + f", over the {budget:.1f} GiB budget" + (f"; {hint}" if hint else ""))
 
 
 def activation_bytes(spec: ModelSpec, *, tokens: int, batch_size: int, dtype: str) -> float:
@@ -111,17 +115,25 @@ def activation_bytes(spec: ModelSpec, *, tokens: int, batch_size: int, dtype: st
 def vram_bytes(
     spec: ModelSpec, *, device_kind: str, method: str, gamma: int, quant: str, context: int,
     batch_size: int = 1, dtype: str = "bf16", graphs: bool = False, draft_spec: ModelSpec | None = None,
-    draft_quant: str = "none", engine: EngineMemory | None = None, memory_gib: float = 0.0,
+    draft_quant: str = "none", tensor_parallel: int = 1, decoding=None, engine: EngineMemory | None = None,
+    memory_gib: float = 0.0,
 ) -> dict[str, float]:
-    """Bytes by component on a device of `device_kind` ("gpu" or "cpu", HardwareProfile.kind)
-    with `memory_gib` GiB; the KV cache holds `context` tokens plus gamma + 1 verify slots.
-    Weights are all that is resident: every expert of a mixture-of-experts model. A serving
-    `engine` adds its part: CUDA-graph capture, or a reserve that replaces the activation and
-    runtime estimates (see the module docstring)."""
-    slots = context + gamma + 1
+    """Bytes by component on each GPU of `tensor_parallel` (one: the whole set-up) of a device of
+    `device_kind` ("gpu" or "cpu", HardwareProfile.kind) with `memory_gib` GiB; the KV cache holds
+    `context` tokens plus the verified slots (gamma + 1, a tree's num_draft_tokens where
+    `decoding` has one). Weights are all that is resident: every expert of a mixture-of-experts
+    model. Under tensor parallel each GPU holds 1/N of the weights and its KV heads' cache
+    (planner.perf.cost.kv_share); a draft head or model split as `decoding.draft_tensor_parallel`
+    says (default: as the target). A serving `engine` adds its part on each GPU: CUDA-graph
+    capture, or a reserve that replaces the activation and runtime estimates (see the module
+    docstring)."""
+    from planner.perf.cost import kv_share
+
+    slots = context + max(gamma + 1, decoding.num_draft_tokens if decoding is not None else 0)
+    tp = tensor_parallel
     parts = {
-        "weights": spec.weight_bytes(quant, dtype),
-        "kv_cache": batch_size * slots * spec.kv_bytes_per_token(dtype),
+        "weights": spec.weight_bytes(quant, dtype) / tp,
+        "kv_cache": batch_size * slots * spec.kv_bytes_per_token(dtype) * kv_share(spec, tp),
         "activations": activation_bytes(spec, tokens=gamma + 1, batch_size=batch_size, dtype=dtype)
         * (CAPTURED_STEPS if graphs else 1),
         "draft": 0.0,
@@ -131,12 +143,31 @@ def vram_bytes(
         parts["draft"] = spec.hidden_size * DTYPE_BYTES[dtype]  # the mask token's embedding row
     elif method == "draft_model" and draft_spec is not None:
         # A separate draft keeps its own weights and its own cache for every target token.
-        parts["draft"] = draft_spec.weight_bytes(draft_quant, dtype) + batch_size * slots * draft_spec.kv_bytes_per_token(dtype)
+        draft_tp = (decoding.draft_tensor_parallel if decoding is not None else None) or tp
+        parts["draft"] = (draft_spec.weight_bytes(draft_quant, dtype) / draft_tp
+                          + batch_size * slots * draft_spec.kv_bytes_per_token(dtype) * kv_share(draft_spec, draft_tp))
+    elif method in HEAD_METHODS and decoding is not None:
+        parts["draft"] = _head_bytes(spec, decoding, draft_spec, dtype=dtype, slots=slots, batch_size=batch_size, tp=tp)
     if engine is not None:
-        parts["engine"] = engine.reserve_bytes(memory_gib=memory_gib, method=method, graphs=graphs)
+        parts["engine"] = engine.reserve_bytes(memory_gib=memory_gib, method=method, graphs=graphs, tensor_parallel=tp)
         if engine.reserve_tiers:
             parts["activations"] = parts["runtime"] = 0.0
     return parts
+
+
+def _head_bytes(spec, d, given, *, dtype, slots, batch_size, tp) -> float:
+    """A head's weights (its layers, its own LM head where it has one: EAGLE-3's, Medusa's) and
+    its one layer's KV cache, on each of its tensor-parallel GPUs."""
+    from planner.perf.cost import kv_share
+    from planner.perf.heads import head_spec, medusa_spec
+
+    head_tp = d.draft_tensor_parallel or tp
+    if d.method == "medusa":
+        heads = medusa_spec(spec, d.gamma)
+        return heads.num_layers * heads.layer_bytes(d.draft_quant, dtype) / head_tp
+    head = head_spec(d.method, spec, given)
+    weights = head.layer_bytes(d.draft_quant, dtype) + (head.head_bytes("none", dtype) if d.method == "eagle3" else 0.0)
+    return weights / head_tp + batch_size * slots * head.kv_bytes_per_token(dtype) * kv_share(head, head_tp)
 
 
 def vram_gib(spec: ModelSpec, **kwargs) -> float:

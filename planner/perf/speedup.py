@@ -13,13 +13,23 @@ host work per draft forward, 0 unless a tune study fitted it):
                                                reuses the draft's lower-layer states)
     draft_model   gamma x (T_draft(1) + t_d)
     prompt_lookup the engine's n-gram proposer (planner.perf.cost.ngram_proposer_s)
-Verify: T(gamma+1, all). Every target forward (a plain step or a verify) adds the engine's
+    eagle, eagle3, mtp   T_head(gamma+1) + (gamma-1) x T_head(topk)
+                  the head (planner.perf.heads) first runs over the verified window (the
+                  draft extend, which also yields the first step's top-k), then one step per
+                  further depth over topk tokens per sequence (SGLang's EAGLE worker; a chain
+                  is topk 1, as vLLM's EAGLE proposer runs it)
+    medusa        one pass of the gamma heads' weights (each a residual block and an LM head)
+Verify: T(n, all) over the verified tokens n: gamma + 1 for a chain, num_draft_tokens for a
+tree (one forward with a tree attention mask; each token attends to the context and its
+ancestors, priced as attention over the context). tau of a tree:
+planner.perf.acceptance.tree_tokens_per_iteration. Every target forward (a plain step or a verify) adds the engine's
 host work per step, E(B) = step + B x per-sequence; a speculative iteration adds the
 engine's speculative_step on top (planner.perf.cost.EngineCost). Sanity: speedup <= tau.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -29,8 +39,10 @@ from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
 from planner.perf.acceptance import (
     Prior, position_acceptances, resolve_priors, size_gap, skipped_fraction, tokens_per_iteration,
+    tree_tokens_per_iteration,
 )
-from planner.perf.cost import Execution, forward_latency_s, ngram_proposer_s
+from planner.perf.cost import Execution, forward_latency_s, layer_time_s, ngram_proposer_s
+from planner.perf.heads import HEAD_METHODS, head_spec, medusa_spec
 from planner.perf.memory import GIB, EngineMemory, vram_bytes
 from planner.plan.schema import Decoding, Prediction
 
@@ -45,10 +57,26 @@ class Detail:
     vram_bytes: dict[str, float]  # by component (planner.perf.memory.vram_bytes); vram_gib is their sum
 
 
+def verified_tokens(d: Decoding) -> int:
+    """Tokens one verify forward runs per sequence: the tree's num_draft_tokens, else gamma + 1."""
+    return d.num_draft_tokens or d.gamma + 1
+
+
+def _head_draft_s(spec, profile, d: Decoding, *, context, batch_size, execution, draft_spec) -> float:
+    draft_ex = dataclasses.replace(execution, tensor_parallel=d.draft_tensor_parallel or execution.tensor_parallel)
+    if d.method == "medusa":
+        heads = medusa_spec(spec, d.gamma)
+        return d.gamma * layer_time_s(heads, profile, new_tokens=1, context=0, batch_size=batch_size,
+                                      quant=d.draft_quant, execution=draft_ex)
+    H = partial(forward_latency_s, head_spec(d.method, spec, draft_spec), profile, context=context,
+                batch_size=batch_size, quant=d.draft_quant, execution=draft_ex)
+    return H(new_tokens=d.gamma + 1) + (d.gamma - 1) * H(new_tokens=d.topk)
+
+
 def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, execution, draft_spec):
     T = partial(forward_latency_s, spec, profile, context=context, batch_size=batch_size, quant=d.quant, execution=execution)
     kept = spec.num_layers - len(d.skip_layers)
-    verify = T(new_tokens=d.gamma + 1)
+    verify = T(new_tokens=verified_tokens(d))
     host_s = profile.draft_step_us * 1e-6  # per draft forward
     if d.method == "autoregressive":
         return 0.0, T(new_tokens=1)
@@ -61,9 +89,13 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
     if d.method == "draft_model":
         if draft_spec is None:
             raise InputError("method draft_model needs the draft model's spec: `draft_spec`")
+        draft_ex = dataclasses.replace(execution, tensor_parallel=d.draft_tensor_parallel or execution.tensor_parallel)
         step = forward_latency_s(draft_spec, profile, new_tokens=1, context=context, batch_size=batch_size,
-                                 quant=d.draft_quant, execution=execution)
+                                 quant=d.draft_quant, execution=draft_ex)
         return d.gamma * (step + host_s), verify
+    if d.method in HEAD_METHODS:
+        return _head_draft_s(spec, profile, d, context=context, batch_size=batch_size, execution=execution,
+                             draft_spec=draft_spec), verify
     if d.method == "prompt_lookup":
         return ngram_proposer_s(execution, batch_size=batch_size, context=context), verify
     raise InputError(f"unknown method '{d.method}'")
@@ -97,6 +129,8 @@ def alphas_for(spec: ModelSpec, d: Decoding, prior: Prior | None, acceptance: fl
         return conditional_acceptances(acceptance[: d.gamma])
     if acceptance is not None:
         return [acceptance] * d.gamma
+    if prior is None:
+        raise InputError(f"no published acceptance prior for {d.method}: give its measured `acceptance`")
     return position_acceptances(prior.alpha(beta_for(spec, d, draft_spec)), d.gamma, prior.decay)
 
 
@@ -149,7 +183,7 @@ def predict_detail(
     check_fp8(profile, decoding)
     priors = resolve_priors(priors)
     alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance, draft_spec)
-    tau = tokens_per_iteration(alphas)
+    tau = tree_tokens_per_iteration(alphas, decoding.topk, verified_tokens(decoding)) if alphas else 1.0
     draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,
                                             execution=ex, draft_spec=draft_spec)
     engine_s = ex.engine.step_s(batch_size)
@@ -159,8 +193,8 @@ def predict_detail(
     iteration_s = draft_s + verify_s
     memory = vram_bytes(spec, device_kind=profile.kind, method=decoding.method, gamma=decoding.gamma, quant=decoding.quant,
                       context=context, batch_size=batch_size, dtype=ex.dtype, graphs=ex.graphs,
-                      draft_spec=draft_spec, draft_quant=decoding.draft_quant, engine=engine_memory,
-                      memory_gib=profile.memory_gib)
+                      draft_spec=draft_spec, draft_quant=decoding.draft_quant, tensor_parallel=ex.tensor_parallel,
+                      decoding=decoding, engine=engine_memory, memory_gib=profile.memory_gib)
     prediction = Prediction(
         basis=basis or ("calibrated" if acceptance is not None else "analytical"),
         tokens_per_s=tau / iteration_s,

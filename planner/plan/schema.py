@@ -16,7 +16,11 @@ from planner.errors import PlanError
 from planner.models.spec import QUANTIZATIONS  # one list; re-exported for plan readers
 
 SCHEMA_VERSION = 1
-METHODS = ("autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup")
+METHODS = ("autoregressive", "layer_skip", "early_exit", "s3d", "draft_model", "prompt_lookup",
+           "eagle", "eagle3", "mtp", "medusa")
+HEAD_METHODS = ("eagle", "eagle3", "mtp", "medusa")  # learned heads (planner.perf.heads); serving engines run them
+TREE_METHODS = ("eagle", "eagle3", "mtp")  # can draft a tree (topk > 1)
+MAX_TREE_TOKENS = 64  # SGLang's largest num_draft_tokens (its EAGLE kernels' limit, sgl-project/sglang pull 1498)
 BASES = ("analytical", "calibrated", "measured")
 MAX_GAMMA = 16
 
@@ -34,6 +38,7 @@ class ModelRef:
 class HardwareRef:
     profile: str  # shipped profile name or path of a measured profile
     device_name: str
+    tensor_parallel: int = 1  # GPUs of this profile each forward is split over
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,11 @@ class Decoding:
     skip_layers: tuple[int, ...] = ()  # layer_skip and s3d: layers the draft skips
     exit_layer: int | None = None  # early_exit: the draft runs layers [0, exit_layer)
     quant: str = "none"  # weight-only quantization of the target
-    draft_model: str | None = None  # draft_model: card name, path or hub id
+    draft_model: str | None = None  # draft_model: card name, path or hub id; eagle/eagle3/mtp/medusa: the head's
     draft_quant: str = "none"
+    topk: int = 1  # eagle/eagle3/mtp: children per expanded node of the draft tree (SGLang's meaning); 1: a chain
+    num_draft_tokens: int = 0  # tokens verified per iteration, the root included (SGLang's); 0: a chain's gamma + 1
+    draft_tensor_parallel: int | None = None  # the head's or draft's own tensor parallel (vLLM: 1 or the target's); None: the target's
     ngram: int = 3  # prompt_lookup: longest n-gram matched in the context
     adapter: str | None = None  # s3d: the draft adapter's directory; None: the checkpoint's own or a shipped one
 
@@ -161,12 +169,13 @@ _CHOICES = {
     "basis": BASES,
     "objective": ("speed", "pareto", "mean", "worst-group"),  # plan's, then tune's
 }
-_POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib"}
+_POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib",
+             "topk", "tensor_parallel", "draft_tensor_parallel"}
 _NON_NEGATIVE = {
     "tokens_per_s", "speedup", "tokens_per_iteration", "target_latency_ms", "draft_latency_ms",
     "iteration_ms", "hidden_size", "trials", "tokens_per_s_per_sequence", "tokens_per_s_total",
     "tuning", "held_out", "tuning_prompts", "held_out_prompts", "tuning_speedup", "held_out_speedup", "max_new_tokens",
-    "rounds",
+    "rounds", "num_draft_tokens",
 }
 
 
@@ -196,7 +205,10 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
     method = decoding.method
     ignored = {"skip_layers": method not in ("layer_skip", "s3d") and decoding.skip_layers,
                "exit_layer": method != "early_exit" and decoding.exit_layer is not None,
-               "draft_model": method != "draft_model" and decoding.draft_model,
+               "draft_model": method not in ("draft_model", *HEAD_METHODS) and decoding.draft_model,
+               "topk": method not in TREE_METHODS and decoding.topk != 1,
+               "num_draft_tokens": method not in TREE_METHODS and decoding.num_draft_tokens,
+               "draft_tensor_parallel": method not in ("draft_model", *HEAD_METHODS) and decoding.draft_tensor_parallel,
                "adapter": method != "s3d" and decoding.adapter,
                "gamma": method == "autoregressive" and decoding.gamma}
     for name, given in ignored.items():
@@ -210,6 +222,23 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
         raise PlanError(f"{path}.draft_model: method draft_model needs a draft model")
     if method != "autoregressive" and decoding.gamma < 1:
         raise PlanError(f"{path}.gamma: method {method} needs gamma >= 1")
+    why = tree_problem(decoding)
+    if why:
+        raise PlanError(f"{path}.num_draft_tokens: {why}")
+
+
+def tree_problem(decoding: Decoding) -> str | None:
+    """Why `decoding`'s draft tree cannot be built, or None: SGLang verifies at least the
+    chain (gamma + 1 tokens), at most every expanded node plus the root
+    (1 + topk + (gamma - 1) x topk^2) and at most MAX_TREE_TOKENS."""
+    if decoding.method not in TREE_METHODS or decoding.num_draft_tokens == 0:
+        return None
+    k, steps, n = decoding.topk, decoding.gamma, decoding.num_draft_tokens
+    most = min(MAX_TREE_TOKENS, 1 + k + (steps - 1) * k * k) if k > 1 else steps + 1
+    if not steps + 1 <= n <= most:
+        return (f"{n} draft tokens with {steps} steps and topk {k}: between {steps + 1} and {most} "
+                f"(the chain, up to every expanded node and at most {MAX_TREE_TOKENS})")
+    return None
 
 
 def _check_plan(plan: Plan) -> None:

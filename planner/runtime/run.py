@@ -386,6 +386,22 @@ class _Session:
         return self._drafters[d]
 
 
+def refuse_served_only(method: str) -> None:
+    """Nothing, when the built-in runtime decodes `method`.
+
+    Raises:
+        InputError: a learned-head method (eagle, eagle3, mtp, medusa), naming the engines that
+            run it (planner/profiles/engines.yaml) to export the plan to.
+    """
+    from planner.plan.export import engine_info, engine_names
+    from planner.plan.schema import HEAD_METHODS
+
+    if method in HEAD_METHODS:
+        engines = [engine_info(name).name for name in engine_names() if method in engine_info(name).methods]
+        raise InputError(f"the built-in runtime does not run {method} heads; serve the plan with "
+                         f"{', '.join(engines)} (specplan export --to {engines[0]})")
+
+
 def run_plan(
     plan,
     prompts: list[str],
@@ -421,6 +437,7 @@ def run_plan(
 
     if not (math.isfinite(temperature) and temperature >= 0):
         raise InputError(f"`temperature` must be a finite number, 0 or more, got {temperature}")
+    refuse_served_only(plan.decoding.method)
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
                  vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
     drafter, plain = s.drafter(plan.decoding), Autoregressive()

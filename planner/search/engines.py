@@ -16,7 +16,7 @@ from planner.errors import InputError
 from planner.perf.cost import RUNTIME as RUNTIME_COST, EngineCost
 from planner.perf.memory import EngineMemory
 from planner.plan.export import engine_info, engine_names
-from planner.plan.schema import METHODS, Decoding
+from planner.plan.schema import HEAD_METHODS, METHODS, Decoding
 
 RUNTIME = "specplan"  # the built-in runtime (specplan run): every method, not an export target
 
@@ -81,14 +81,14 @@ def engine_space(engines: Iterable[str], methods=None, quants=None) -> tuple[tup
 
 def deployable_methods(engine: str | None, *, adapted: bool) -> tuple[str, ...]:
     """The methods a plan for `engine` searches when none are named: the engine's; for no
-    engine, those some serving engine runs; every method on the built-in runtime. s3d only
-    when `adapted` (an adapter was given or found for the checkpoint).
+    engine, those some serving engine runs; every method but the learned heads on the built-in
+    runtime. s3d only when `adapted` (an adapter was given or found for the checkpoint).
 
     Raises:
         NotFoundError: an unknown engine.
     """
     if engine == RUNTIME:
-        runnable = set(METHODS)
+        runnable = set(METHODS) - set(HEAD_METHODS)  # learned heads are served by engines, not run here
     elif engine is not None:
         runnable = set(engine_info(engine).methods)
     else:
@@ -98,3 +98,13 @@ def deployable_methods(engine: str | None, *, adapted: bool) -> tuple[str, ...]:
     elif not adapted:
         runnable.discard("s3d")
     return tuple(m for m in METHODS if m in runnable)
+
+
+def drafts_trees(engine: str | None) -> bool:
+    """Whether a plan for `engine` may draft trees from a learned head (topk > 1): with no
+    engine named (SGLang among those it may be served by), or an engine that drafts trees.
+
+    Raises:
+        NotFoundError: an unknown engine.
+    """
+    return engine in (None, RUNTIME) or engine_info(engine).trees

@@ -20,7 +20,7 @@ from planner.hardware import load_profile, shipped_profile_names
 from planner.models.spec import ModelSpec
 from planner.plan.export import Export, export_plan, write_compose, write_export
 from planner.plan.schema import Plan
-from planner.search.engines import RUNTIME, engine_space
+from planner.search.engines import RUNTIME, drafts_trees, engine_space
 from planner.search.request import SearchRequest
 from planner.search.schedule import fitting_batch_sizes, schedule_search
 
@@ -136,6 +136,8 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
         if not quants:
             raise InputError(f"the engines apply none of `quants` {', '.join(request.quants)}")
         request = request.replace(methods=methods, quants=quants)
+    if not all(drafts_trees(name) for name in exports):  # an export that drafts chains: no trees
+        request = request.replace(trees=False)
     prices = usd_per_hour or {}
     for name in prices:
         if name not in profiles:

@@ -30,8 +30,8 @@ from planner.perf.acceptance import resolve_priors
 from planner.perf.cost import Execution
 from planner.perf.memory import EngineMemory, budget_gib
 from planner.perf.speedup import predict
-from planner.plan.schema import METHODS, QUANTIZATIONS, Constraints, Decoding, Prediction
-from planner.search.engines import engine_cost, engine_memory
+from planner.plan.schema import HEAD_METHODS, METHODS, QUANTIZATIONS, Constraints, Decoding, Prediction
+from planner.search.engines import drafts_trees, engine_cost, engine_memory
 
 OBJECTIVES = ("speed", "pareto")
 SKIP_PATTERNS = ("middle", "any")
@@ -53,7 +53,7 @@ class SearchRequest:
     """
 
     context: int = 2048  # tokens per sequence the KV cache must hold (prompt plus output)
-    vram_gib: float | None = None  # memory budget in GiB, at most the device's; None: the device's (an engine's share)
+    vram_gib: float | None = None  # memory budget in GiB per GPU, at most the device's; None: the device's (an engine's share)
     batch_sizes: tuple[int, ...] = (1,)  # sequences decoded together; several: a schedule (schedule_search)
     trials: int = 300  # Optuna trials (a shared study's total grows by this many per worker)
     seed: int = 0  # the TPE sampler's seed: the same request gives the same plan
@@ -83,6 +83,14 @@ class SearchRequest:
     storage: str | None = None  # Optuna storage URL shared by workers (sqlite:///, a journal file, postgresql://)
     study_name: str | None = None  # the study in `storage`
     model_source: str | None = None  # what the plan loads (directory, card, hub id); None: the model's name
+    tensor_parallel: int = 1  # GPUs of the profile each forward is split over; VRAM is then per GPU
+    # Learned heads, method -> the head's hub id or config path (eagle, eagle3, mtp, medusa); a
+    # head method is searched where a head is given here or published for the model
+    # (planner/profiles/heads.yaml); mtp (the model's own layers) where `methods` names it.
+    heads: Mapping[str, str] | None = None
+    # Whether heads may draft trees (topk > 1); None: as `engine` drafts (engines.drafts_trees);
+    # False where the plan is exported to an engine that drafts chains.
+    trees: bool | None = None
     acceptance_by_method: Mapping[str, Acceptance] = field(init=False, repr=False, compare=False)
     engine_memory: EngineMemory | None = field(init=False, repr=False, compare=False)
 
@@ -94,6 +102,7 @@ class SearchRequest:
         set_("methods", _choices("methods", self.methods, METHODS))
         set_("quants", _choices("quants", self.quants, QUANTIZATIONS))
         set_("drafts", None if self.drafts is None else tuple(self.drafts))
+        set_("heads", dict(self.heads or {}))
         set_("priors", resolve_priors(self.priors))
         set_("acceptance_by_method", normalise_acceptance(self.acceptance))
         set_("engine_memory", engine_memory(self.engine))
@@ -112,6 +121,11 @@ class SearchRequest:
             raise InputError(f"`vram_gib` must be a positive number of GiB, got {self.vram_gib}")
         if self.storage and not self.study_name:
             raise InputError("`storage` needs `study_name`: the study many workers share")
+        if self.tensor_parallel < 1:
+            raise InputError(f"`tensor_parallel` must be at least 1, got {self.tensor_parallel}")
+        for method in self.heads:
+            if method not in HEAD_METHODS:
+                raise InputError(f"`heads`: '{method}' is not a head method ({', '.join(HEAD_METHODS)})")
         if self.methods == ():
             raise InputError("`methods` is empty: name at least one method")
         if self.quants == ():
@@ -137,8 +151,10 @@ class SearchRequest:
 
     def gamma_caps(self) -> dict[str, int]:
         """Per method, the most drafted tokens its acceptance covers: per-position figures say
-        nothing about positions beyond the last, so no longer draft is planned."""
-        return {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
+        nothing about positions beyond the last, so no longer draft is planned; a prior whose
+        source measured a few positions (`Prior.positions`) caps its method where no figure is given."""
+        caps = {m: p.positions for m, p in self.priors.items() if p.positions and m not in self.acceptance_by_method}
+        return caps | {m: len(a) for m, a in self.acceptance_by_method.items() if isinstance(a, tuple)}
 
     def budget_gib(self, profile: HardwareProfile) -> float:
         """The memory budget in GiB on `profile`: `vram_gib`, or what the engine allocates of
@@ -150,10 +166,11 @@ class SearchRequest:
         return budget_gib(self.vram_gib, memory_gib=profile.memory_gib, device=profile.name, engine=self.engine_memory)
 
     def execution_on(self, profile: HardwareProfile) -> Execution:
-        """How a trial's forward runs on `profile`: its decode dtype, the engine's step cost, and
-        CUDA graphs or eager (`execution`, else the engine's default)."""
+        """How a trial's forward runs on `profile`: its decode dtype, the engine's step cost,
+        CUDA graphs or eager (`execution`, else the engine's default), and `tensor_parallel`."""
         graphs = None if self.execution is None else self.execution == "graphs"
-        return Execution.default_for(profile, engine_cost(self.engine), graphs=graphs)
+        return Execution.default_for(profile, engine_cost(self.engine), graphs=graphs,
+                                     tensor_parallel=self.tensor_parallel)
 
     def predict(self, spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, batch_size: int | None = None,
                 draft_spec: ModelSpec | None = None) -> Prediction:
@@ -166,6 +183,14 @@ class SearchRequest:
         return predict(spec, profile, decoding, context=self.context, batch_size=batch_size or self.batch_sizes[0],
                        acceptance=self.acceptance_for(decoding.method), priors=self.priors, draft_spec=draft_spec,
                        execution=self.execution_on(profile), engine_memory=self.engine_memory)
+
+    def drafts_trees(self) -> bool:
+        """Whether the search may plan draft trees for heads (`trees`, else as the engine drafts).
+
+        Raises:
+            NotFoundError: an unknown engine.
+        """
+        return drafts_trees(self.engine) if self.trees is None else self.trees
 
     def constraints(self) -> Constraints:
         """What the plan file records of the request (at its smallest batch size)."""

@@ -205,6 +205,8 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
             for speed, in one process); otherwise as `search`.
         NotFoundError: as `search`.
     """
+    from pathlib import Path
+
     from planner.models import load_model_spec
 
     if request.objective != "speed" or request.storage:
@@ -217,7 +219,9 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
 
     @functools.cache
     def at(decoding: Decoding, batch: int) -> Prediction:
-        draft = load_model_spec(decoding.draft_model) if decoding.draft_model else None
+        draft = None
+        if decoding.method == "draft_model" or (decoding.draft_model and Path(decoding.draft_model).exists()):
+            draft = load_model_spec(decoding.draft_model)  # a head named by hub id is costed in the target's shape
         return request.predict(spec, profile, decoding, batch_size=batch, draft_spec=draft)
 
     def fits_largest(decoding: Decoding) -> bool:

@@ -8,10 +8,12 @@ from dataclasses import dataclass, replace
 from planner.errors import InputError, near_matches
 from planner.models.spec import ModelSpec
 from planner.perf.speedup import middle_block
-from planner.plan.schema import METHODS, QUANTIZATIONS, Decoding
+from planner.plan.schema import HEAD_METHODS, MAX_TREE_TOKENS, METHODS, QUANTIZATIONS, TREE_METHODS, Decoding
 
 MAX_PREDICTORS = 12  # token predictors / draft length per iteration
 DEFAULT_QUANTS = ("none", "int8", "int4")  # fp8 is searched only when asked for
+TOPKS = (1, 2, 4, 8)  # a head's tree width: 1 is a chain (SGLang takes topk up to 10)
+TREE_TOKENS = (8, 16, 32, 64)  # verified tokens of a tree, clamped to what its depth and width allow
 
 
 def usable_quants(profile, quants=None) -> tuple[str, ...]:
@@ -43,13 +45,34 @@ class Space:
     ngrams: tuple[int, int] | None = None  # prompt_lookup: the n-gram sizes searched (None: the default 3)
     s3d: Decoding | None = None  # an adapter's set-up: s3d trials take its skipped layers and gamma as they are
     gamma_caps: tuple[tuple[str, int], ...] = ()  # (method, most drafted tokens): per-position acceptance ends there
+    heads: tuple[tuple[str, str | None], ...] = ()  # (head method, the head's name; None: the model's own MTP layers)
+    trees: bool = False  # heads draft trees (topk > 1) as well as chains
 
     @classmethod
     def for_model(cls, spec: ModelSpec, *, methods=None, quants=None, drafts=(), skip_pattern="middle", s3d=None,
-                  gamma_caps=None) -> "Space":
-        chosen = tuple(m for m in (methods or METHODS) if m != "draft_model" or drafts)
+                  gamma_caps=None, heads=None, trees=False) -> "Space":
+        heads = dict(heads or {})
+        chosen = tuple(m for m in (methods or METHODS) if (m != "draft_model" or drafts)
+                       and (m not in HEAD_METHODS or m in heads))
         return cls(spec.num_layers, chosen, tuple(quants or DEFAULT_QUANTS), tuple(drafts), skip_pattern=skip_pattern, s3d=s3d,
-                   gamma_caps=tuple(sorted((gamma_caps or {}).items())))
+                   gamma_caps=tuple(sorted((gamma_caps or {}).items())), heads=tuple(sorted(heads.items())), trees=trees)
+
+
+def tree_tokens(gamma: int, topk: int, wanted: int) -> int:
+    """`wanted` verified tokens clamped to what a tree `gamma` deep and `topk` wide can hold:
+    at least the chain (gamma + 1), at most every expanded node plus the root and MAX_TREE_TOKENS."""
+    most = min(MAX_TREE_TOKENS, 1 + topk + (gamma - 1) * topk * topk)
+    return min(max(wanted, gamma + 1), most)
+
+
+def _head(space: Space, method: str, gamma: int, quant: str, topk: int = 1, wanted: int = 0) -> Decoding:
+    tokens = tree_tokens(gamma, topk, wanted) if topk > 1 else 0
+    return Decoding(method=method, gamma=gamma, quant=quant, draft_model=dict(space.heads)[method], topk=topk,
+                    num_draft_tokens=tokens)
+
+
+def _topks(space: Space, method: str) -> tuple[int, ...]:
+    return TOPKS if space.trees and method in TREE_METHODS else (1,)
 
 
 def suggest(trial, space: Space) -> Decoding:
@@ -77,6 +100,10 @@ def suggest(trial, space: Space) -> Decoding:
         return Decoding(method=method, gamma=gamma, quant=quant, skip_layers=skipped)
     if method == "early_exit":
         return Decoding(method=method, gamma=gamma, quant=quant, exit_layer=trial.suggest_int("exit_layer", 1, L - 1))
+    if method in HEAD_METHODS:
+        topk = trial.suggest_categorical("topk", list(_topks(space, method)))
+        wanted = trial.suggest_categorical("num_draft_tokens", list(TREE_TOKENS)) if topk > 1 else 0
+        return _head(space, method, gamma, quant, topk, wanted)
     if method == "draft_model":
         return Decoding(method=method, gamma=gamma, quant=quant, draft_model=trial.suggest_categorical("draft_model", list(space.drafts)),
                         draft_quant=trial.suggest_categorical("draft_quant", list(space.quants)))
@@ -101,6 +128,10 @@ def params_of(decoding: Decoding, space: Space) -> dict:
     elif d.method == "draft_model":
         params["draft_model"] = d.draft_model
         params["draft_quant"] = d.draft_quant
+    elif d.method in HEAD_METHODS:
+        params["topk"] = d.topk
+        if d.topk > 1:
+            params["num_draft_tokens"] = d.num_draft_tokens
     elif d.method == "prompt_lookup" and space.ngrams:
         params["ngram"] = min(max(d.ngram, space.ngrams[0]), space.ngrams[1])
     return params
@@ -120,6 +151,10 @@ def enumerate_space(space: Space):
         elif method == "early_exit":
             for exit_layer, gamma in itertools.product(range(1, L), gammas):
                 yield Decoding(method=method, gamma=gamma, quant=quant, exit_layer=exit_layer)
+        elif method in HEAD_METHODS:
+            for gamma, topk in itertools.product(gammas, _topks(space, method)):
+                for wanted in (TREE_TOKENS if topk > 1 else (0,)):
+                    yield _head(space, method, gamma, quant, topk, wanted)
         elif method == "draft_model":
             for draft, gamma, draft_quant in itertools.product(space.drafts, gammas, space.quants):
                 yield Decoding(method=method, gamma=gamma, quant=quant, draft_model=draft, draft_quant=draft_quant)
@@ -139,4 +174,8 @@ def seeds(space: Space) -> list[dict]:
                 points.append({"method": method, "quant": quant, "gamma": 4, "skip_count": max(1, L // 2 - 2)})
             elif method == "early_exit":
                 points.append({"method": method, "quant": quant, "gamma": 4, "exit_layer": max(1, 3 * L // 4)})
+            elif method in HEAD_METHODS:  # a chain, and where trees are searched SGLang's EAGLE-3 example tree
+                points.append({"method": method, "quant": quant, "gamma": 3, "topk": 1})
+                if space.trees and method in TREE_METHODS:
+                    points.append({"method": method, "quant": quant, "gamma": 5, "topk": 8, "num_draft_tokens": 32})
     return points

@@ -19,7 +19,7 @@ from planner.models.spec import ModelSpec
 from planner.perf.memory import GIB
 from planner.plan.export import engine_info
 from planner.plan.schema import (
-    Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
+    HEAD_METHODS, Candidate, Decoding, HardwareRef, ModelRef, Plan, Prediction, SearchSettings,
 )
 from planner.search.engines import RUNTIME, deployable_methods, engine_space
 from planner.search.request import SearchRequest
@@ -48,6 +48,67 @@ def check_draft(spec: ModelSpec, draft: ModelSpec) -> ModelSpec:
         raise InputError(f"draft model {draft.name} has a vocabulary of {draft.vocab_size} tokens and {spec.name} "
                          f"one of {spec.vocab_size}: a draft must share the target's vocabulary")
     return draft
+
+
+def check_tensor_parallel(spec: ModelSpec, profile: HardwareProfile, tensor_parallel: int,
+                          draft_tensor_parallel: int | None = None) -> None:
+    """Nothing, when `spec` can be split over `tensor_parallel` GPUs of `profile`.
+
+    Raises:
+        InputError: attention heads that do not divide evenly (vLLM and SGLang require it), a
+            profile with no interconnect figure, or a draft's own tensor parallel other than 1 or
+            the target's (vLLM's rule for draft_tensor_parallel_size).
+    """
+    if tensor_parallel == 1:
+        return
+    if spec.num_heads % tensor_parallel:
+        raise InputError(f"`tensor_parallel` {tensor_parallel}: {spec.name}'s {spec.num_heads} attention heads do not "
+                         "split evenly over that many GPUs")
+    if profile.interconnect_gbps <= 0:
+        raise InputError(f"`tensor_parallel` {tensor_parallel}: {profile.name} states no interconnect bandwidth")
+    if draft_tensor_parallel not in (None, 1, tensor_parallel):
+        raise InputError(f"a draft runs on 1 GPU or on the target's {tensor_parallel}, not {draft_tensor_parallel}")
+
+
+def fitting_tensor_parallel(spec: ModelSpec, profile: HardwareProfile, tensor_parallel: int = 1) -> int | None:
+    """The smallest tensor parallel above `tensor_parallel` over which `spec`'s unquantized
+    weights take under 90% of each GPU of `profile` (its attention heads splitting evenly), or None."""
+    weights_gib = spec.weight_bytes("none") / GIB
+    return next((n for n in (2, 4, 8, 16) if n > tensor_parallel and spec.num_heads % n == 0
+                 and weights_gib / n < 0.9 * profile.memory_gib), None)
+
+
+def split_hint(spec: ModelSpec, profile: HardwareProfile, needed_gib: float, tensor_parallel: int = 1) -> str:
+    """Where a set-up needing `needed_gib` GiB per GPU is over one GPU of `profile`: the
+    tensor parallel that would fit it, in words; else ""."""
+    fits = fitting_tensor_parallel(spec, profile, tensor_parallel) if needed_gib > profile.memory_gib else None
+    return f"split it with `tensor_parallel` {fits}" if fits else ""
+
+
+def search_heads(spec: ModelSpec, request: SearchRequest) -> dict[str, str | None]:
+    """Head methods the search may plan, method -> the head's name: the heads `request` gives,
+    else the public heads planner/profiles/heads.yaml names for the model; mtp (the model's own
+    layers, None) where `request.methods` names it; medusa only with a measured acceptance (no
+    published prior)."""
+    from planner.perf.heads import published_head
+
+    heads = {m: published_head(spec.name, m) for m in HEAD_METHODS if published_head(spec.name, m)}
+    heads |= dict(request.heads)
+    if request.methods and "mtp" in request.methods:
+        heads.setdefault("mtp", None)
+    if "medusa" in heads and request.acceptance_for("medusa") is None and "medusa" not in request.priors:
+        del heads["medusa"]
+    return heads
+
+
+def _head_configs(heads: dict[str, str | None]) -> dict[str, ModelSpec]:
+    """The heads given as a local config or directory, as specs (their own shapes); hub ids
+    only name a head, which is then costed in the target's shape (planner.perf.heads)."""
+    from pathlib import Path
+
+    from planner.models import load_model_spec
+
+    return {m: load_model_spec(name) for m, name in heads.items() if name and Path(name).exists()}
 
 
 def draft_candidates(spec: ModelSpec, names=None) -> dict[str, ModelSpec]:
@@ -95,17 +156,22 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     batch_size, budget = r.batch_size, r.budget_gib(profile)
     if r.context > spec.max_position_embeddings:
         raise InputError(f"`context` {r.context} is beyond the {spec.max_position_embeddings} positions of {spec.name}")
+    check_tensor_parallel(spec, profile, r.tensor_parallel)
     methods = searched_methods(r)
     quants, note = resolve_quants(spec, profile, r, batch_size)
     draft_specs = draft_candidates(spec, r.drafts) if "draft_model" in methods else {}
+    heads = search_heads(spec, r)
+    head_configs = _head_configs(heads)
     space = Space.for_model(spec, methods=methods, quants=quants, drafts=tuple(draft_specs),
-                            skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps())
+                            skip_pattern=r.skip_pattern, s3d=r.s3d, gamma_caps=r.gamma_caps(), heads=heads,
+                            trees=r.drafts_trees())
     if not space.methods:
         raise InputError("no method left to search (draft_model needs a draft model with the same tokenizer and vocabulary)")
     execution = r.execution_on(profile)
 
     def evaluate(decoding: Decoding) -> Prediction:
-        return r.predict(spec, profile, decoding, draft_spec=draft_specs.get(decoding.draft_model))
+        draft = draft_specs.get(decoding.draft_model) if decoding.method == "draft_model" else head_configs.get(decoding.method)
+        return r.predict(spec, profile, decoding, draft_spec=draft)
 
     def objective_fn(trial):
         decoding = suggest(trial, space)
@@ -135,7 +201,7 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     plan = Plan(
         model=ModelRef(name=spec.name, source=r.model_source or spec.name, num_layers=spec.num_layers,
                        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size),
-        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name),
+        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name, tensor_parallel=r.tensor_parallel),
         decoding=winner.decoding,
         prediction=winner.prediction,
         constraints=r.constraints(),
@@ -285,7 +351,8 @@ def _alternatives(ranked: list[Candidate]) -> tuple[Candidate, ...]:
 
 
 def _nothing_fits(spec, profile, budget, request, space) -> str:
-    """Why nothing fits, and a budget that would: one the device holds, else what to change."""
+    """Why nothing fits, and a budget that would: one the device holds, else what to change (a
+    tensor parallel that splits the weights where they alone are over one GPU)."""
     context, batch_size = request.context, request.batch_size
     smallest, quant = min((request.predict(spec, profile, Decoding("autoregressive", quant=q)).vram_gib, q)
                           for q in space.quants)
@@ -294,7 +361,11 @@ def _nothing_fits(spec, profile, budget, request, space) -> str:
     memory = profile.memory_gib
     if smallest <= memory:
         return f"{what}; use `vram_gib` {smallest + 0.05:.1f} or more (up to the {memory:.1f} GiB of {profile.name})"
-    weights = spec.weight_bytes(quant) / GIB
+    tp = request.tensor_parallel
+    weights = spec.weight_bytes(quant) / GIB / tp
+    per_gpu = f" on each of {tp} GPUs" if tp > 1 else ""
     if weights > memory:
-        return f"{what}, more than the {memory:.1f} GiB of {profile.name}: its {quant} weights alone need {weights:.1f} GiB"
+        hint = split_hint(spec, profile, smallest, tp)
+        return (f"{what}, more than the {memory:.1f} GiB of {profile.name}: its {quant} weights alone need "
+                f"{weights:.1f} GiB{per_gpu}" + (f"; {hint}" if hint else ""))
     return f"{what}, more than the {memory:.1f} GiB of {profile.name}: use a shorter `context` or fewer sequences"

@@ -16,9 +16,11 @@ def setup_text(resolved: Resolved) -> str:
     d = resolved.decoding
     if d.method == "autoregressive":
         return f"autoregressive (no speculation), target quantization {d.quant}"
+    tree = f", a tree of {d.num_draft_tokens} tokens, topk {d.topk}" if d.topk > 1 else ""
+    head = f"{d.method} (head {d.draft_model or 'the model own MTP layers'}{tree})"
     what = {"draft_model": f"draft_model ({d.draft_model}, draft quantization {d.draft_quant})",
             "prompt_lookup": f"prompt_lookup (n-grams up to {d.ngram})",
-            "early_exit": f"early_exit (draft: layers below {d.exit_layer})"}[d.method]
+            "early_exit": f"early_exit (draft: layers below {d.exit_layer})"}.get(d.method, head)
     if resolved.table:
         lengths = ", ".join(f"{lo}-{hi}: {gamma}" for lo, hi, gamma in resolved.table)
         return f"{what}, target quantization {d.quant}; draft length by batch size {lengths}"

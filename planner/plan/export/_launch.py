@@ -24,7 +24,7 @@ class Launch:
     max_batch: int  # sequences served at once
     memory_share: float | None  # fraction of the GPU's memory; None when the profile cannot be read
     memory_note: str  # how the share was reached, for the header
-    tensor_parallel: int = 1  # plans are made for one GPU
+    tensor_parallel: int = 1  # GPUs of the plan's profile each forward is split over
 
 
 def max_batch(plan: Plan) -> int:
@@ -52,6 +52,6 @@ def launch_for(plan: Plan) -> Launch:
     try:
         memory_gib = load_profile(plan.hardware.profile).memory_gib
     except SpecplanError as exc:
-        return Launch(max_batch(plan), None, f"engine default (profile not readable: {exc})")
+        return Launch(max_batch(plan), None, f"engine default (profile not readable: {exc})", plan.hardware.tensor_parallel)
     share, note = _share(plan, memory_gib)
-    return Launch(max_batch(plan), share, note)
+    return Launch(max_batch(plan), share, note, plan.hardware.tensor_parallel)

@@ -27,6 +27,7 @@ _NEVER_SERVED = {
     "layer_skip": "no serving engine has layer skipping",
     "s3d": "no serving engine has S3D drafting",
     "early_exit": "it has no early-exit self-drafting for an unmodified checkpoint",
+    "medusa": "it has no Medusa heads",
 }
 
 
@@ -62,6 +63,7 @@ class EngineInfo:
     tables: tuple[FieldTable, ...]  # oldest first
     cost: EngineCost = EngineCost()  # what the engine adds to a step (planner.perf.cost)
     memory: EngineMemory | None = None  # how it sets memory aside; None: no policy known
+    trees: bool = False  # drafts a tree from a learned head (topk > 1)
 
     @property
     def version_range(self) -> str:
@@ -88,6 +90,8 @@ class EngineInfo:
         if decoding.method not in self.methods:
             why = _NEVER_SERVED.get(decoding.method, "it has no such method")
             return f"{self.display} cannot run {decoding.method}: {why}"
+        if decoding.topk > 1 and not self.trees:
+            return f"{self.display} cannot draft a tree (topk {decoding.topk}): it drafts a chain from a head"
         if decoding.quant not in self.quants:
             return f"{self.display} cannot apply {decoding.quant} weight quantization to the target"
         if decoding.method == "draft_model" and decoding.draft_quant not in self.quants:
@@ -114,6 +118,7 @@ def _info(name: str, row: dict) -> EngineInfo:
         tables=tuple(_table_of(t) for t in row["tables"]),
         cost=_cost_of(name, row.get("cost") or {}),
         memory=_memory_of(row.get("memory")),
+        trees=bool(row.get("trees", False)),
     )
 
 

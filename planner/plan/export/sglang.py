@@ -12,6 +12,10 @@ Flags from the field table in planner/profiles/engines.yaml (sglang 0.5.5 and 0.
   because left out the draft takes the target's --quantization (fp8, or unquant for none);
   before 0.5.7 the draft is quantized as the target, so a plan quantizing the two apart is
   refused for those versions.
+- a learned head is algorithm EAGLE (EAGLE-1/2 heads; the model's own MTP layers run as
+  EAGLE too, with no draft path) or EAGLE3: --speculative-num-steps gamma (the tree's depth),
+  --speculative-eagle-topk topk, --speculative-num-draft-tokens the verified tokens (gamma + 1
+  for a chain); a head of its own takes the draft's quantization flag as a draft model does;
 SGLang has no per-batch-size draft length: one gamma is written.
 """
 
@@ -59,6 +63,14 @@ def speculative_args(resolved: Resolved, table: FieldTable) -> list:
     if d.method == "autoregressive":
         return []
     window = str(d.gamma + 1)
+    if d.method in ("eagle", "eagle3", "mtp"):
+        args = ["--speculative-algorithm", "EAGLE3" if d.method == "eagle3" else "EAGLE"]
+        args += ["--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", str(d.topk),
+                 "--speculative-num-draft-tokens", str(d.num_draft_tokens or d.gamma + 1)]
+        if d.draft_model:  # a head of its own is loaded as a draft model, quantized as one
+            args[2:2] = ["--speculative-draft-model-path", Ref("DRAFT_MODEL")]
+            args += _draft_quant_args(resolved, table)
+        return args
     if d.method == "draft_model":
         return ["--speculative-algorithm", "STANDALONE", "--speculative-draft-model-path", Ref("DRAFT_MODEL"),
                 "--speculative-num-steps", str(d.gamma), "--speculative-eagle-topk", "1",
@@ -70,7 +82,7 @@ def speculative_args(resolved: Resolved, table: FieldTable) -> list:
 def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, table: FieldTable,
            header: list[str]) -> str:
     d = resolved.decoding
-    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+    variables = serving_variables(plan.model.source, d.draft_model if d.method in ("draft_model", "eagle", "eagle3") else None,
                                   info.port, launch.tensor_parallel)
     args = ["sglang", "serve", "--model-path", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"),
             "--tp-size", Ref("TP")]

@@ -1,6 +1,9 @@
 """vLLM: a `vllm serve` script, every speculative key one `--speculative-config.KEY` word.
 
 Names from the field table in planner/profiles/engines.yaml (vLLM 0.25.0 to 0.33.0 wheels):
+- method "eagle", "eagle3", "medusa" with `model` (the head) and "mtp" (the model's own
+  layers), `num_speculative_tokens` the chain's length, `draft_tensor_parallel_size` where the
+  plan runs the head on fewer GPUs than the target (vLLM allows 1 or the target's);
 - method "draft_model" with `model`; `quantization` fp8 where the plan quantizes the draft
   (the draft's ModelConfig quantizes an unquantized checkpoint at load, as --quantization
   fp8 does the target's); left out, an unquantized draft stays unquantized;
@@ -19,7 +22,7 @@ from planner.plan.export._launch import Launch
 from planner.plan.export._resolve import Resolved
 from planner.plan.export._shell import Ref, script, serving_variables, words
 from planner.plan.export.engines import EngineInfo, FieldTable
-from planner.plan.schema import Plan
+from planner.plan.schema import HEAD_METHODS, Plan
 
 SUFFIX = ".sh"
 COMPOSE_ENV: dict[str, str] = {}
@@ -38,8 +41,14 @@ def speculative_config(resolved: Resolved) -> dict | None:
         config.update(method="draft_model", model=d.draft_model)
         if d.draft_quant != "none":  # fp8: engines.yaml lets vLLM quantize a draft to nothing else
             config["quantization"] = d.draft_quant
+    elif d.method in HEAD_METHODS:
+        config["method"] = d.method
+        if d.draft_model:
+            config["model"] = d.draft_model
     else:  # prompt_lookup
         config.update(method="ngram", prompt_lookup_min=1, prompt_lookup_max=d.ngram)
+    if d.draft_tensor_parallel is not None:
+        config["draft_tensor_parallel_size"] = d.draft_tensor_parallel
     if resolved.table:
         table = [list(row) for row in resolved.table]
         table[0][0] = 1  # vLLM requires the first range to start at batch size 1
@@ -61,7 +70,7 @@ def _speculative_args(config: dict | None) -> list:
 def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, table: FieldTable,
            header: list[str]) -> str:
     d = resolved.decoding
-    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+    variables = serving_variables(plan.model.source, d.draft_model if d.method in ("draft_model", *HEAD_METHODS) else None,
                                   info.port, launch.tensor_parallel)
     args = ["vllm", "serve", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"),
             "--tensor-parallel-size", Ref("TP")]

@@ -97,9 +97,30 @@ def test_memory_share_follows_the_budget_or_the_prediction(tmp_path):
     assert launch_for(make_plan(vram_budget=10.0)).memory_share == pytest.approx(0.28)
     args = _launch(make_plan(vram_budget=40.0), "vllm", tmp_path)
     assert flag_value(args, "--gpu-memory-utilization") == "0.51"
+    # the share follows the VRAM at the largest batch the schedule covers, not the plan's batch-1 figure
+    big = make_plan(schedule=(entry(1, 15, 4), dataclasses.replace(entry(16, 64, 0), vram_gib=70.0)))
+    assert launch_for(big).memory_share == pytest.approx(0.95) and "70.0 GiB at batch size 64" in launch_for(big).memory_note
     unknown = make_plan(hardware=HardwareRef(profile="/nowhere/gpu.yaml", device_name="GPU"))
     text = export_plan(unknown, "vllm").text
     assert "--gpu-memory-utilization" not in text and "memory: engine default (profile not readable" in text
+
+
+def test_sglang_static_pool_leaves_its_reserve_outside_the_share():
+    """SGLang's --mem-fraction-static sizes weights and KV cache only; activations, CUDA graphs and a
+    draft worker come from the rest (its own default: (memory - reserve) / memory, engines.yaml)."""
+    # H100 79.6 GiB: reserve 512 + 8192 x 1.5 + 256 x 2 + 128 MiB = 13.1 GiB, + 6 GiB for a draft model
+    assert launch_for(make_plan(DRAFT), "sglang").memory_share == pytest.approx(0.76)  # (79.6 - 19.1) / 79.6
+    assert launch_for(make_plan(LOOKUP), "sglang").memory_share == pytest.approx(0.84)  # (79.6 - 13.1) / 79.6
+    assert launch_for(make_plan(DRAFT), "vllm").memory_share == pytest.approx(0.90)  # vLLM's share holds everything
+    # a budget of 60 GiB: the static pool is what it leaves beside the reserve
+    note = launch_for(make_plan(DRAFT, vram_budget=60.0), "sglang").memory_note
+    assert launch_for(make_plan(DRAFT, vram_budget=60.0), "sglang").memory_share == pytest.approx(0.52)
+    assert "less the engine's 19.1 GiB reserve" in note
+    # planned for SGLang, the plan's figure already holds the reserve: only the rest must fit the pool
+    planned = make_plan(DRAFT, vram_budget=30.0)
+    planned = planned.replace(constraints=dataclasses.replace(planned.constraints, engine="sglang"))
+    assert launch_for(planned, "sglang").memory_share == pytest.approx(0.14)  # max(10.9, 20 - 19.1 + 10%) / 79.6
+    assert "expect less KV cache than planned or an OOM" not in launch_for(planned, "sglang").memory_note
 
 
 # -- vLLM ------------------------------------------------------------------------------
@@ -128,7 +149,7 @@ def test_sglang_uses_sglang_serve_with_standalone_flags_and_says_what_it_dropped
     assert flag_value(args, "--speculative-algorithm") == "STANDALONE"
     assert flag_value(args, "--speculative-num-steps") == "2"  # batch 8 lies in the 4-15 range
     assert flag_value(args, "--speculative-num-draft-tokens") == "3"
-    assert flag_value(args, "--tp-size") == "1" and flag_value(args, "--mem-fraction-static") == "0.90"
+    assert flag_value(args, "--tp-size") == "1" and flag_value(args, "--mem-fraction-static") == "0.76"  # SGLang's own default here: test_sglang_static_pool
     assert "# dropped: per-batch-size schedule" in export_plan(plan, "sglang").text
 
 

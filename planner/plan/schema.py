@@ -94,6 +94,7 @@ class ScheduleEntry:
     gamma: int
     tokens_per_s_per_sequence: float
     tokens_per_s_total: float
+    vram_gib: float | None = None  # at the largest batch size the search evaluated in this range; None: older plans
 
 
 @dataclass(frozen=True)

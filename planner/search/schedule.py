@@ -91,11 +91,12 @@ def _ranges(batch_sizes, choices, method: str) -> tuple[ScheduleEntry, ...]:
         entry = ScheduleEntry(
             batch_min=batch, batch_max=upper, method=method if gamma else "autoregressive", gamma=gamma,
             tokens_per_s_per_sequence=prediction.tokens_per_s, tokens_per_s_total=prediction.tokens_per_s * batch,
+            vram_gib=prediction.vram_gib,
         )
         if entries and entries[-1].gamma == gamma:
             first = entries.pop()
             entry = ScheduleEntry(first.batch_min, upper, entry.method, gamma,
-                                  entry.tokens_per_s_per_sequence, entry.tokens_per_s_total)
+                                  entry.tokens_per_s_per_sequence, entry.tokens_per_s_total, entry.vram_gib)
         entries.append(entry)
     return tuple(entries)
 

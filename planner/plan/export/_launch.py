@@ -3,7 +3,11 @@
 Concurrency is the largest batch size the plan covers (its schedule's last range, or the
 plan's own batch size). The memory share is the fraction of the GPU an engine may take:
 the plan's memory budget (its largest batch was planned to fit it), or, with no budget,
-the 90% engines leave by default; never less than the plan's own VRAM figure plus 10%.
+the 90% engines leave by default; never less than the plan's VRAM figure at its largest
+batch plus 10%. An engine that sets a reserve aside outside the share (SGLang: activations,
+CUDA graphs, a draft worker; planner/profiles/engines.yaml `memory`) gets the share of its
+static pool, weights and KV cache: the budget (or the whole GPU, as SGLang's own default
+takes it) less that reserve, as SGLang's `mem_fraction_static` reads.
 """
 
 from __future__ import annotations
@@ -31,27 +35,54 @@ def max_batch(plan: Plan) -> int:
     return max((e.batch_max for e in plan.schedule), default=plan.constraints.batch_size)
 
 
-def _share(plan: Plan, memory_gib: float) -> tuple[float, str]:
+def planned_vram(plan: Plan) -> tuple[float, int]:
+    """(GiB, batch size): the plan's VRAM figure at the largest batch it covers (the schedule's
+    last range where it records one, else the plan's own)."""
+    last = plan.schedule[-1] if plan.schedule else None
+    if last is not None and last.vram_gib is not None and last.vram_gib > plan.prediction.vram_gib:
+        return last.vram_gib, last.batch_max
+    return plan.prediction.vram_gib, plan.constraints.batch_size
+
+
+def _share(plan: Plan, memory_gib: float, engine: str | None) -> tuple[float, str]:
+    from planner.perf.memory import GIB
+    from planner.search.engines import engine_memory
+
+    policy = engine_memory(engine) if engine else None
+    reserve = 0.0
+    if policy is not None and policy.reserve_tiers:
+        reserve = policy.reserve_bytes(memory_gib=memory_gib, method=plan.decoding.method, graphs=True,
+                                       tensor_parallel=plan.hardware.tensor_parallel) / GIB
     budget = plan.constraints.vram_gib
-    wanted = budget / memory_gib if budget else DEFAULT_SHARE
-    needed = plan.prediction.vram_gib * HEADROOM / memory_gib
-    share = min(MAX_SHARE, max(wanted, needed))
-    share = math.ceil(share * 100) / 100
-    basis = f"budget {budget:.1f} GiB" if budget else f"no budget: {DEFAULT_SHARE:.0%}"
-    note = (f"{share:.2f} of {memory_gib:.1f} GiB ({basis}; the plan predicts "
-            f"{plan.prediction.vram_gib:.1f} GiB at batch size {plan.constraints.batch_size}, "
+    vram, batch = planned_vram(plan)
+    # the plan's figure holds this engine's reserve only when it was planned for this engine
+    static = vram - reserve if plan.constraints.engine == engine else vram
+    if reserve:
+        wanted = ((budget or memory_gib * policy.share) - reserve) / memory_gib
+    else:
+        wanted = budget / memory_gib if budget else DEFAULT_SHARE
+    needed = static * HEADROOM / memory_gib
+    share = math.ceil(min(MAX_SHARE, max(wanted, needed)) * 100) / 100
+    basis = f"budget {budget:.1f} GiB" if budget else ("no budget: the whole GPU" if reserve else f"no budget: {DEFAULT_SHARE:.0%}")
+    if reserve:
+        basis += f", less the engine's {reserve:.1f} GiB reserve kept outside this share"
+    note = (f"{share:.2f} of {memory_gib:.1f} GiB ({basis}; the plan predicts {vram:.1f} GiB at batch size {batch}, "
             f"+{HEADROOM - 1:.0%} headroom)")
     if needed > MAX_SHARE:
         note += f"; the prediction plus headroom exceeds {MAX_SHARE:.0%} of the GPU"
+    elif reserve and wanted < needed:
+        note += "; the plan needs more than the budget leaves the static pool: expect less KV cache than planned or an OOM"
     return share, note
 
 
-def launch_for(plan: Plan) -> Launch:
+def launch_for(plan: Plan, engine: str | None = None) -> Launch:
+    """The launch of `plan` on `engine` (a name in planner/profiles/engines.yaml; None: no
+    engine's reserve is taken out of the share)."""
     from planner.hardware import load_profile
 
     try:
         memory_gib = load_profile(plan.hardware.profile).memory_gib
     except SpecplanError as exc:
         return Launch(max_batch(plan), None, f"engine default (profile not readable: {exc})", plan.hardware.tensor_parallel)
-    share, note = _share(plan, memory_gib)
+    share, note = _share(plan, memory_gib, engine)
     return Launch(max_batch(plan), share, note, plan.hardware.tensor_parallel)

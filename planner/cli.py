@@ -232,18 +232,28 @@ def _acceptance_figures(text: str):
     from planner.errors import InputError
     from planner.search.request import check_acceptance
 
+    shown = text if len(text) <= 60 else text[:57] + "..."  # a long list is not echoed whole
     try:
         figures = [float(part) for part in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"'{text}': expected a number from 0 to 1, or one per drafted position like "
-                                 "0.84,0.60,0.39,0.27") from None
+        bad = next(part.strip() for part in text.split(",") if not _is_float(part))
+        raise click.BadParameter(f"'{bad[:30]}'" + (f" (in '{shown}')" if bad != text.strip() else "")
+                                 + ": expected a number from 0 to 1, or one per drafted position like 0.84,0.60,0.39,0.27") from None
     bad = next((part.strip() for part, f in zip(text.split(","), figures) if not math.isfinite(f)), None)
     if bad is not None:
-        raise click.BadParameter(f"'{bad}' is not a finite number" + (f" (in '{text}')" if bad != text.strip() else ""))
+        raise click.BadParameter(f"'{bad}' is not a finite number" + (f" (in '{shown}')" if bad != text.strip() else ""))
     try:
         return check_acceptance(figures if "," in text else figures[0])
     except InputError as exc:
         raise click.BadParameter(str(exc).replace("`acceptance` ", "")) from None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _acceptance(ctx, param, text: str | None):

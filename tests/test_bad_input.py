@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from planner.cli import cli
 from planner.hardware import load_profile
 from planner.hardware import profile as profile_module
-from planner.plan import Decoding, HardwareRef, ModelRef, Plan, Prediction
+from planner.plan import Constraints, Decoding, HardwareRef, ModelRef, Plan, Prediction
 from planner.profiles import PROFILES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +73,8 @@ def _folder():
     (["--method", "autoregressive", "--gamma", "3"], "--gamma does not apply to --method autoregressive"),
     (["--method", "draft_model"], "--method draft_model needs --draft-model"),
     (["--method", "autoregressive", "--acceptance", "0.9"], "--acceptance does not apply to --method autoregressive"),
+    (["--method", "s3d", "--acceptance", ",".join(["0.5"] * 30) + ",x"], "'x' (in '0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,0.5,"
+                                                                          "0.5,0.5,0.5,0.5,0.5,0...')"),  # not echoed whole
     # an engine given to predict refuses what it cannot serve, as plan --engine does
     (["--method", "s3d", "--engine", "vllm"], "vLLM cannot run s3d"),
     (["--method", "autoregressive", "--engine", "llamacpp", "--quant", "fp8"], "cannot apply fp8 weight quantization"),
@@ -326,7 +328,8 @@ def test_ctrl_c_while_a_model_loads_prints_one_line_and_exits_130(holed_model, t
     Plan(model=ModelRef(name="holed", source=str(holed_model), num_layers=4, vocab_size=128),
          hardware=HardwareRef(profile="cpu-local", device_name="cpu"), decoding=Decoding("layer_skip", gamma=2, skip_layers=(1, 2)),
          prediction=Prediction(basis="analytical", tokens_per_s=1.0, speedup=1.0, tokens_per_iteration=1.0, acceptance=0.5,
-                               target_latency_ms=1.0, draft_latency_ms=1.0, iteration_ms=1.0, vram_gib=0.01)).save(plan)
+                               target_latency_ms=1.0, draft_latency_ms=1.0, iteration_ms=1.0, vram_gib=0.01),
+         constraints=Constraints(context=256)).save(plan)  # within the model's 512 positions
     args = {"run": ["run", "--plan", str(plan), "--prompt", "hello", "--device", "cpu", "--dtype", "fp32"],
             "adapt": ["adapt", "--model", str(holed_model), "--prompts", str(tmp_path / "prompts.txt"), "--skip-layers", "1-2",
                       "--gamma", "2", "--steps", "1", "--out", str(out)],

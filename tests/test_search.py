@@ -152,7 +152,7 @@ def test_a_request_normalises_its_options_once():
     ({"trials": 0}, "`trials` must be at least 1"),
     ({"methods": ["s3e"]}, "`methods`: unknown 's3e' \\(did you mean: s3d"),
     ({"acceptance": 1.2}, "`acceptance` 1.2: expected a number from 0 to 1"),
-    ({"acceptance": [0.6, 0.7]}, "cannot rise \\(0.6 then 0.7\\)"),
+    ({"acceptance": [0.6, 0.7]}, "cannot rise \\(0.6 at position 1, then 0.7\\)"),
     ({"acceptance": {"autoregressive": 0.5}}, "'autoregressive' is not a speculative method"),
     ({"vram_gib": float("nan")}, "`vram_gib` must be a positive number"),
     ({"batch_sizes": [0, 2]}, "`batch_sizes` \\[0, 2\\]: expected positive whole numbers"),

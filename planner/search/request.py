@@ -232,9 +232,8 @@ def check_acceptance(value) -> Acceptance:
             raise InputError(f"`acceptance` {figure!r}: expected a number from 0 to 1")
     for i in range(1, len(figures)):
         if figures[i] > figures[i - 1]:
-            raise InputError(f"`acceptance` {','.join(f'{f:g}' for f in figures)}: per-position figures are the share "
-                             f"of drafts accepted up to each position, so they cannot rise ({figures[i - 1]:g} then "
-                             f"{figures[i]:g})")
+            raise InputError(f"`acceptance`: per-position figures are the share of drafts accepted up to each "
+                             f"position, so they cannot rise ({figures[i - 1]:g} at position {i}, then {figures[i]:g})")
     if isinstance(value, (list, tuple)):
         return tuple(float(f) for f in figures)
     return float(figures[0])

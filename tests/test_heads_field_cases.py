@@ -23,8 +23,12 @@ from planner.plan import Decoding
 from planner.search.request import SearchRequest
 
 TOKENS_PER_S, SPEEDUP, ACCEPTED = 0.15, 0.20, 0.15
-SGLANG_STEP = ("SGLang's per-step host cost is not modelled (engines.yaml sglang step_us is still 0: no published "
-               "figure), so batch-1 tokens/s is over-predicted")
+# SGLang's step_us and draft_step_us (planner/profiles/engines.yaml) are fitted to EAGLE2_7B's two
+# figures, so that case (id ...-fitted) passes by construction; the others are held out.
+TP8 = ("8-GPU tensor parallel: the all-reduce latency is the 2-GPU NCCL floor, so the 70B's step is under-costed "
+       "(predicted {:.0f}% over)")
+EAGER = ("SGLang's eager per-layer host cost is not modelled (its kernels_per_layer 10 is the CUDA-graph count): the "
+         "published eager figure is about half the prediction")
 
 
 def _predict(model, gpu, decoding, *, tp=1, graphs=None, context=1024):
@@ -55,12 +59,9 @@ def test_eagle3_tree_accepted_length_matches_sglang_pull_4716():
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(EAGLE2_7B, id="eagle2-tree-llama2-7b-h100", marks=pytest.mark.xfail(strict=True, reason=SGLANG_STEP)),
-    pytest.param(EAGLE3_70B, id="eagle3-tree-llama3.3-70b-tp8", marks=pytest.mark.xfail(strict=True, reason=SGLANG_STEP
-                 + "; 8-GPU all-reduce latency is the 2-GPU NCCL floor")),
-    pytest.param(EAGLE_QWEN2_EAGER, id="eagle-tree-qwen2-7b-h20-eager", marks=pytest.mark.xfail(strict=True, reason=
-                 "SGLang's eager per-layer host cost is not modelled (its kernels_per_layer 10 is the CUDA-graph count): "
-                 "the published eager 64.9 tok/s is 2.7x below the prediction")),
+    pytest.param(EAGLE2_7B, id="eagle2-tree-llama2-7b-h100-fitted"),
+    pytest.param(EAGLE3_70B, id="eagle3-tree-llama3.3-70b-tp8", marks=pytest.mark.xfail(strict=True, reason=TP8.format(21))),
+    pytest.param(EAGLE_QWEN2_EAGER, id="eagle-tree-qwen2-7b-h20-eager", marks=pytest.mark.xfail(strict=True, reason=EAGER)),
 ])
 def test_autoregressive_tokens_per_s(case):
     model, gpu, decoding, kw, base_published, _ = case
@@ -69,13 +70,20 @@ def test_autoregressive_tokens_per_s(case):
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(EAGLE2_7B, id="eagle2-tree-llama2-7b-h100", marks=pytest.mark.xfail(strict=True, reason=
-                 "predicted 2.44x against 1.90x: SGLang's speculative bookkeeping per iteration (tree build, verify, "
-                 "draft extend syncs) is not modelled, and the EAGLE prior comes from vLLM's Llama-3.1 EAGLE-1 chains")),
-    pytest.param(EAGLE3_70B, id="eagle3-tree-llama3.3-70b-tp8", marks=pytest.mark.xfail(strict=True, reason=
-                 "predicted 3.58x against 2.65x: the 70B head is costed in the target's shape (its own hidden size is "
-                 "smaller, pull 4716) and SGLang's per-iteration speculative cost is not modelled")),
-    pytest.param(EAGLE_QWEN2_EAGER, id="eagle-tree-qwen2-7b-h20-eager"),
+    pytest.param(EAGLE2_7B, id="eagle2-tree-llama2-7b-h100-fitted"),
+    pytest.param(EAGLE3_70B, id="eagle3-tree-llama3.3-70b-tp8", marks=pytest.mark.xfail(strict=True, reason=TP8.format(18))),
+    pytest.param(EAGLE_QWEN2_EAGER, id="eagle-tree-qwen2-7b-h20-eager", marks=pytest.mark.xfail(strict=True, reason=EAGER)),
+])
+def test_speculative_tokens_per_s(case):
+    model, gpu, decoding, kw, _, spec_published = case
+    _, predicted = _predict(model, gpu, decoding, **kw)
+    assert _within(predicted.tokens_per_s, spec_published, TOKENS_PER_S), predicted.tokens_per_s
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(EAGLE2_7B, id="eagle2-tree-llama2-7b-h100-fitted"),
+    pytest.param(EAGLE3_70B, id="eagle3-tree-llama3.3-70b-tp8"),  # held out: 2.58x against 2.65x
+    pytest.param(EAGLE_QWEN2_EAGER, id="eagle-tree-qwen2-7b-h20-eager"),  # 1.67x against 1.71x (both speeds ~2x over)
 ])
 def test_speedup(case):
     model, gpu, decoding, kw, base_published, spec_published = case
@@ -83,9 +91,9 @@ def test_speedup(case):
     assert _within(predicted.speedup, spec_published / base_published, SPEEDUP), predicted.speedup
 
 
-@pytest.mark.xfail(strict=True, reason="the tree's shape (steps, topk, draft tokens) was not published with the figure "
-                   "(SafeAILab/EAGLE issue 228); SGLang's tree 8/8/64 is assumed, and its step cost is not modelled")
 def test_eagle3_qwen3_8b_h200_tokens_per_s():
+    """Held out: 183 against 186 tok/s without speculation, 372 against 365 with the EAGLE-3 head. The
+    tree's shape was not published with the figure (SafeAILab/EAGLE issue 228): SGLang's 8/8/64 is assumed."""
     base, predicted = _predict("qwen3-8b", "h200", Decoding("eagle3", gamma=8, topk=8, num_draft_tokens=64))
     assert _within(base.tokens_per_s, 186.0, TOKENS_PER_S) and _within(predicted.tokens_per_s, 365.0, TOKENS_PER_S)
 

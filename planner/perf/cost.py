@@ -66,7 +66,9 @@ class EngineCost:
     under CUDA graphs and eager; the execution mode changes the kernels' launch cost
     (kernels_per_layer x the profile's per-kernel cost). sequence_us: more per sequence of the
     batch. speculative_step_us: more per speculative iteration (draft bookkeeping, rejection
-    sampling, the extra sync). ngram_step_us / ngram_token_ns: the n-gram proposer per
+    sampling, the extra sync). draft_step_us: more per draft forward of a learned head or a
+    draft model (each EAGLE step's sampling, tree bookkeeping and sync). ngram_step_us /
+    ngram_token_ns: the n-gram proposer per
     iteration, fixed and per context token of each sequence. kernels_per_layer: the engine's
     kernels per decoder layer (None: the built-in runtime's counts, KERNELS_PER_LAYER).
     verify_kv_reads: "once" (one multi-token attention over the cache per sequence) or
@@ -78,6 +80,7 @@ class EngineCost:
     step_us: float = 0.0
     sequence_us: float = 0.0
     speculative_step_us: float = 0.0
+    draft_step_us: float = 0.0
     ngram_step_us: float = 0.0
     ngram_token_ns: float = 0.0
     kernels_per_layer: int | None = None

@@ -92,10 +92,11 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
         draft_ex = dataclasses.replace(execution, tensor_parallel=d.draft_tensor_parallel or execution.tensor_parallel)
         step = forward_latency_s(draft_spec, profile, new_tokens=1, context=context, batch_size=batch_size,
                                  quant=d.draft_quant, execution=draft_ex)
-        return d.gamma * (step + host_s), verify
+        return d.gamma * (step + host_s + execution.engine.draft_step_us * 1e-6), verify
     if d.method in HEAD_METHODS:
-        return _head_draft_s(spec, profile, d, context=context, batch_size=batch_size, execution=execution,
-                             draft_spec=draft_spec), verify
+        head_s = _head_draft_s(spec, profile, d, context=context, batch_size=batch_size, execution=execution,
+                               draft_spec=draft_spec)
+        return head_s + d.gamma * execution.engine.draft_step_us * 1e-6, verify  # gamma draft forwards
     if d.method == "prompt_lookup":
         return ngram_proposer_s(execution, batch_size=batch_size, context=context), verify
     raise InputError(f"unknown method '{d.method}'")

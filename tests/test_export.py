@@ -136,6 +136,8 @@ def test_trtllm_kv_fraction_is_of_the_memory_left_after_the_weights(tmp_path):
     assert fraction(make_plan(LOOKUP, vram_budget=40.0))[0] == "0.39"  # (0.51 x 79.6 - 15.0) / 64.6
     value, text = fraction(make_plan(DRAFT))  # a draft named by hub id: its weights are not known offline
     assert value is None and "TensorRT-LLM's default KV fraction" in text
+    carded = make_plan(dataclasses.replace(DRAFT, draft_model="llama-3.2-1b"))  # as `specplan plan` writes it: a card name
+    assert fraction(carded)[0] == "0.87" and "after 17.3 GiB of weights" in fraction(carded)[1]
 
 
 # -- vLLM ------------------------------------------------------------------------------

@@ -75,13 +75,13 @@ def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, p
     version = check_version(info, engine_version)
     table = info.table(version)
     renderer = _RENDERERS[engine]
+    launch = launch_for(plan, engine)
     plan = _loadable(plan)
     resolved = resolve(plan, info)
     method = resolved.decoding.method
     if not info.has_feature(method, version):
         raise ExportError(f"{info.display} {version} cannot run {method} (added in {info.features[method]})")
     resolved = dataclasses.replace(resolved, dropped=resolved.dropped + renderer.dropped(resolved, table))
-    launch = launch_for(plan, engine)
     header = header_lines(plan, info, table, version, resolved, launch, plan_label, serves=info.port is not None)
     text = renderer.render(plan, resolved, launch, info, table, header)
     image = info.image.format(version=version or table.version_max) if info.image else None

@@ -29,6 +29,8 @@ class Launch:
     memory_share: float | None  # fraction of the GPU's memory; None when the profile cannot be read
     memory_note: str  # how the share was reached, for the header
     tensor_parallel: int = 1  # GPUs of the plan's profile each forward is split over
+    memory_gib: float | None = None  # of one GPU of the plan's profile
+    weights_gib: float | None = None  # per GPU, target and draft model (TensorRT-LLM's launch only); None: not known
 
 
 def max_batch(plan: Plan) -> int:
@@ -91,13 +93,13 @@ def _weights_gib(plan: Plan) -> float | None:
     return total / plan.hardware.tensor_parallel / GIB
 
 
-def free_memory_fraction(plan: Plan, launch: "Launch", memory_gib: float) -> tuple[float | None, str]:
+def free_memory_fraction(launch: "Launch") -> tuple[float | None, str]:
     """TensorRT-LLM's kv_cache_free_gpu_memory_fraction for `launch`: the share of the memory
     left after the weights that the KV cache may take, so that weights and cache fill the
     launch's whole-GPU share, (share x memory - weights) / (memory - weights); None (its
     default, 0.9) when the weights cannot be known here. The note says which."""
-    weights = _weights_gib(plan)
-    if weights is None or launch.memory_share is None or weights >= memory_gib:
+    weights, memory_gib = launch.weights_gib, launch.memory_gib
+    if weights is None or launch.memory_share is None or memory_gib is None or weights >= memory_gib:
         return None, "TensorRT-LLM's default KV fraction (the weights of this plan's models are not known here)"
     fraction = (launch.memory_share * memory_gib - weights) / (memory_gib - weights)
     fraction = min(MAX_SHARE, max(0.01, math.floor(fraction * 100) / 100))
@@ -107,7 +109,8 @@ def free_memory_fraction(plan: Plan, launch: "Launch", memory_gib: float) -> tup
 
 def launch_for(plan: Plan, engine: str | None = None) -> Launch:
     """The launch of `plan` on `engine` (a name in planner/profiles/engines.yaml; None: no
-    engine's reserve is taken out of the share)."""
+    engine's reserve is taken out of the share). `plan` as made (card names, before the
+    export swaps them for hub ids), so that its models' weights can be read from their cards."""
     from planner.hardware import load_profile
 
     try:
@@ -115,4 +118,5 @@ def launch_for(plan: Plan, engine: str | None = None) -> Launch:
     except SpecplanError as exc:
         return Launch(max_batch(plan), None, f"engine default (profile not readable: {exc})", plan.hardware.tensor_parallel)
     share, note = _share(plan, memory_gib, engine)
-    return Launch(max_batch(plan), share, note, plan.hardware.tensor_parallel)
+    weights = _weights_gib(plan) if engine == "trtllm" else None  # the plan as made: card names, not hub ids
+    return Launch(max_batch(plan), share, note, plan.hardware.tensor_parallel, memory_gib, weights)

@@ -100,10 +100,9 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
             "--tp_size", Ref("TP"), "--max_batch_size", str(launch.max_batch),
             "--max_seq_len", str(plan.constraints.context)]
     if launch.memory_share is not None:
-        from planner.hardware import load_profile
         from planner.plan.export._launch import free_memory_fraction
 
-        fraction, note = free_memory_fraction(plan, launch, load_profile(plan.hardware.profile).memory_gib)
+        fraction, note = free_memory_fraction(launch)
         header = header + [f"memory for TensorRT-LLM: {note}"]
         if fraction is not None:
             variables.append(("KV_CACHE_FREE_GPU_MEMORY_FRACTION", f"{fraction:.2f}",

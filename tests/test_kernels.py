@@ -303,6 +303,29 @@ def test_an_adapters_layer_copies_run_their_own_modules_not_the_fused_layer(rt_m
     assert len(copies) == len(target.decoder.layers) - 2 and all(kernels._fused_parts(c) is None for c in copies)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_adapters_lora_linears_are_one_lean_call_computing_what_peft_computes(rt_models, dtype):
+    """The S3D draft's LoRA linears (peft) run as specplan::lora_linear when decoding: peft's
+    result up to the order of the sums (the draft only proposes; the verify never runs it)."""
+    from planner.runtime.adapter import untrained_draft
+    from planner.runtime.load import load_target
+
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=64, dtype=DTYPES[dtype])
+    key = untrained_draft(target.decoder, (1, 2))
+    loras = [m for m in target.decoder.view(key).modules() if hasattr(m, "lora_A")]
+    assert loras and all(type(m).__name__ == "LeanLoraLinear" for m in loras)
+    lora = loras[0]
+    with torch.no_grad():
+        lora.lora_B["default"].weight.normal_(0, 0.1)  # LoRA's B starts at zero: make the low-rank part count
+        x = torch.randn(3, 5, lora.in_features).to(DTYPES[dtype])
+        lean = lora(x)
+        reference = super(kernels._LeanLoraLinear, lora).forward(x)  # peft's own forward
+    torch.testing.assert_close(lean, reference, rtol=REL_TOL[dtype] * 2, atol=REL_TOL[dtype] * 2)
+    assert not torch.equal(lean, lora.base_layer(x))  # the adapter's part is there
+    x.requires_grad_(True)
+    assert lora(x).requires_grad  # training runs peft's forward
+
+
 def test_a_swapped_module_runs_its_own_forward_where_the_ops_do_not_apply(rt_models):
     """With gradients on (training) the swapped modules run transformers' code."""
     from planner.runtime.load import load_target

@@ -262,6 +262,9 @@ class Draft:
         copies = nn.ModuleList(_layer_copy(decoder.layers[i]) for i in self.kept)
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), bias="none")
         self.lora = inject_adapter_in_model(config, copies)  # in place: the copies' linears become LoRA layers
+        from planner.runtime.kernels import use_lean_lora
+
+        use_lean_lora(self.lora)  # one lean call per adapted linear when decoding on a CPU (peft's forward when training)
         embedding = decoder.hf_model.get_input_embeddings()
         if vector is None:
             with torch.no_grad():

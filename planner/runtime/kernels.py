@@ -260,6 +260,37 @@ def _fused_parts(layer: nn.Module):
     return _FUSED_PARTS[layer]
 
 
+class _LeanLoraLinear:
+    """peft's LoRA Linear forward, result + lora_B(lora_A(x)) * scaling, as one
+    `specplan::lora_linear` call when its base is a lean linear and one plain LoRA adapter is
+    active (no dropout, no variant, no bias of its own); peft's forward otherwise, and always
+    where a gradient is wanted (training)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or self.disable_adapters or self.merged or torch.is_grad_enabled() or len(self.active_adapters) != 1:
+            return super().forward(x, *args, **kwargs)
+        name = self.active_adapters[0]
+        a, b = (self.lora_A[name], self.lora_B[name]) if name in self.lora_A and name in self.lora_B else (None, None)
+        if (a is None or name in self.lora_variant or not isinstance(self.lora_dropout[name], nn.Identity)
+                or a.bias is not None or b.bias is not None or not x.dtype == a.weight.dtype == self.base_layer.weight.dtype):
+            return super().forward(x, *args, **kwargs)
+        base = self.base_layer
+        return torch.ops.specplan.lora_linear(x, base.weight, base.bias, a.weight, b.weight, float(self.scaling[name]))
+
+
+def use_lean_lora(model: nn.Module) -> int:
+    """Swap `_LeanLoraLinear` into every peft LoRA Linear of `model` whose base is a lean
+    linear (an S3D adapter's copies of the kept layers); returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    swapped = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear) and type(module.base_layer) is LeanLinear and not isinstance(module, _LeanLoraLinear):
+            module.__class__ = _lean_lora_class(type(module))
+            swapped += 1
+    return swapped
+
+
 def _project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
     """Each module applied to x: in one `specplan::linears` call when all are lean linears."""
     if all(type(m) is LeanLinear for m in linears):
@@ -274,6 +305,11 @@ LEAN_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
 LEAN_DECODER_LAYERS = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
 _LEAN_MIXINS = {**dict.fromkeys(LEAN_NORMS, _LeanRMSNorm), **dict.fromkeys(LEAN_ATTENTIONS, _LeanAttention),
                 **dict.fromkeys(LEAN_MLPS, _LeanGatedMLP), **dict.fromkeys(LEAN_DECODER_LAYERS, _LeanDecoderLayer)}
+
+
+@functools.cache
+def _lean_lora_class(cls: type) -> type:
+    return type(f"LeanLora{cls.__name__}", (_LeanLoraLinear, cls), {"__module__": __name__})
 
 
 @functools.cache

@@ -239,6 +239,49 @@ namespace {
 
 using namespace specplan_impl;
 
+// A LoRA-adapted linear, peft's result + lora_B(lora_A(x)) * scaling, in one call: the base
+// projection, x A^T (rank r) and B's projection back through the lean kernel, then the scaled
+// sum rounded where peft's ops round (the product, then the sum). For S3D drafts only: the
+// verify never runs an adapter.
+// B's projection has only r (the rank) terms per output: it runs over the outputs, B transposed,
+// instead of the dot-product kernel, whose vectors span the r terms; on one thread (a few
+// thousand multiply-adds: a parallel region's hand-off would cost more).
+template <typename T>
+void add_low_rank(T* y, const T* low, const T* bt, int64_t M, int64_t N, int64_t r, float scaling) {
+  {
+    std::vector<float> acc(N);
+    for (int64_t m = 0; m < M; ++m) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = 0; j < r; ++j) {
+        const float l = float(low[m * r + j]);
+        const T* row = bt + j * N;
+        for (int64_t n = 0; n < N; ++n) acc[n] += l * float(row[n]);
+      }
+      T* ym = y + m * N;
+      for (int64_t n = 0; n < N; ++n) ym[n] = T(float(ym[n]) + float(T(float(T(acc[n])) * scaling)));
+    }
+  }
+}
+
+at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           const at::Tensor& lora_a, const at::Tensor& lora_b, double scaling) {
+  TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == lora_a.size(0) && lora_b.size(0) == weight.size(0),
+              "specplan::lora_linear: lora_b must be (out_features, rank) for lora_a (rank, in_features)");
+  TORCH_CHECK(lora_b.scalar_type() == x.scalar_type(), "specplan::lora_linear: lora_b's dtype is not x's");
+  auto y = linear_cpu(x, weight, bias).contiguous();
+  auto low = linear_cpu(x, lora_a, c10::nullopt).contiguous();  // (..., r), rounded as lora_A's output is
+  auto bt = lora_b.t().contiguous();  // (r, N)
+  const int64_t N = weight.size(0), r = lora_a.size(0), M = y.numel() / N;
+  AT_DISPATCH_SWITCH(x.scalar_type(), "specplan::lora_linear",
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      add_low_rank(y.data_ptr<bf16>(), low.data_ptr<bf16>(), bt.data_ptr<bf16>(), M, N, r, float(scaling));
+    })
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      add_low_rank(y.data_ptr<float>(), low.data_ptr<float>(), bt.data_ptr<float>(), M, N, r, float(scaling));
+    }));
+  return y;
+}
+
 at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   auto shape = x.sizes().vec();
   shape.back() = weight.size(0);
@@ -249,6 +292,11 @@ std::vector<at::Tensor> linears_meta(const at::Tensor& x, at::TensorList weights
   std::vector<at::Tensor> ys;
   for (const auto& w : weights) ys.push_back(linear_meta(x, w, c10::nullopt));
   return ys;
+}
+
+at::Tensor lora_linear_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>&,
+                            const at::Tensor&, const at::Tensor&, double) {
+  return linear_meta(x, weight, c10::nullopt);
 }
 
 at::Tensor silu_gated_linear_meta(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>&,
@@ -264,15 +312,18 @@ TORCH_LIBRARY(specplan, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]");
   m.def("silu_gated_linear(Tensor x, Tensor w_gate, Tensor? b_gate, Tensor w_up, Tensor? b_up) -> Tensor");
+  m.def("lora_linear(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, float scaling) -> Tensor");
   m.def("simd_width() -> int", simd_width);
 }
 TORCH_LIBRARY_IMPL(specplan, CPU, m) {
   m.impl("linear", linear_cpu);
   m.impl("linears", linears_cpu);
   m.impl("silu_gated_linear", silu_gated_linear_cpu);
+  m.impl("lora_linear", lora_linear_cpu);
 }
 TORCH_LIBRARY_IMPL(specplan, Meta, m) {
   m.impl("linear", linear_meta);
   m.impl("linears", linears_meta);
   m.impl("silu_gated_linear", silu_gated_linear_meta);
+  m.impl("lora_linear", lora_linear_meta);
 }

@@ -31,6 +31,23 @@ def from_mapping(cls, data, *, check: Check, error: type[InputError] = InputErro
     return _Reader(check, error).mapping(cls, data, path)
 
 
+def versioned_mapping(data, origin: str, *, what: str, version: int, required: bool = False, hint: str = "") -> dict:
+    """`data` (a YAML document: `what`, e.g. "a profile") as a dict without its schema_version,
+    which must be `version` (when missing: accepted unless `required`).
+
+    Raises:
+        InputError: "<origin>: <what> must be a YAML mapping" (with `hint` in parentheses), or
+            "<origin>: schema_version ... is not supported".
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"{origin}: {what} must be a YAML mapping" + (f" ({hint})" if hint else ""))
+    data = dict(data)
+    found = data.pop("schema_version", None if required else version)
+    if isinstance(found, bool) or found != version:
+        raise InputError(f"{origin}: schema_version {found!r} is not supported (expected {version})")
+    return data
+
+
 def to_plain(obj):
     """Dataclasses and tuples as the dicts and lists YAML writes."""
     if dataclasses.is_dataclass(obj):

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planner._fields import from_mapping
+from planner._fields import from_mapping, versioned_mapping
 from planner._yaml import read_yaml, write_yaml_atomic
 from planner.errors import InputError, NotFoundError, near_matches
 from planner.profiles import PROFILES_DIR
@@ -113,12 +113,7 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
             of the wrong type, not finite, or out of range (peaks, bandwidths and memory must be
             positive, efficiencies in (0, 1], launch costs, token_slope and draft_step_us not negative).
     """
-    if not isinstance(data, dict):
-        raise InputError(f"{origin}: a profile must be a YAML mapping")
-    data = dict(data)
-    version = data.pop("schema_version", SCHEMA_VERSION)
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise InputError(f"{origin}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    data = versioned_mapping(data, origin, what="a profile", version=SCHEMA_VERSION)
     try:
         profile = from_mapping(HardwareProfile, data, check=_check_range)
     except InputError as exc:

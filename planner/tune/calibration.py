@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner._fields import from_mapping, to_plain
+from planner._fields import from_mapping, to_plain, versioned_mapping
 from planner._yaml import read_yaml, write_yaml_atomic
 from planner.errors import InputError, near_matches
 from planner.hardware.profile import HardwareProfile, profile_from_dict
@@ -106,13 +106,8 @@ def load_calibration(path) -> Calibration:
             wrong type, not finite or out of range (ceiling and decay in (0, 1], steepness not
             negative, the profile's own ranges), or priors for a method that does not exist.
     """
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a calibration must be a YAML mapping (specplan tune writes NAME.calibration.yaml)")
-    data = dict(data)
-    version = data.pop("schema_version", None)
-    if isinstance(version, bool) or version != SCHEMA_VERSION:
-        raise InputError(f"{path}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+    data = versioned_mapping(read_yaml(path), str(path), what="a calibration", version=SCHEMA_VERSION, required=True,
+                             hint="specplan tune writes NAME.calibration.yaml")
     if "profile" not in data:
         raise InputError(f"{path}: profile: missing")
     profile = profile_from_dict(data.pop("profile"), origin=f"{path}: profile")

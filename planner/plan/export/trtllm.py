@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import yaml
 
-from planner.plan.export._launch import Launch
+from planner.plan.export._launch import Launch, free_memory_fraction
 from planner.plan.export._resolve import Resolved
 from planner.plan.export._shell import Ref, script, serving_variables, words
 from planner.plan.export.engines import EngineInfo, FieldTable
@@ -100,8 +100,6 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
             "--tp_size", Ref("TP"), "--max_batch_size", str(launch.max_batch),
             "--max_seq_len", str(plan.constraints.context)]
     if launch.memory_share is not None:
-        from planner.plan.export._launch import free_memory_fraction
-
         fraction, note = free_memory_fraction(launch)
         header = header + [f"memory for TensorRT-LLM: {note}"]
         if fraction is not None:

@@ -248,18 +248,16 @@ using namespace specplan_impl;
 // thousand multiply-adds: a parallel region's hand-off would cost more).
 template <typename T>
 void add_low_rank(T* y, const T* low, const T* bt, int64_t M, int64_t N, int64_t r, float scaling) {
-  {
-    std::vector<float> acc(N);
-    for (int64_t m = 0; m < M; ++m) {
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t j = 0; j < r; ++j) {
-        const float l = float(low[m * r + j]);
-        const T* row = bt + j * N;
-        for (int64_t n = 0; n < N; ++n) acc[n] += l * float(row[n]);
-      }
-      T* ym = y + m * N;
-      for (int64_t n = 0; n < N; ++n) ym[n] = T(float(ym[n]) + float(T(float(T(acc[n])) * scaling)));
+  std::vector<float> acc(N);
+  for (int64_t m = 0; m < M; ++m) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int64_t j = 0; j < r; ++j) {
+      const float l = float(low[m * r + j]);
+      const T* row = bt + j * N;
+      for (int64_t n = 0; n < N; ++n) acc[n] += l * float(row[n]);
     }
+    T* ym = y + m * N;
+    for (int64_t n = 0; n < N; ++n) ym[n] = T(float(ym[n]) + float(T(float(T(acc[n])) * scaling)));
   }
 }
 

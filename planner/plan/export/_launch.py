@@ -19,7 +19,7 @@ from planner.errors import SpecplanError
 from planner.plan.schema import Plan
 
 HEADROOM = 1.10  # over the plan's VRAM figure: allocator fragmentation, CUDA graphs, the engine's sampler
-DEFAULT_SHARE = 0.90  # with no budget: vLLM's default gpu_memory_utilization, room for the CUDA context
+DEFAULT_SHARE = 0.90  # with no budget and no engine policy: room for the CUDA context
 MAX_SHARE = 0.95
 
 
@@ -59,13 +59,15 @@ def _share(plan: Plan, memory_gib: float, engine: str | None) -> tuple[float, st
     vram, batch = planned_vram(plan)
     # the plan's figure holds this engine's reserve only when it was planned for this engine
     static = vram - reserve if plan.constraints.engine == engine else vram
+    # with no budget, the share the engine takes by its own default (engines.yaml), as planning counts it
+    default = policy.share if policy is not None else DEFAULT_SHARE
     if reserve:
-        wanted = ((budget or memory_gib * policy.share) - reserve) / memory_gib
+        wanted = ((budget or memory_gib * default) - reserve) / memory_gib
     else:
-        wanted = budget / memory_gib if budget else DEFAULT_SHARE
+        wanted = budget / memory_gib if budget else default
     needed = static * HEADROOM / memory_gib
     share = math.ceil(min(MAX_SHARE, max(wanted, needed)) * 100) / 100
-    basis = f"budget {budget:.1f} GiB" if budget else ("no budget: the whole GPU" if reserve else f"no budget: {DEFAULT_SHARE:.0%}")
+    basis = f"budget {budget:.1f} GiB" if budget else f"no budget: {default:.0%}" + (" of the GPU" if reserve else "")
     if reserve:
         basis += f", less the engine's {reserve:.1f} GiB reserve kept outside this share"
     note = (f"{share:.2f} of {memory_gib:.1f} GiB ({basis}; the plan predicts {vram:.1f} GiB at batch size {batch}, "

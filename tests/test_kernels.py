@@ -290,17 +290,62 @@ def test_a_fused_decoder_layer_computes_what_its_lean_modules_compute_one_by_one
         assert torch.equal(a, b)
 
 
-def test_an_adapters_layer_copies_run_their_own_modules_not_the_fused_layer(rt_models, tmp_path):
-    """The S3D draft's copies of the kept layers have LoRA linears: they run module by module."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_an_adapters_layer_copies_are_one_fused_call_computing_what_their_modules_compute(rt_models, dtype, monkeypatch):
+    """The S3D draft's copies of the kept layers (LoRA linears) are one specplan::decoder_layer
+    call each, with their LoRA pairs, and the draft's logits equal, bit for bit, those of the
+    same lean modules (lean LoRA linears, the lean MLP's silu_mul) called one by one; switching
+    the adapter off makes the copies run peft's own forward."""
+    from planner.runtime.adapter import untrained_draft
+    from planner.runtime.load import load_target
+
+    logits = {}
+    for mode in ("fused", "one by one"):
+        target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=64, dtype=DTYPES[dtype])
+        target.prefill(torch.tensor([list(range(3, 20))]), target.positions(0, 17))
+        torch.manual_seed(0)  # peft draws LoRA's A at random
+        key = untrained_draft(target.decoder, (1, 2))
+        copies = [m for m in target.decoder.view(key).modules() if type(m).__name__ == "LeanLlamaDecoderLayer"]
+        assert len(copies) == len(target.decoder.layers) - 2
+        with torch.no_grad():
+            for m in target.decoder.view(key).modules():
+                if hasattr(m, "lora_B"):
+                    m.lora_B["default"].weight.normal_(0, 0.05)  # B starts at zero: make the adapter count
+        calls = []
+        fused = torch.ops.specplan.decoder_layer
+        if mode == "fused":
+            assert all(kernels._fused_parts(c) is not None and len(kernels._fused_parts(c)[4]) == 7 for c in copies)
+            monkeypatch.setattr(torch.ops.specplan, "decoder_layer", lambda *args: calls.append(args[-3]) or fused(*args))
+        else:
+            monkeypatch.setattr(kernels, "_fused_parts", lambda layer: None)
+        logits[mode] = target.step(torch.tensor([[5, 7, 7]]), target.positions(17, 3), key)
+        monkeypatch.undo()
+        if mode == "fused":
+            assert len(calls) == len(copies) and all(len(a) == 7 for a in calls)
+            for m in target.decoder.view(key).modules():
+                if hasattr(m, "lora_A"):
+                    m.enable_adapters(False)
+            assert all(kernels._fused_parts(c) is None for c in copies)
+    assert torch.equal(logits["fused"], logits["one by one"])
+
+
+def test_the_fused_layers_transposed_lora_b_follows_in_place_updates(rt_models):
+    """An adapted copy's parts hold each LoRA B transposed, worked out once and again once B
+    changes (a training step) or the adapter is switched off."""
     from planner.runtime.adapter import untrained_draft
     from planner.runtime.load import load_target
 
     target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=64, dtype=torch.float32)
-    target.prefill(torch.tensor([list(range(3, 20))]), target.positions(0, 17))  # the originals' parts worked out first
-    assert all(kernels._fused_parts(layer) is not None for layer in target.decoder.layers)
     key = untrained_draft(target.decoder, (1, 2))
-    copies = [m for m in target.decoder.view(key).modules() if type(m).__name__ == "LeanLlamaDecoderLayer"]
-    assert len(copies) == len(target.decoder.layers) - 2 and all(kernels._fused_parts(c) is None for c in copies)
+    copy = next(m for m in target.decoder.view(key).modules() if type(m).__name__ == "LeanLlamaDecoderLayer")
+    b = copy.self_attn.q_proj.lora_B["default"].weight
+    first = kernels._fused_parts(copy)
+    assert kernels._fused_parts(copy)[5][0] is first[5][0]  # worked out once
+    with torch.no_grad():
+        b.normal_()
+    assert torch.equal(kernels._fused_parts(copy)[5][0], b.t())
+    copy.self_attn.q_proj.enable_adapters(False)
+    assert kernels._fused_parts(copy) is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -204,23 +204,30 @@ class _LeanAttention:
 
 class _LeanGatedMLP:
     """LlamaMLP's forward, down(silu(gate(x)) * up(x)), with silu(gate) * up as one
-    `specplan::silu_gated_linear` call when both projections are lean linears (not, e.g., an
-    adapter's LoRA layers) and the activation is silu."""
+    `specplan::silu_gated_linear` call when both projections are lean linears, and as one
+    `specplan::silu_mul` after them when both are an adapter's lean LoRA linears (S3D's draft),
+    when the activation is silu."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_proj, self.up_proj
-        if _needs_grad(x, gate.weight) or not (type(gate) is type(up) is LeanLinear) or type(self.act_fn).__name__ != "SiLUActivation":
+        if _needs_grad(x, gate.weight) or type(self.act_fn).__name__ != "SiLUActivation":
             return super().forward(x)
-        return self.down_proj(torch.ops.specplan.silu_gated_linear(x, gate.weight, gate.bias, up.weight, up.bias))
+        if type(gate) is type(up) is LeanLinear:
+            return self.down_proj(torch.ops.specplan.silu_gated_linear(x, gate.weight, gate.bias, up.weight, up.bias))
+        if _lora_pair(gate) is not None and _lora_pair(up) is not None:
+            return self.down_proj(torch.ops.specplan.silu_mul(gate(x), up(x)))
+        return super().forward(x)
 
 
 class _LeanDecoderLayer:
     """LlamaDecoderLayer's forward (input norm, attention, residual add, post-attention norm,
     MLP, residual add) as one `specplan::decoder_layer` call: the same lean ops in the same
     order as the swapped modules calling them one by one, so the same bits, without a few
-    dozen Python-level calls per layer. Where any of its modules is not the lean one (an
-    adapter's LoRA layers, another activation) or the step is not the runtime's (gradients,
-    no cache buffer yet, another mask), the modules run one by one as before."""
+    dozen Python-level calls per layer. An S3D draft's copy of a kept layer, whose linears are
+    lean LoRA linears (one adapter, one scaling), is one call too, its LoRA pairs passed along.
+    Where any of its modules is not a lean one (another activation, a LoRA layer peft would run
+    differently) or the step is not the runtime's (gradients, no cache buffer yet, another
+    mask), the modules run one by one as before."""
 
     def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values", kwargs.get("past_key_value")))
@@ -233,31 +240,76 @@ class _LeanDecoderLayer:
                 or hidden_states.dtype != parts[0][0].dtype or hidden_states.dim() != 3
                 or position_embeddings[0].shape[-1] != attn.head_dim):
             return super().forward(hidden_states, attention_mask, *args, **kwargs)
-        weights, biases, head_norms, eps = parts
+        weights, biases, head_norms, eps, lora_a, lora_b, scaling = parts
         return torch.ops.specplan.decoder_layer(
             hidden_states, weights, biases, head_norms, eps, *position_embeddings, cache.keys[attn.layer_idx],
-            cache.values[attn.layer_idx], cache.input_pos, attention_mask, attn.head_dim, attn.scaling)
+            cache.values[attn.layer_idx], cache.input_pos, attention_mask, attn.head_dim, attn.scaling, lora_a, lora_b,
+            scaling)
 
 
 _FUSED_PARTS = weakref.WeakKeyDictionary()  # decoder layer -> its parts or None; a copy of a layer (an adapter's) is looked at anew
 
 
 def _fused_parts(layer: nn.Module):
-    """(weights, biases, head norms, eps) of a decoder layer whose modules are all the lean
-    ones `specplan::decoder_layer` computes, else None; worked out once per layer object."""
+    """(weights, biases, head norms, eps, LoRA A's, LoRA B's, LoRA scaling) of a decoder layer
+    whose modules are all the lean ones `specplan::decoder_layer` computes (its linears all
+    plain lean linears, or all lean LoRA linears of one scaling), else None; worked out once per
+    layer object (the tensors are the live parameters, so later in-place updates are seen)."""
     if layer not in _FUSED_PARTS:
         attn, mlp = layer.self_attn, layer.mlp
         norms = [layer.input_layernorm, layer.post_attention_layernorm]
         head_norms = [attn.q_norm, attn.k_norm] if hasattr(attn, "q_norm") else []
         linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
         eps = {n.variance_epsilon for n in norms + head_norms if isinstance(n, _LeanRMSNorm)}
+        pairs = [_lora_pair(m) for m in linears]
+        bases = [m if type(m) is LeanLinear else getattr(m, "base_layer", None) for m in linears]
+        lora = all(p is not None for p in pairs) and len({p[2] for p in pairs}) == 1
         fits = (isinstance(attn, _LeanAttention) and isinstance(mlp, _LeanGatedMLP)
                 and all(isinstance(n, _LeanRMSNorm) for n in norms + head_norms) and len(eps) == 1
-                and all(type(m) is LeanLinear for m in linears) and type(mlp.act_fn).__name__ == "SiLUActivation"
+                and (all(type(m) is LeanLinear for m in linears) or lora)
+                and type(mlp.act_fn).__name__ == "SiLUActivation"
                 and len({p.dtype for p in layer.parameters()}) == 1)
-        _FUSED_PARTS[layer] = ([n.weight for n in norms] + [m.weight for m in linears], [m.bias for m in linears],
-                               [n.weight for n in head_norms], float(eps.pop())) if fits else None
-    return _FUSED_PARTS[layer]
+        _FUSED_PARTS[layer] = ([n.weight for n in norms] + [m.weight for m in bases], [m.bias for m in bases],
+                               [n.weight for n in head_norms], float(eps.pop()),
+                               [p[0] for p in pairs] if lora else [], [p[1] for p in pairs] if lora else [],
+                               pairs[0][2] if lora else 0.0) if fits else None
+    parts = _FUSED_PARTS[layer]
+    if parts is None or not parts[4]:
+        return parts
+    # an adapted copy: its LoRA linears may have been switched off, merged or trained since;
+    # peft's own state read directly (its properties cost ~15 us per linear per step)
+    linears = _linears_of(layer)
+    stamp = [(m._disable_adapters, m.merged_adapters, m._active_adapter, b._version, b.data_ptr())
+             for m, b in zip(linears, parts[5])]
+    seen = _LORA_STATE.get(layer)
+    if seen is None or seen[0] != stamp:
+        ok = all(_lora_pair(m) is not None for m in linears)
+        transposed = [b.detach().t().contiguous() for b in parts[5]]
+        seen = _LORA_STATE[layer] = (stamp, (*parts[:5], transposed, parts[6]) if ok else None)
+    return seen[1]
+
+
+_LORA_STATE = weakref.WeakKeyDictionary()  # adapted decoder layer -> (its LoRA linears' state, its parts, B transposed)
+
+
+def _linears_of(layer: nn.Module) -> list[nn.Module]:
+    attn, mlp = layer.self_attn, layer.mlp
+    return [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
+
+def _lora_pair(module: nn.Module):
+    """(A weight, B weight, scaling) of a lean LoRA linear that `specplan::lora_linear` runs as
+    is (one active plain adapter, no dropout, variant or bias of its own, one dtype), else None."""
+    if not isinstance(module, _LeanLoraLinear) or module.disable_adapters or module.merged or len(module.active_adapters) != 1:
+        return None
+    name = module.active_adapters[0]
+    if name not in module.lora_A or name not in module.lora_B or name in module.lora_variant:
+        return None
+    a, b = module.lora_A[name], module.lora_B[name]
+    if (not isinstance(module.lora_dropout[name], nn.Identity) or a.bias is not None or b.bias is not None
+            or type(module.base_layer) is not LeanLinear or not a.weight.dtype == b.weight.dtype == module.base_layer.weight.dtype):
+        return None
+    return a.weight, b.weight, float(module.scaling[name])
 
 
 class _LeanLoraLinear:
@@ -267,15 +319,11 @@ class _LeanLoraLinear:
     where a gradient is wanted (training)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or self.disable_adapters or self.merged or torch.is_grad_enabled() or len(self.active_adapters) != 1:
-            return super().forward(x, *args, **kwargs)
-        name = self.active_adapters[0]
-        a, b = (self.lora_A[name], self.lora_B[name]) if name in self.lora_A and name in self.lora_B else (None, None)
-        if (a is None or name in self.lora_variant or not isinstance(self.lora_dropout[name], nn.Identity)
-                or a.bias is not None or b.bias is not None or not x.dtype == a.weight.dtype == self.base_layer.weight.dtype):
+        pair = None if args or kwargs or torch.is_grad_enabled() else _lora_pair(self)
+        if pair is None or x.dtype != pair[0].dtype:
             return super().forward(x, *args, **kwargs)
         base = self.base_layer
-        return torch.ops.specplan.lora_linear(x, base.weight, base.bias, a.weight, b.weight, float(self.scaling[name]))
+        return torch.ops.specplan.lora_linear(x, base.weight, base.bias, *pair)
 
 
 def use_lean_lora(model: nn.Module) -> int:

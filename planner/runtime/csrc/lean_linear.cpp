@@ -205,18 +205,13 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::
   return linears_cpu(x, {weight}, biases)[0];
 }
 
-// silu(x W_gate^T + b_gate) * (x W_up^T + b_up), the gated MLP's first half (Llama's
-// down_proj(act_fn(gate_proj(x)) * up_proj(x))) in one call, rounded where transformers'
-// three ops round: the two projections, silu, and the product.
-at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>& b_gate,
-                                 const at::Tensor& w_up, const c10::optional<at::Tensor>& b_up) {
-  c10::List<c10::optional<at::Tensor>> biases;
-  biases.push_back(b_gate);
-  biases.push_back(b_up);
-  auto ys = linears_cpu(x, {w_gate, w_up}, biases);
-  TORCH_CHECK(ys[0].sizes() == ys[1].sizes(), "specplan::silu_gated_linear: gate and up widths differ");
-  auto gate = ys[0].contiguous(), up = ys[1].contiguous();
-  AT_DISPATCH_SWITCH(x.scalar_type(), "specplan::silu_gated_linear",
+// silu(gate) * up in place of gate (same shapes), rounded where transformers' ops round in
+// Llama's MLP (act_fn(gate_proj(x)) * up_proj(x)): silu, then the product.
+at::Tensor silu_mul_cpu(at::Tensor gate, const at::Tensor& up_in) {
+  TORCH_CHECK(gate.sizes() == up_in.sizes() && gate.scalar_type() == up_in.scalar_type(), "specplan::silu_mul: gate and up differ");
+  gate = gate.contiguous();
+  auto up = up_in.contiguous();
+  AT_DISPATCH_SWITCH(gate.scalar_type(), "specplan::silu_mul",
     AT_DISPATCH_CASE(at::kBFloat16, [&] {
       bf16* g = gate.data_ptr<bf16>();
       const bf16* u = up.data_ptr<bf16>();
@@ -233,6 +228,83 @@ at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, 
   return gate;
 }
 
+// silu(x W_gate^T + b_gate) * (x W_up^T + b_up), the gated MLP's first half (Llama's
+// down_proj(act_fn(gate_proj(x)) * up_proj(x))) in one call.
+at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>& b_gate,
+                                 const at::Tensor& w_up, const c10::optional<at::Tensor>& b_up) {
+  c10::List<c10::optional<at::Tensor>> biases;
+  biases.push_back(b_gate);
+  biases.push_back(b_up);
+  auto ys = linears_cpu(x, {w_gate, w_up}, biases);
+  TORCH_CHECK(ys[0].sizes() == ys[1].sizes(), "specplan::silu_gated_linear: gate and up widths differ");
+  return silu_mul_cpu(ys[0], ys[1]);
+}
+
+// A LoRA term added to a projection y (..., N) in place: y + B (x A^T) * scaling, given low =
+// x A^T (..., r) and B transposed, bt (r, N), rounded where peft's ops round (B's projection,
+// the product with scaling, then the sum). B's projection has only r (the rank) terms per
+// output: it runs over the outputs (16 at a time, the r terms summed in order, a multiply then
+// an add as the scalar tail does), on one thread (a few thousand multiply-adds: a parallel
+// region's hand-off would cost more).
+#if defined(__AVX512F__)
+// bf16(x) for 16 floats as c10::BFloat16(float) rounds them (to nearest even; NaN to 0x7fc0), widened back.
+inline __m512 round_bf16(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff));
+  __m512i r = _mm512_slli_epi32(_mm512_srli_epi32(_mm512_add_epi32(u, bias), 16), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000));
+  return _mm512_castsi512_ps(r);
+}
+inline __m512 load16(const bf16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline void store16(bf16* p, __m512 x) {  // x already holds bf16 values: keep the high halves
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(x), 16)));
+}
+inline void store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+#endif
+
+template <typename T>
+void add_low_rank(T* y, const T* low, const T* bt, int64_t M, int64_t N, int64_t r, float scaling) {
+  constexpr bool kBf16 = std::is_same_v<T, bf16>;
+  for (int64_t m = 0; m < M; ++m) {
+    T* ym = y + m * N;
+    int64_t n = 0;
+#if defined(__AVX512F__)
+    const __m512 sc = _mm512_set1_ps(scaling);
+    for (; n + 16 <= N; n += 16) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t j = 0; j < r; ++j) acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(float(low[m * r + j])), load16(bt + j * N + n)));
+      __m512 term = kBf16 ? round_bf16(_mm512_mul_ps(round_bf16(acc), sc)) : _mm512_mul_ps(acc, sc);
+      __m512 sum = _mm512_add_ps(load16(ym + n), term);
+      store16(ym + n, kBf16 ? round_bf16(sum) : sum);
+    }
+#endif
+    for (; n < N; ++n) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < r; ++j) acc += float(low[m * r + j]) * float(bt[j * N + n]);
+      ym[n] = T(float(ym[n]) + float(T(float(T(acc)) * scaling)));
+    }
+  }
+}
+
+void add_lora_cpu(at::Tensor& y, const at::Tensor& low_in, const at::Tensor& lora_bt, double scaling) {
+  TORCH_CHECK(lora_bt.dim() == 2 && lora_bt.size(1) == y.size(-1) && lora_bt.size(0) == low_in.size(-1) && lora_bt.is_contiguous(),
+              "specplan::lora_linear: B transposed must be a contiguous (rank, out_features) matrix");
+  TORCH_CHECK(lora_bt.scalar_type() == y.scalar_type(), "specplan::lora_linear: lora_b's dtype is not x's");
+  TORCH_CHECK(y.is_contiguous(), "specplan::lora_linear: the projection must be contiguous");
+  auto low = low_in.contiguous();
+  const int64_t N = y.size(-1), r = low.size(-1), M = y.numel() / N;
+  AT_DISPATCH_SWITCH(y.scalar_type(), "specplan::lora_linear",
+    AT_DISPATCH_CASE(at::kBFloat16, [&] {
+      add_low_rank(y.data_ptr<bf16>(), low.data_ptr<bf16>(), lora_bt.data_ptr<bf16>(), M, N, r, float(scaling));
+    })
+    AT_DISPATCH_CASE(at::kFloat, [&] {
+      add_low_rank(y.data_ptr<float>(), low.data_ptr<float>(), lora_bt.data_ptr<float>(), M, N, r, float(scaling));
+    }));
+}
+
 }  // namespace specplan_impl
 
 namespace {
@@ -240,44 +312,18 @@ namespace {
 using namespace specplan_impl;
 
 // A LoRA-adapted linear, peft's result + lora_B(lora_A(x)) * scaling, in one call: the base
-// projection, x A^T (rank r) and B's projection back through the lean kernel, then the scaled
-// sum rounded where peft's ops round (the product, then the sum). For S3D drafts only: the
-// verify never runs an adapter.
-// B's projection has only r (the rank) terms per output: it runs over the outputs, B transposed,
-// instead of the dot-product kernel, whose vectors span the r terms; on one thread (a few
-// thousand multiply-adds: a parallel region's hand-off would cost more).
-template <typename T>
-void add_low_rank(T* y, const T* low, const T* bt, int64_t M, int64_t N, int64_t r, float scaling) {
-  std::vector<float> acc(N);
-  for (int64_t m = 0; m < M; ++m) {
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (int64_t j = 0; j < r; ++j) {
-      const float l = float(low[m * r + j]);
-      const T* row = bt + j * N;
-      for (int64_t n = 0; n < N; ++n) acc[n] += l * float(row[n]);
-    }
-    T* ym = y + m * N;
-    for (int64_t n = 0; n < N; ++n) ym[n] = T(float(ym[n]) + float(T(float(T(acc[n])) * scaling)));
-  }
-}
-
+// projection and x A^T (rank r) in one pass of the lean kernel, then B's term added
+// (add_lora_cpu). For S3D drafts only: the verify never runs an adapter.
 at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const at::Tensor& lora_a, const at::Tensor& lora_b, double scaling) {
+  c10::List<c10::optional<at::Tensor>> biases;
+  biases.push_back(bias);
+  biases.push_back(c10::nullopt);
   TORCH_CHECK(lora_b.dim() == 2 && lora_b.size(1) == lora_a.size(0) && lora_b.size(0) == weight.size(0),
               "specplan::lora_linear: lora_b must be (out_features, rank) for lora_a (rank, in_features)");
-  TORCH_CHECK(lora_b.scalar_type() == x.scalar_type(), "specplan::lora_linear: lora_b's dtype is not x's");
-  auto y = linear_cpu(x, weight, bias).contiguous();
-  auto low = linear_cpu(x, lora_a, c10::nullopt).contiguous();  // (..., r), rounded as lora_A's output is
-  auto bt = lora_b.t().contiguous();  // (r, N)
-  const int64_t N = weight.size(0), r = lora_a.size(0), M = y.numel() / N;
-  AT_DISPATCH_SWITCH(x.scalar_type(), "specplan::lora_linear",
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      add_low_rank(y.data_ptr<bf16>(), low.data_ptr<bf16>(), bt.data_ptr<bf16>(), M, N, r, float(scaling));
-    })
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      add_low_rank(y.data_ptr<float>(), low.data_ptr<float>(), bt.data_ptr<float>(), M, N, r, float(scaling));
-    }));
-  return y;
+  auto ys = linears_cpu(x, {weight, lora_a}, biases);  // (..., N) and (..., r), each rounded as its module's output is
+  add_lora_cpu(ys[0], ys[1], lora_b.t().contiguous(), scaling);
+  return ys[0];
 }
 
 at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
@@ -306,8 +352,11 @@ int64_t simd_width() { return kWidth; }
 
 }  // namespace
 
+at::Tensor silu_mul_meta(const at::Tensor& gate, const at::Tensor&) { return at::empty_like(gate); }
+
 TORCH_LIBRARY(specplan, m) {
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
   m.def("linears(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]");
   m.def("silu_gated_linear(Tensor x, Tensor w_gate, Tensor? b_gate, Tensor w_up, Tensor? b_up) -> Tensor");
   m.def("lora_linear(Tensor x, Tensor weight, Tensor? bias, Tensor lora_a, Tensor lora_b, float scaling) -> Tensor");
@@ -318,10 +367,12 @@ TORCH_LIBRARY_IMPL(specplan, CPU, m) {
   m.impl("linears", linears_cpu);
   m.impl("silu_gated_linear", silu_gated_linear_cpu);
   m.impl("lora_linear", lora_linear_cpu);
+  m.impl("silu_mul", [](const at::Tensor& gate, const at::Tensor& up) { return silu_mul_cpu(gate.clone(), up); });
 }
 TORCH_LIBRARY_IMPL(specplan, Meta, m) {
   m.impl("linear", linear_meta);
   m.impl("linears", linears_meta);
   m.impl("silu_gated_linear", silu_gated_linear_meta);
   m.impl("lora_linear", lora_linear_meta);
+  m.impl("silu_mul", silu_mul_meta);
 }

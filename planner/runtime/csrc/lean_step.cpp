@@ -21,12 +21,17 @@
 #include <cmath>
 #include <limits>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace specplan_impl {  // lean_linear.cpp
 std::vector<at::Tensor> linears_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases);
 at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 at::Tensor silu_gated_linear_cpu(const at::Tensor& x, const at::Tensor& w_gate, const c10::optional<at::Tensor>& b_gate,
                                  const at::Tensor& w_up, const c10::optional<at::Tensor>& b_up);
+at::Tensor silu_mul_cpu(at::Tensor gate, const at::Tensor& up);
+void add_lora_cpu(at::Tensor& y, const at::Tensor& low, const at::Tensor& lora_bt, double scaling);
 }  // namespace specplan_impl
 
 namespace {
@@ -45,6 +50,11 @@ inline float dot(const T* a, const T* b, int64_t n) {
   for (int i = 0; i < 16; ++i) s += lane[i];
   for (; k < n; ++k) s += float(a[k]) * float(b[k]);
   return s;
+}
+
+template <typename T>
+inline const T* qr_of(const T* qp, const at::Tensor& q, int64_t b, int64_t h, int64_t t) {
+  return qp + b * q.stride(0) + h * q.stride(1) + t * q.stride(2);
 }
 
 template <typename T>
@@ -118,7 +128,20 @@ std::vector<at::Tensor> rotary_cpu(const at::Tensor& q, const at::Tensor& k, con
 }
 
 // q (B, H, T, D), k, v (B, Hk, S, D) with unit stride in D; mask (1 or B, 1, T, S) additive.
-// out (B, T, H, D).
+// out (B, T, H, D). One work item per (batch, query head) takes all T of its query rows, so
+// each key and value row is widened to fp32 once per head and used for every query that can
+// see it. Each query row's arithmetic is fixed whatever T is and whichever rows share the item:
+// score_j = dot(q, k_j) * scale + mask (the dot over D in 16-lane fp32 vectors, lane i summing
+// elements i, i + 16, ... with FMAs, then the lanes by a fixed tree), p_j = exp(score_j - max),
+// out = sum_j p_j v_j / sum_j p_j in key order.
+#if defined(__AVX512F__)
+inline __m512 widen16(const bf16* p) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 widen16(const float* p) { return _mm512_loadu_ps(p); }
+#endif
+
 template <typename T>
 void attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
                     at::Tensor& out) {
@@ -130,33 +153,77 @@ void attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const T* mp = mask.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const float blocked = float(std::numeric_limits<T>::lowest());
+  const float none = -std::numeric_limits<float>::infinity();
   const int64_t mb = mask.size(0) == 1 ? 0 : mask.stride(0), mt = mask.stride(2), ms = mask.stride(3);
-  at::parallel_for(0, B * H * Tn, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> score(S), acc(D);
+#if defined(__AVX512F__)
+  const bool vector = D % 16 == 0 && D <= 256;
+#else
+  const bool vector = false;
+#endif
+  at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> score(Tn * S), acc(Tn * D), top(Tn), total(Tn), qf(Tn * D), kf(D);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t b = i / (H * Tn), h = (i / Tn) % H, t = i % Tn, hk = h / group;
-      const T* qr = qp + b * q.stride(0) + h * q.stride(1) + t * q.stride(2);
+      const int64_t b = i / H, h = i % H, hk = h / group;
       const T* kr = kp + b * k.stride(0) + hk * k.stride(1);
       const T* vr = vp + b * v.stride(0) + hk * v.stride(1);
-      const T* mr = mp + b * mb + t * mt;
-      float top = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < S; ++j) {
-        const float m = float(mr[j * ms]);
-        if (m <= blocked) { score[j] = -std::numeric_limits<float>::infinity(); continue; }
-        score[j] = dot(qr, kr + j * k.stride(2), D) * scale + m;
-        top = std::max(top, score[j]);
+      const T* mr = mp + b * mb;
+      for (int64_t t = 0; t < Tn; ++t) {
+        const T* qr = qp + b * q.stride(0) + h * q.stride(1) + t * q.stride(2);
+        for (int64_t d = 0; d < D; ++d) qf[t * D + d] = float(qr[d]);  // exact: bf16 widens losslessly
+        top[t] = none;
+        total[t] = 0.f;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      float total = 0.f;
+      // scores: a key row is read (and widened) once for the queries that see it
       for (int64_t j = 0; j < S; ++j) {
-        if (score[j] == -std::numeric_limits<float>::infinity()) continue;
-        const float p = std::exp(score[j] - top);
-        total += p;
-        const T* vj = vr + j * v.stride(2);
-        for (int64_t d = 0; d < D; ++d) acc[d] += p * float(vj[d]);
+        const T* kj = kr + j * k.stride(2);
+        bool widened = false;
+        for (int64_t t = 0; t < Tn; ++t) {
+          const float m = float(mr[t * mt + j * ms]);
+          float& sc = score[t * S + j];
+          if (m <= blocked) { sc = none; continue; }
+          float dot_qk;
+#if defined(__AVX512F__)
+          if (vector) {
+            if (!widened) { for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(&kf[d], widen16(kj + d)); widened = true; }
+            __m512 a = _mm512_mul_ps(_mm512_loadu_ps(&qf[t * D]), _mm512_loadu_ps(&kf[0]));
+            for (int64_t d = 16; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[t * D + d]), _mm512_loadu_ps(&kf[d]), a);
+            dot_qk = _mm512_reduce_add_ps(a);
+          } else
+#endif
+          {
+            dot_qk = dot(qr_of(qp, q, b, h, t), kj, D);
+          }
+          sc = dot_qk * scale + m;
+          top[t] = std::max(top[t], sc);
+        }
       }
-      T* o = op + ((b * Tn + t) * H + h) * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = T(total > 0.f ? acc[d] / total : 0.f);
+      // softmax weights and the weighted sum of value rows, in key order
+      for (int64_t j = 0; j < S; ++j) {
+        const T* vj = vr + j * v.stride(2);
+        bool widened = false;
+        for (int64_t t = 0; t < Tn; ++t) {
+          const float sc = score[t * S + j];
+          if (sc == none) continue;
+          const float p = std::exp(sc - top[t]);
+          total[t] += p;
+          float* at = &acc[t * D];
+#if defined(__AVX512F__)
+          if (vector) {
+            if (!widened) { for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(&kf[d], widen16(vj + d)); widened = true; }
+            const __m512 pv = _mm512_set1_ps(p);
+            for (int64_t d = 0; d < D; d += 16)
+              _mm512_storeu_ps(at + d, _mm512_fmadd_ps(pv, _mm512_loadu_ps(&kf[d]), _mm512_loadu_ps(at + d)));
+            continue;
+          }
+#endif
+          for (int64_t d = 0; d < D; ++d) at[d] += p * float(vj[d]);
+        }
+      }
+      for (int64_t t = 0; t < Tn; ++t) {
+        T* o = op + ((b * Tn + t) * H + h) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = T(total[t] > 0.f ? acc[t * D + d] / total[t] : 0.f);
+      }
     }
   });
 }
@@ -177,23 +244,60 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
   return out;
 }
 
+// Projections of x by some of a layer's linears in one pass of the lean kernel: y_i = x W_i^T +
+// b_i, plus, where the layer has LoRA (an S3D draft's copy of a kept layer), B_i (x A_i^T) *
+// scaling, computed as specplan::lora_linear computes it (the A projections ride in the same
+// pass). `which` indexes weights[2 + i] / biases[i] / lora_a[i] / lora_b[i] (q, k, v, o, gate, up, down).
+std::vector<at::Tensor> projections(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
+                                    const c10::List<c10::optional<at::Tensor>>& lora_a, const c10::List<c10::optional<at::Tensor>>& lora_b,
+                                    double scaling, std::initializer_list<int> which) {
+  using namespace specplan_impl;
+  std::vector<at::Tensor> ws;
+  c10::List<c10::optional<at::Tensor>> bs;
+  std::vector<int> adapted;  // positions in `which` with LoRA
+  for (int i : which) {
+    ws.push_back(weights[2 + i]);
+    bs.push_back(biases.get(i));
+  }
+  for (size_t j = 0; j < which.size(); ++j) {
+    const int i = *(which.begin() + j);
+    if (!lora_a.empty() && lora_a.get(i).has_value()) {
+      ws.push_back(*lora_a.get(i));
+      bs.push_back(c10::nullopt);
+      adapted.push_back(int(j));
+    }
+  }
+  auto ys = linears_cpu(x, ws, bs);
+  for (size_t a = 0; a < adapted.size(); ++a) {
+    const int j = adapted[a];
+    add_lora_cpu(ys[j], ys[which.size() + a], *lora_b.get(*(which.begin() + j)), scaling);
+  }
+  ys.resize(which.size());
+  return ys;
+}
+
 // LlamaDecoderLayer.forward for the runtime's step: x (B, T, hidden) -> (B, T, hidden).
 // weights: input norm, post-attention norm, q, k, v, o, gate, up, down (nn.Linear layout);
 // biases: q, k, v, o, gate, up, down (each optional); head_norms: Qwen3's q and k norms (none
 // or both); cos, sin (B, T, D); k_cache, v_cache (B, Hk, S, D), written at input_pos (T,);
-// mask (1 or B, 1, T, S) additive.
+// mask (1 or B, 1, T, S) additive; lora_a, lora_bt: none, or one optional pair per linear in the
+// biases' order, A (rank, in) and B transposed (rank, out), contiguous, with one scaling (an S3D
+// draft's adapted copy of a kept layer).
 at::Tensor decoder_layer_cpu(const at::Tensor& x, at::TensorList weights, const c10::List<c10::optional<at::Tensor>>& biases,
                              at::TensorList head_norms, double eps, const at::Tensor& cos, const at::Tensor& sin,
                              at::Tensor k_cache, at::Tensor v_cache, const at::Tensor& input_pos, const at::Tensor& mask,
-                             int64_t head_dim, double scale) {
+                             int64_t head_dim, double scale, const c10::List<c10::optional<at::Tensor>>& lora_a,
+                             const c10::List<c10::optional<at::Tensor>>& lora_b, double lora_scaling) {
   using namespace specplan_impl;
   TORCH_CHECK(weights.size() == 9 && biases.size() == 7, "specplan::decoder_layer: 9 weights and 7 biases");
   TORCH_CHECK(head_norms.empty() || head_norms.size() == 2, "specplan::decoder_layer: no head norms, or q's and k's");
+  TORCH_CHECK(lora_a.size() == lora_b.size() && (lora_a.empty() || lora_a.size() == 7),
+              "specplan::decoder_layer: no LoRA pairs, or one (or None) per linear");
+  for (size_t i = 0; i < lora_a.size(); ++i)
+    TORCH_CHECK(lora_a.get(i).has_value() == lora_b.get(i).has_value(), "specplan::decoder_layer: LoRA's A without its B");
   const int64_t B = x.size(0), Tn = x.size(1);
-  c10::List<c10::optional<at::Tensor>> qkv_biases;
-  for (int i = 0; i < 3; ++i) qkv_biases.push_back(biases.get(i));
   auto h = rms_norm_cpu(x, weights[0], eps);
-  auto qkv = linears_cpu(h, {weights[2], weights[3], weights[4]}, qkv_biases);
+  auto qkv = projections(h, weights, biases, lora_a, lora_b, lora_scaling, {0, 1, 2});
   auto q = qkv[0].view({B, Tn, -1, head_dim}), k = qkv[1].view({B, Tn, -1, head_dim});
   if (!head_norms.empty()) {
     q = rms_norm_cpu(q, head_norms[0], eps);
@@ -204,9 +308,10 @@ at::Tensor decoder_layer_cpu(const at::Tensor& x, at::TensorList weights, const 
   k_cache.index_copy_(2, input_pos, qk[1]);
   v_cache.index_copy_(2, input_pos, v);
   auto attended = attention_cpu(qk[0], k_cache, v_cache, mask, scale);  // (B, T, H, D)
-  auto out = x + linear_cpu(attended.view({B, Tn, -1}), weights[5], biases.get(3));
-  auto gated = silu_gated_linear_cpu(rms_norm_cpu(out, weights[1], eps), weights[6], biases.get(4), weights[7], biases.get(5));
-  return out + linear_cpu(gated, weights[8], biases.get(6));
+  auto out = x + projections(attended.view({B, Tn, -1}), weights, biases, lora_a, lora_b, lora_scaling, {3})[0];
+  auto gate_up = projections(rms_norm_cpu(out, weights[1], eps), weights, biases, lora_a, lora_b, lora_scaling, {4, 5});
+  auto gated = silu_mul_cpu(gate_up[0], gate_up[1]);
+  return out + projections(gated, weights, biases, lora_a, lora_b, lora_scaling, {6})[0];
 }
 
 at::Tensor rms_norm_meta(const at::Tensor& x, const at::Tensor&, double) { return at::empty_like(x); }
@@ -224,7 +329,8 @@ TORCH_LIBRARY_FRAGMENT(specplan, m) {
   m.def("rotary(Tensor q, Tensor k, Tensor cos, Tensor sin) -> Tensor[]");
   m.def("attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
   m.def("decoder_layer(Tensor x, Tensor[] weights, Tensor?[] biases, Tensor[] head_norms, float eps, Tensor cos, "
-        "Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos, Tensor mask, int head_dim, float scale) -> Tensor");
+        "Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor input_pos, Tensor mask, int head_dim, float scale, "
+        "Tensor?[] lora_a, Tensor?[] lora_bt, float lora_scaling) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(specplan, CPU, m) {
   m.impl("rms_norm", rms_norm_cpu);

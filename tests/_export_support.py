@@ -18,6 +18,8 @@ DRAFT = Decoding(method="draft_model", gamma=4, draft_model="meta-llama/Llama-3.
 LOOKUP = Decoding(method="prompt_lookup", gamma=3, ngram=4)
 SKIP = Decoding(method="layer_skip", gamma=3, skip_layers=(10, 11, 12))
 EARLY = Decoding(method="early_exit", gamma=3, exit_layer=1)
+EAGLE3 = Decoding(method="eagle3", gamma=5, draft_model="yuhuili/EAGLE3-LLaMA3.1-Instruct-8B")  # a chain
+MTP = Decoding(method="mtp", gamma=3)  # the target's own MTP layers
 
 
 def prediction(tokens_per_s: float = 150.0, vram_gib: float = 20.0) -> Prediction:

@@ -20,8 +20,8 @@ from planner.plan.export.trtllm import draft_len_schedule, llm_api_options
 from planner.plan.schema import Candidate, Decoding, HardwareRef, save_plan
 from planner.errors import InputError, NotFoundError
 from tests._export_support import (
-    DRAFT, EARLY, LOOKUP, SCHEDULE, SKIP, engine_args, entry, flag_value, launched_args, make_plan, prediction,
-    run_script,
+    DRAFT, EAGLE3, EARLY, LOOKUP, MTP, SCHEDULE, SKIP, engine_args, entry, flag_value, launched_args, make_plan,
+    prediction, run_script,
 )
 
 SERVERS = ("vllm", "sglang", "trtllm", "llamacpp")
@@ -287,6 +287,78 @@ def test_trtllm_versions_between_the_readings_are_refused():
         export_plan(make_plan(schedule=SCHEDULE), "trtllm", engine_version="1.3.0rc10")
 
 
+# -- TensorRT-LLM: learned heads (EAGLE-3, MTP) -----------------------------------------
+
+def test_trtllm_eagle3_writes_the_eagle3_config_with_the_head_as_a_variable(tmp_path):
+    text = export_plan(make_plan(EAGLE3), "trtllm").text
+    body = text.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    assert body == ('speculative_config:\n  decoding_type: Eagle3\n  max_draft_len: 5\n'
+                    '  speculative_model: "${DRAFT_MODEL}"')
+    assert "[ -n \"${DRAFT_MODEL:-}\" ] || DRAFT_MODEL=yuhuili/EAGLE3-LLaMA3.1-Instruct-8B" in text
+    assert "# written for: TensorRT-LLM 1.3.0rc27 to 1.4.0rc1" in text and "Eagle3DecodingConfig" in text
+    config = tmp_path / "options.yaml"
+    args = launched_args(text, "trtllm", tmp_path, {"CONFIG": str(config), "DRAFT_MODEL": "/heads/eagle3"})
+    assert flag_value(args, "--extra_llm_api_options") == str(config)
+    assert yaml.safe_load(config.read_text()) == {"speculative_config": {
+        "decoding_type": "Eagle3", "max_draft_len": 5, "speculative_model": "/heads/eagle3"}}
+
+
+def test_trtllm_mtp_writes_the_mtp_config_with_its_layers_as_the_draft_length():
+    text = export_plan(make_plan(MTP), "trtllm", engine_version="1.4.0rc1").text
+    assert _trtllm_yaml(make_plan(MTP), "1.4.0rc1") == ("speculative_config:\n  decoding_type: MTP\n  max_draft_len: 3\n"
+                                                         "  num_nextn_predict_layers: 3")
+    assert "DRAFT_MODEL" not in text and "# written for: TensorRT-LLM 1.4.0rc1" in text
+
+
+@pytest.mark.parametrize("decoding", [EAGLE3, MTP], ids=["eagle3", "mtp"])
+def test_trtllm_heads_get_the_plans_batch_size_length_and_the_header_says_the_schedule_was_dropped(decoding):
+    schedule = (entry(1, 3, 5, decoding.method), entry(4, 15, 2, decoding.method), entry(16, 128, 0))
+    plan = make_plan(decoding, schedule=schedule, batch_size=8)
+    config = yaml.safe_load(_trtllm_yaml(plan, None))["speculative_config"]
+    assert config["max_draft_len"] == 2 and "draft_len_schedule" not in config
+    assert (f"# dropped: per-batch-size schedule (TensorRT-LLM takes none for {decoding.method}); wrote gamma=2 "
+            "of batch sizes 4-15, which holds the plan's batch size 8") in export_plan(plan, "trtllm").text
+
+
+def test_trtllm_draft_models_keep_their_schedule_beside_the_heads():
+    """Negative control: the per-method rule drops the table for heads only."""
+    config = yaml.safe_load(_trtllm_yaml(make_plan(schedule=SCHEDULE), None))["speculative_config"]
+    assert config["draft_len_schedule"] == {3: 4, 15: 2, 63: 1}
+
+
+@pytest.mark.parametrize("decoding, version, message", [
+    (Decoding(method="eagle", gamma=3, draft_model="yuhuili/EAGLE-LLaMA3-Instruct-8B"), None,
+     "TensorRT-LLM cannot run eagle: its PyTorch backend runs EAGLE-3 heads only"),
+    (dataclasses.replace(EAGLE3, topk=4, num_draft_tokens=16), None,
+     r"TensorRT-LLM cannot draft a tree \(topk 4\): its export drafts a chain from a head \(engines that draft "
+     r"trees: SGLang\)"),
+    (EAGLE3, "1.2.1", r"TensorRT-LLM 1.2.1 cannot run eagle3: it is exported for 1.3.0rc27 on"),
+    (MTP, "1.2.0", r"TensorRT-LLM 1.2.0 cannot run mtp: it is exported for 1.3.0rc27 on"),
+    (dataclasses.replace(MTP, draft_model="some/mtp-head"), None, "runs MTP from the target checkpoint's own layers"),
+    (dataclasses.replace(EAGLE3, draft_model=None), None, "needs the EAGLE-3 head's checkpoint"),
+    (dataclasses.replace(EAGLE3, draft_quant="fp8"), None, "cannot apply fp8 weight quantization to the EAGLE-3 head"),
+], ids=["eagle", "tree", "eagle3-1.2", "mtp-1.2", "mtp-head", "no-head", "head-fp8"])
+def test_trtllm_head_refusals_are_one_line(decoding, version, message, tmp_path):
+    with pytest.raises(ExportError, match=message):
+        export_plan(make_plan(decoding), "trtllm", engine_version=version)
+    plan_path = tmp_path / "plan.yaml"
+    save_plan(make_plan(decoding), plan_path)
+    args = ["export", "--plan", str(plan_path), "--to", "trtllm", "--out", str(tmp_path / "x.sh")]
+    result = CliRunner().invoke(cli, args + (["--engine-version", version] if version else []))
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and not (tmp_path / "x.sh").exists()
+
+
+def test_trtllm_head_fields_are_those_of_the_pinned_table():
+    """Every key the Eagle3/MTP config holds is in the field table of 1.3.0rc27-1.4.0rc1 (read from the
+    Eagle3DecodingConfig and MTPDecodingConfig reference pages), and MTP's key is not in 1.2's, which was not read."""
+    info = engine_info("trtllm")
+    for decoding in (EAGLE3, MTP):
+        options = llm_api_options(resolve(make_plan(decoding), info), info.table(None))
+        assert set(options) | set(options["speculative_config"]) <= set(info.table(None).fields)
+    assert "num_nextn_predict_layers" not in info.table("1.2.1").fields
+    assert {"eagle3", "mtp"} <= set(info.methods) and "eagle" not in info.methods
+
+
 # -- llama.cpp -------------------------------------------------------------------------
 
 def test_llamacpp_converts_quantizes_and_serves_on_the_gpu(tmp_path):
@@ -316,6 +388,8 @@ def test_every_flag_and_key_written_is_in_the_targeted_field_table(engine, versi
     fields = set(engine_info(engine).table(version).fields)
     quantized = {"vllm": FP8_DRAFT, "sglang": FP8_DRAFT, "llamacpp": dataclasses.replace(DRAFT, draft_quant="int8")}
     decodings = (DRAFT, LOOKUP) if engine != "llamacpp" else (DRAFT,)
+    if engine == "trtllm" and version is None:  # the learned heads: 1.3.0rc27 on
+        decodings += (EAGLE3, MTP)
     for i, decoding in enumerate(decodings + ((quantized[engine],) if engine in quantized else ())):
         run_dir = tmp_path / str(i)
         run_dir.mkdir()
@@ -368,19 +442,20 @@ def test_header_names_plan_gpu_setup_and_what_it_was_written_for():
 def test_early_exit_is_written_for_the_versions_that_have_it():
     text = export_plan(make_plan(EARLY), "hf", engine_version="4.47.0").text
     assert "# written for: transformers 4.47.0" in text
-    with pytest.raises(ExportError, match="added in 4.47.0"):
+    with pytest.raises(ExportError, match="exported for 4.47.0 on"):
         export_plan(make_plan(EARLY), "hf", engine_version="4.46.0")
 
 
 def test_header_sources_cite_what_was_read():
-    """Citations are wheels, files at commits, or pages; no commit cited for TensorRT-LLM field names."""
+    """Citations are wheels, files at commits, or pages; a commit cited for TensorRT-LLM is a stored copy
+    that says its release is not pinned (the field names come from the versioned pages)."""
     for name in ("vllm", "sglang", "trtllm", "hf", "llamacpp"):
         for table in engine_info(name).tables:
             assert table.sources
             for source in table.sources:
                 assert any(kind in source for kind in ("wheel", "@ ", "github.com/", "nvidia.github.io", "installed",
                                                        "stored copies", "not pinned")), source
-    assert not any("@ " in s for t in engine_info("trtllm").tables for s in t.sources)
+    assert all("release not pinned" in s for t in engine_info("trtllm").tables for s in t.sources if "@ " in s)
 
 
 # -- refusals --------------------------------------------------------------------------

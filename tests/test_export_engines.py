@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from planner.plan.export import export_plan
-from tests._export_support import DRAFT, LOOKUP, SCHEDULE, entry, flag_value, launched_args, make_plan
+from tests._export_support import DRAFT, EAGLE3, LOOKUP, MTP, SCHEDULE, entry, flag_value, launched_args, make_plan
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="vllm is not installed (README's test install; docs/deployment.md)")
@@ -129,10 +129,13 @@ def test_sglang_checks_can_fail():
 @needs_trtllm
 def test_trtllm_config_classes_accept_the_options():
     import yaml
-    from tensorrt_llm.llmapi import DraftTargetDecodingConfig, NGramDecodingConfig
+    from tensorrt_llm.llmapi import (DraftTargetDecodingConfig, Eagle3DecodingConfig, MTPDecodingConfig,
+                                     NGramDecodingConfig)
 
-    for name, cls in (("draft", DraftTargetDecodingConfig), ("lookup", NGramDecodingConfig)):
-        text = export_plan(PLANS[name], "trtllm").text
+    plans = {**PLANS, "eagle3": make_plan(EAGLE3), "mtp": make_plan(MTP)}
+    for name, cls in (("draft", DraftTargetDecodingConfig), ("lookup", NGramDecodingConfig),
+                      ("eagle3", Eagle3DecodingConfig), ("mtp", MTPDecodingConfig)):
+        text = export_plan(plans[name], "trtllm").text
         body = text.split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0].replace("${DRAFT_MODEL}", "draft")
         spec = yaml.safe_load(body)["speculative_config"]
         spec.pop("decoding_type")

@@ -80,7 +80,8 @@ def export_plan(plan: Plan, engine: str, *, engine_version: str | None = None, p
     resolved = resolve(plan, info)
     method = resolved.decoding.method
     if not info.has_feature(method, version):
-        raise ExportError(f"{info.display} {version} cannot run {method} (added in {info.features[method]})")
+        raise ExportError(f"{info.display} {version} cannot run {method}: it is exported for {info.features[method]} "
+                          f"on (`engine_version` {info.features[method]} or later)")
     resolved = dataclasses.replace(resolved, dropped=resolved.dropped + renderer.dropped(resolved, table))
     header = header_lines(plan, info, table, version, resolved, launch, plan_label, serves=info.port is not None)
     text = renderer.render(plan, resolved, launch, info, table, header)

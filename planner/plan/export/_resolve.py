@@ -1,8 +1,8 @@
 """What an engine is asked to run: the plan's set-up reduced to what that engine expresses.
 
 A plan holds one decoding set-up and, for load-aware plans, a batch-size schedule. An
-engine either takes the schedule as a draft-length table (vLLM, TensorRT-LLM) or takes one
-draft length, in which case the one for the plan's own batch size is written and the
+engine either takes the schedule as a draft-length table (vLLM, TensorRT-LLM's Draft_Target
+and NGram) or takes one draft length, in which case the one for the plan's own batch size is written and the
 header says what was dropped. Set-ups the engine cannot run raise one line naming the
 nearest set-up in the plan that it can run.
 """
@@ -69,8 +69,10 @@ def _one_gamma(plan: Plan, decoding: Decoding, info: EngineInfo) -> Resolved:
     entry = next((e for e in plan.schedule if e.batch_min <= batch <= e.batch_max), None)
     if entry is None:
         return Resolved(decoding, (), ())
+    why = (f"{info.display} takes none for {decoding.method}" if info.schedule
+           else f"{info.display} has no per-batch draft-length field")
     dropped = (
-        f"per-batch-size schedule ({info.display} has no per-batch draft-length field); "
+        f"per-batch-size schedule ({why}); "
         f"wrote gamma={entry.gamma} of batch sizes {entry.batch_min}-{entry.batch_max}, "
         f"which holds the plan's batch size {batch}",
     )
@@ -96,7 +98,7 @@ def resolve(plan: Plan, info: EngineInfo) -> Resolved:
         raise _refuse(plan, info, f"schedule: {why}")
     if method == "autoregressive":
         return Resolved(Decoding(method="autoregressive", quant=decoding.quant), (), ())
-    if not info.schedule:
+    if not info.takes_schedule(method):
         return _one_gamma(plan, decoding, info)
     table = tuple((e.batch_min, e.batch_max, e.gamma) for e in plan.schedule)
     return Resolved(_with_gamma(decoding, max(g for _, _, g in table)), table, ())

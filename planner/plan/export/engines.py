@@ -8,7 +8,7 @@ decoding set-up (and if not, why not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from packaging.version import InvalidVersion, Version
@@ -64,6 +64,8 @@ class EngineInfo:
     cost: EngineCost = EngineCost()  # what the engine adds to a step (planner.perf.cost)
     memory: EngineMemory | None = None  # how it sets memory aside; None: no policy known
     trees: bool = False  # drafts a tree from a learned head (topk > 1)
+    schedule_methods: tuple[str, ...] | None = None  # the methods it takes a draft-length table for; None: all
+    refusals: dict[str, str] = field(default_factory=dict)  # method -> why it cannot run it (beyond absence)
 
     @property
     def version_range(self) -> str:
@@ -78,6 +80,10 @@ class EngineInfo:
             return self.tables[-1]
         return next(t for t in self.tables if t.covers(version))
 
+    def takes_schedule(self, method: str) -> bool:
+        """Whether the engine takes a per-batch-size draft-length table for `method`."""
+        return self.schedule and (self.schedule_methods is None or method in self.schedule_methods)
+
     def has_feature(self, feature: str, version: str | None) -> bool:
         """Whether `version` (None: the newest known) has a feature newer than the range start."""
         first = self.features.get(feature)
@@ -88,10 +94,12 @@ class EngineInfo:
     def cannot_run(self, decoding: Decoding) -> str | None:
         """Why this engine cannot run `decoding`, or None when it can."""
         if decoding.method not in self.methods:
-            why = _NEVER_SERVED.get(decoding.method, "it has no such method")
+            why = self.refusals.get(decoding.method) or _NEVER_SERVED.get(decoding.method, "it has no such method")
             return f"{self.display} cannot run {decoding.method}: {why}"
         if decoding.topk > 1 and not self.trees:
-            return f"{self.display} cannot draft a tree (topk {decoding.topk}): it drafts a chain from a head"
+            others = ", ".join(e.display for e in _table().values() if e.trees) or "none"
+            return (f"{self.display} cannot draft a tree (topk {decoding.topk}): its export drafts a chain from a head "
+                    f"(engines that draft trees: {others})")
         if decoding.quant not in self.quants:
             return f"{self.display} cannot apply {decoding.quant} weight quantization to the target"
         if decoding.method == "draft_model" and decoding.draft_quant not in self.quants:
@@ -119,6 +127,8 @@ def _info(name: str, row: dict) -> EngineInfo:
         cost=_cost_of(name, row.get("cost") or {}),
         memory=_memory_of(row.get("memory")),
         trees=bool(row.get("trees", False)),
+        schedule_methods=tuple(row["schedule_methods"]) if "schedule_methods" in row else None,
+        refusals=dict(row.get("refusals") or {}),
     )
 
 

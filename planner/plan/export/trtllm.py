@@ -3,6 +3,12 @@
 Names from the field tables in planner/profiles/engines.yaml:
 - speculative_config.decoding_type is "Draft_Target" (with speculative_model) or "NGram"
   (with max_matching_ngram_size), max_draft_len the largest draft;
+- from 1.3.0rc27 (Eagle3DecodingConfig and MTPDecodingConfig reference pages, 1.3.0rc27 and
+  1.4.0rc1): "Eagle3" with speculative_model (the EAGLE-3 head) and "MTP" with
+  num_nextn_predict_layers equal to max_draft_len (the target's own MTP layers; the two must
+  match), each a chain of the plan's gamma. Their default one-model path takes no dynamic
+  draft length, so they get no draft_len_schedule (the exporter writes the length of the
+  plan's batch size and the header says so); EAGLE-1/2 heads and a separate MTP head are refused;
 - draft_len_schedule maps batch sizes to draft lengths, and what a key means depends on
   the version: in 1.2 a key is the first batch size of its range (key 1 required, the last
   length holds for every larger batch); from 1.3.0rc27 a key is the last batch size of its
@@ -16,7 +22,7 @@ from __future__ import annotations
 import yaml
 
 from planner.plan.export._launch import Launch, free_memory_fraction
-from planner.plan.export._resolve import Resolved
+from planner.plan.export._resolve import ExportError, Resolved
 from planner.plan.export._shell import Ref, script, serving_variables, words
 from planner.plan.export.engines import EngineInfo, FieldTable
 from planner.plan.schema import Plan
@@ -53,14 +59,43 @@ def dropped(resolved: Resolved, table: FieldTable) -> tuple[str, ...]:
                      "(TensorRT-LLM requires the smallest key to hold max_draft_len)")
     if resolved.decoding.method == "draft_model" and resolved.decoding.draft_quant != "none":
         notes.append(f"draft quantization {resolved.decoding.draft_quant}: the LLM API quantizes no draft model")
+    if resolved.decoding.method in ("eagle3", "mtp") and resolved.decoding.draft_tensor_parallel is not None:
+        notes.append(f"the head's own tensor parallel {resolved.decoding.draft_tensor_parallel}: "
+                     "the LLM API runs the head with the target's")
     return tuple(notes)
 
 
+def _head_config(resolved: Resolved) -> dict:
+    """Eagle3 or MTP, a chain of the plan's gamma.
+
+    Raises:
+        ExportError: an EAGLE-3 plan without its head, a separate MTP head, or a quantized head.
+    """
+    d = resolved.decoding
+    if d.method == "mtp":
+        if d.draft_model:
+            raise ExportError(f"TensorRT-LLM runs MTP from the target checkpoint's own layers, not a separate head "
+                              f"({d.draft_model}): plan mtp without `draft_model`, or export to vllm or sglang")
+        return {"decoding_type": "MTP", "max_draft_len": d.gamma, "num_nextn_predict_layers": d.gamma}
+    if not d.draft_model:
+        raise ExportError("TensorRT-LLM's Eagle3 config needs the EAGLE-3 head's checkpoint: "
+                          "the plan has no `draft_model`")
+    if d.draft_quant != "none":
+        raise ExportError(f"TensorRT-LLM cannot apply {d.draft_quant} weight quantization to the EAGLE-3 head")
+    return {"decoding_type": "Eagle3", "max_draft_len": d.gamma, "speculative_model": d.draft_model}
+
+
 def llm_api_options(resolved: Resolved, table: FieldTable) -> dict:
-    """The YAML's content (the draft model written as it is in the plan)."""
+    """The YAML's content (the draft model written as it is in the plan).
+
+    Raises:
+        ExportError: as `_head_config`.
+    """
     d = resolved.decoding
     if d.method == "autoregressive":
         return {}
+    if d.method in ("eagle3", "mtp"):
+        return {"speculative_config": _head_config(resolved)}
     max_draft_len = resolved.table[0][2] if resolved.table else d.gamma
     if d.method == "draft_model":
         config: dict = {"decoding_type": "Draft_Target", "max_draft_len": max_draft_len}
@@ -94,7 +129,7 @@ def render(plan: Plan, resolved: Resolved, launch: Launch, info: EngineInfo, tab
     if resolved.table:
         reading = {"lower_bound": "first", "upper_bound": "last"}[table.draft_len_schedule]
         header = header + [f"draft_len_schedule: each key is the {reading} batch size of its range in these versions"]
-    variables = serving_variables(plan.model.source, d.draft_model if d.method == "draft_model" else None,
+    variables = serving_variables(plan.model.source, d.draft_model if d.method in ("draft_model", "eagle3") else None,
                                   info.port, launch.tensor_parallel)
     args = ["trtllm-serve", Ref("MODEL"), "--host", Ref("HOST"), "--port", Ref("PORT"), "--backend", "pytorch",
             "--tp_size", Ref("TP"), "--max_batch_size", str(launch.max_batch),

@@ -366,6 +366,8 @@ _CALIBRATION_OPTION = click.option(
 @click.option("--draft-model", help="draft_model: card name, directory or config.json of the draft.")
 @click.option("--acceptance", callback=_acceptance, help="Measured acceptance replacing the prior: per token (0.8), or "
               "per drafted position as vLLM logs it (0.84,0.60,0.39,0.27: the share of drafts accepted up to each).")
+@click.option("--workload", help="What the prompts ask for: chat (default), summarisation or rag; the acceptance "
+              "priors take that workload's published figures (planner/profiles/priors.yaml).")
 @click.option("--context", type=click.IntRange(1), default=2048, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--draft-quant", type=_QUANTS, help="draft_model: the draft's weight quantization (default none).")
@@ -385,7 +387,7 @@ _CALIBRATION_OPTION = click.option(
               "(vLLM's draft_tensor_parallel_size; default --tp).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model,
-            acceptance, context, batch_size, draft_quant, engine, execution, vram_gib, topk, num_draft_tokens, tp, draft_tp,
+            acceptance, workload, context, batch_size, draft_quant, engine, execution, vram_gib, topk, num_draft_tokens, tp, draft_tp,
             as_json):
     """Predict one set-up: tokens/s, speedup, tokens per iteration, latencies, VRAM.
 
@@ -434,7 +436,7 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
         draft_spec = load_model_spec(draft_model)
     detail = predict_detail(spec, profile, decoding, context=context, batch_size=batch_size, acceptance=acceptance,
                             draft_spec=draft_spec, execution=request.execution_on(profile),
-                            engine_memory=request.engine_memory, priors=priors,
+                            engine_memory=request.engine_memory, priors=priors, workload=workload,
                             basis="calibrated" if calibration else None)
     p = detail.prediction
     per_gpu = f" on each of {tp} GPUs" if tp > 1 else ""
@@ -557,6 +559,8 @@ def _describe(d) -> str:
               help="Measured acceptance replacing the priors, [METHOD=]FIGURES: per token (0.8) or per drafted position "
                    "as vLLM logs it (0.84,0.60,0.39,0.27; drafts no longer than that); repeatable, one per method, a bare "
                    "one for every method not named.")
+@click.option("--workload", help="What the prompts ask for: chat (default), summarisation or rag; the acceptance "
+              "priors take that workload's published figures (planner/profiles/priors.yaml).")
 @click.option("--skip-pattern", type=click.Choice(["middle", "any"]), default="middle", show_default=True,
               help="Skipped layers: a centred block, or arbitrary subsets.")
 @click.option("--storage", help="Optuna storage URL shared by workers, e.g. sqlite:///study.db")
@@ -572,7 +576,7 @@ def _describe(d) -> str:
                    "repeatable. Default: the public heads known for the model.")
 @click.option("--out", type=click.Path(dir_okay=False), default="plan.yaml", show_default=True)
 def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execution, out_dir, exports, usd_per_hour,
-                 vram_gib, context, trials, seed, objective, methods, quants, acceptance, skip_pattern, storage,
+                 vram_gib, context, trials, seed, objective, methods, quants, acceptance, workload, skip_pattern, storage,
                  study_name, plot, adapter, tp, heads, out):
     """Search for the fastest lossless set-up under the memory budget and write the plan.
 
@@ -603,8 +607,8 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
                         skip_pattern, adapter, methods, engine)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
                             trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
-                            acceptance=acceptance, skip_pattern=skip_pattern, engine=engine, execution=execution,
-                            storage=storage, study_name=study_name, model_source=model_name,
+                            acceptance=acceptance, workload=workload, skip_pattern=skip_pattern, engine=engine,
+                            execution=execution, storage=storage, study_name=study_name, model_source=model_name,
                             tensor_parallel=tp, heads=heads)
     if gpus:
         return _plan_fleet(model_name, gpus, request, out_dir, exports, usd_per_hour)

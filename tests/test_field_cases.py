@@ -69,13 +69,94 @@ def test_rtx3090_qwen25_14b_q8_with_0p5b_q4_draft():
     assert best.speedup == pytest.approx(2.86, rel=0.20)
 
 
-@pytest.mark.xfail(strict=True, reason="needs workload acceptance priors (code editing repeats its input), not built; "
-                   "the 167 tok/s runs are also inflated by draft-cache reuse per the maintainer (first run 46.65 tok/s)")
+# github.com/ggml-org/llama.cpp/pull/10455 (mostlygeek's comments, 2024-11-24): llama-server,
+# Qwen2.5-Coder-32B-Instruct Q4_K_M + Qwen2.5-Coder-0.5B-Instruct Q4_K_M, --draft-max 16
+# --draft-min 0, -c 10240, greedy (top_k 1); the prompt is llama.vim's source (8318 tokens with
+# the system prompt) and "Suggest an improvement for the `chunk_sim` function", answered in
+# code (440 tokens): code editing. RTX 3090: 29 tok/s with speculative.n_max 0, 167 with 16. The
+# maintainer's reply there: runs after the first reuse the previous run's draft context, so
+# with greedy sampling drafting is free and every draft is the answer; only the first run is
+# relevant: 440 tokens in 9432.51 ms, 46.65 tok/s (1.61x).
+PR10455_CONTEXT = 8318 + 440 // 2  # the KV cache half-way through the answer
+PR10455_PLAIN_TOK_S, PR10455_FIRST_RUN_TOK_S = 29.0, 46.65
+
+
+def _pr10455():
+    return load_profile("rtx3090"), spec_from_hf_config(QWEN25_32B, "qwen2.5-coder-32b"), load_model_spec("qwen2.5-0.5b")
+
+
+def test_llamacpp_pr10455_32b_q4_without_draft_at_8k_context():
+    """The no-draft half of PR 10455's code-editing case: 29 tok/s at an 8318-token prompt."""
+    profile, target, _ = _pr10455()
+    plain = predict(target, profile, Decoding("autoregressive", quant="int4"), context=PR10455_CONTEXT,
+                    execution=_llamacpp(profile))
+    assert plain.tokens_per_s == pytest.approx(PR10455_PLAIN_TOK_S, rel=0.15)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "predicted 2.75x (84 tok/s, gamma 8, the chat prior's 0.75) against the first run's 1.61x (46.65 tok/s): +71%. "
+    "No workload prior closes it: code editing accepts more than chat, which only raises the prediction. The model "
+    "prices llama.cpp's 17-token verify at 1.14x a one-token step (37.3 ms against 32.7), where llama.cpp's "
+    "quantized matmul over 16 rows runs at 2.7x a one-row step on an RTX 3090 (llama 8B Q4_0: 914 tok/s at "
+    "microbatch 16, github.com/ggml-org/llama.cpp/pull/7716, against 155 tok/s at microbatch 1, pull/15802); "
+    "the 167 tok/s runs confirm it (drafting free, 16 drafts accepted: about 100 ms an iteration, 2.9x a step). "
+    "The cost model has no per-engine curve for quantized kernels over a few rows."))
 def test_llamacpp_pr10455_code_editing_32b():
-    """github.com/ggml-org/llama.cpp/pull/10455: Qwen2.5-Coder-32B Q4_K_M + 0.5B drafting up to 16
-    tokens on a code-editing prompt, 29 -> 167 tok/s (5.8x)."""
-    profile, target, draft = load_profile("rtx3090"), spec_from_hf_config(QWEN25_32B, "qwen2.5-coder-32b"), load_model_spec("qwen2.5-0.5b")
-    assert _best_draft(target, draft, profile, quant="int4", draft_quant="int8").speedup == pytest.approx(167 / 29, rel=0.20)
+    """PR 10455's first run: Qwen2.5-Coder-32B Q4_K_M + 0.5B Q4_K_M drafting up to 16 tokens,
+    29 -> 46.65 tok/s (1.61x); the 29 -> 167 tok/s figure is the draft-cache artefact above."""
+    profile, target, draft = _pr10455()
+    best = _best_draft(target, draft, profile, quant="int4", draft_quant="int4", context=PR10455_CONTEXT)
+    assert best.speedup == pytest.approx(PR10455_FIRST_RUN_TOK_S / PR10455_PLAIN_TOK_S, rel=0.20)
+
+
+# github.com/hemingkx/Spec-Bench Leaderboard.md, "Leaderboard on 3090" (one RTX 3090, Vicuna-7B-v1.3,
+# greedy, fp16, batch 1, transformers): PLD's speedup per task. The workload priors were derived
+# from the same page's A100 table (planner/profiles/priors.yaml), so this table is held out.
+SPEC_BENCH_3090_PLD = {"chat": 1.57, "summarisation": 2.31, "rag": 1.56}
+
+
+@pytest.mark.parametrize("workload, published", sorted(SPEC_BENCH_3090_PLD.items()))
+def test_spec_bench_prompt_lookup_by_workload_rtx3090(workload, published):
+    """Prompt lookup (10 drafted tokens, Spec-Bench's PLD setting) on each workload's prior,
+    eager transformers, within the issue's 20% on speedups."""
+    profile, spec = load_profile("rtx3090"), load_model_spec("vicuna-7b")
+    prediction = predict(spec, profile, Decoding("prompt_lookup", gamma=10), context=1024, workload=workload,
+                         execution=Execution.default_for(profile, engine_info("hf").cost))
+    assert prediction.speedup == pytest.approx(published, rel=0.20)
+
+
+def test_summarisation_workload_favours_prompt_lookup_in_plan(tmp_path):
+    """plan --workload summarisation records the workload, and its prompt lookup prior (0.62,
+    above chat's 0.30) makes prompt lookup's predicted speedup higher than on chat."""
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+    from planner.plan import load_plan
+
+    speedups = {}
+    for workload in ("chat", "summarisation"):
+        out = tmp_path / f"{workload}.yaml"
+        result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--methods",
+                                          "autoregressive,prompt_lookup", "--trials", "20", "--workload", workload,
+                                          "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        plan = load_plan(out)
+        assert plan.constraints.workload == workload
+        speedups[workload] = plan.prediction.speedup
+    assert speedups["summarisation"] > 1.3 * speedups["chat"]
+
+
+@pytest.mark.parametrize("command", ["predict", "plan"])
+def test_unknown_workload_refused_in_one_line(command, tmp_path):
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    args = ["--model", "llama-3.1-8b", "--gpu", "a10g", "--workload", "code"]
+    args += ["--method", "prompt_lookup"] if command == "predict" else ["--trials", "1", "--out", str(tmp_path / "p.yaml")]
+    result = CliRunner().invoke(cli, [command, *args])
+    assert result.exit_code == 2
+    assert result.output == "error: unknown --workload 'code': expected one of chat, summarisation, rag\n"
 
 
 def test_vllm_05_eager_ngram_slower_under_load_faster_alone():
@@ -92,8 +173,13 @@ def test_vllm_05_eager_ngram_slower_under_load_faster_alone():
     assert speedup(32) < 1.0 and speedup(64) < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="the MLP speculator is costed as a 1B draft model at the draft prior's 0.82 "
-                   "acceptance; its real (lower) acceptance is not published in the issue")
+@pytest.mark.xfail(strict=True, reason=(
+    "the model speculates here: 1.39x at batch 32 (1.17x at 64) at the draft_model prior's 0.82 acceptance. The "
+    "engine's eager and batch-expansion cost is not what is missing: the n-gram half of the issue, costed with the "
+    "same VLLM_05_EAGER, is predicted slower at 32 and 64 (test above), and at batch 32 this set-up turns slower "
+    "than no speculation (0.99x) from an acceptance of 0.60 down. What the model lacks is the MLP speculator "
+    "itself: its acceptance in that run is not published in the issue, and it is costed as llama-3.2-1b drafting "
+    "(three 1B forwards, 11.4 ms at batch 32) rather than as its own MLP heads; no sourced figure for either"))
 def test_vllm_05_eager_small_draft_slower_under_load():
     """github.com/vllm-project/vllm/issues/7586: the small MLP draft (llama3-8b-accelerator) slower
     than no speculation under load too; stood in for by llama-3.2-1b as a draft model."""

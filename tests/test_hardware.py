@@ -16,7 +16,7 @@ from planner.hardware.measure import STEPS, Sizes, chosen_quant_slowdown, gemm_e
 from planner.hardware.nvml import nvml_facts, theoretical_bandwidth_gbps
 
 REQUIRED = {"t4", "a10g", "l4", "l40s", "rtx3090", "rtx4090", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200",
-            "rtx3060", "rtx4060ti-16gb", "rtx4080", "rtx5090", "rtx-a6000", "a10", "h20", "v100-sxm2-32gb", "b200"}
+            "rtx3060", "rtx4060ti-16gb", "rtx4080", "rtx5090", "rtx-a6000", "a10", "l20", "h20", "v100-sxm2-32gb", "b200"}
 TINY = Sizes(bandwidth_mib=16, matmul_n=128, repeats=2, decode_shape=(1024, 512))
 NO_GPU = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
 

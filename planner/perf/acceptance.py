@@ -5,7 +5,9 @@
     draft_model: the same logistic over log10(target params / draft params) instead of beta
     tau         = 1 + sum_{k=1..gamma} prod_{i<=k} alpha_i (bonus token included)
 
-Priors per method live in planner/profiles/priors.yaml; measured values replace them.
+Priors per method live in planner/profiles/priors.yaml; measured values replace them. A
+workload (chat, summarisation, rag: `resolve_priors(workload=...)`) replaces the figures
+priors.yaml gives for it, each from a published per-task comparison.
 
 A tree of drafts (SGLang's EAGLE: `steps` deep, `topk` children per expanded node,
 `num_draft_tokens` verified) accepts along at most one root-to-leaf path. Under Sequoia's
@@ -29,7 +31,7 @@ so the chosen set is a tree).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -68,10 +70,16 @@ def load_priors(source: str | Path | dict | None = None) -> dict[str, Prior]:
     return dict(_priors_from_file(str(path), mtime))
 
 
-def resolve_priors(priors) -> dict[str, Prior]:
-    """The shipped priors, with the methods that `priors` (Prior objects, a priors mapping or a
-    YAML path) gives replaced: measured values for some methods leave the others' priors."""
-    table = load_priors()
+def resolve_priors(priors, *, workload: str | None = None) -> dict[str, Prior]:
+    """The shipped priors for `workload` (None: the default, chat), with the methods that
+    `priors` (Prior objects, a priors mapping or a YAML path) gives replaced: measured values
+    for some methods leave the others' priors.
+
+    Raises:
+        InputError: an unknown `workload` (with the near names), or `priors` that cannot be read.
+        NotFoundError: `priors` names a file that does not exist.
+    """
+    table = load_priors() | workload_priors(workload)
     if priors is None:
         return table
     if isinstance(priors, dict) and all(isinstance(p, Prior) for p in priors.values()):
@@ -79,6 +87,41 @@ def resolve_priors(priors) -> dict[str, Prior]:
     else:
         table.update(load_priors(priors))
     return table
+
+
+def workloads() -> tuple[str, ...]:
+    """The workloads priors.yaml has figures for, the default first."""
+    default, table = _workloads_from_file(str(PRIORS_PATH), PRIORS_PATH.stat().st_mtime_ns)
+    return (default, *(w for w in table if w != default))
+
+
+def workload_priors(workload: str | None) -> dict[str, Prior]:
+    """The priors `workload` replaces in the shipped table (empty for the default workload).
+
+    Raises:
+        InputError: a workload priors.yaml does not name.
+    """
+    default, table = _workloads_from_file(str(PRIORS_PATH), PRIORS_PATH.stat().st_mtime_ns)
+    if workload is None:
+        workload = default
+    if workload not in table:
+        raise InputError(f"unknown `workload` '{workload}': expected one of {', '.join(workloads())}")
+    base = load_priors()
+    return {method: replace(base[method], **fields) for method, fields in table[workload].items()}
+
+
+@lru_cache(maxsize=2)
+def _workloads_from_file(path: str, mtime) -> tuple[str, dict[str, dict[str, dict]]]:
+    data = read_yaml(path)
+    table = {}
+    for workload, methods in (data.get("workloads") or {}).items():
+        table[workload] = {}
+        for method, fields in (methods or {}).items():
+            fields = dict(fields)
+            if "alpha" in fields:
+                fields["ceiling"] = fields.pop("alpha")
+            table[workload][method] = fields
+    return data.get("default_workload", "chat"), table
 
 
 @lru_cache(maxsize=8)

@@ -148,6 +148,7 @@ def predict_detail(
     spec: ModelSpec, profile: HardwareProfile, decoding: Decoding, *, context: int = 2048, batch_size: int = 1,
     acceptance: float | tuple[float, ...] | None = None, draft_spec: ModelSpec | None = None, priors=None,
     execution: Execution | None = None, basis: str | None = None, engine_memory: EngineMemory | None = None,
+    workload: str | None = None,
 ) -> Detail:
     """The predicted figures of one set-up, `decoding` of `spec` on `profile`, with the pieces
     they are made of.
@@ -161,8 +162,9 @@ def predict_detail(
     context: tokens already in the KV cache; batch_size: sequences decoded together.
     acceptance: measured acceptance that replaces the prior (basis "calibrated"): one
     per-token figure in [0, 1], or a tuple of per-position figures in vLLM's form (the share
-    of drafts whose first i tokens were accepted; at least gamma of them); else the prior of `priors` (see resolve_priors) for the method (basis
-    "analytical"). draft_spec: the draft model's spec, needed for method draft_model.
+    of drafts whose first i tokens were accepted; at least gamma of them); else the prior of `priors` (see resolve_priors) for the method and
+    `workload` (chat, summarisation, rag; None: chat) (basis "analytical").
+    draft_spec: the draft model's spec, needed for method draft_model.
     execution: dtype, CUDA graphs and the serving engine's own cost per step (default:
     Execution.default_for(profile): the built-in runtime). basis overrides the prediction's
     basis label. engine_memory: the serving engine's memory policy
@@ -177,12 +179,13 @@ def predict_detail(
     Raises:
         InputError: method draft_model without `draft_spec`, an unknown method, fp8 on a
             profile without fp8 tensor cores, per-position `acceptance` for fewer positions than
-            gamma, or `priors` that cannot be read (a priors file that is not valid YAML or lacks `methods`).
+            gamma, an unknown `workload`, or `priors` that cannot be read (a priors file that is not
+            valid YAML or lacks `methods`).
         NotFoundError: `priors` names a file that does not exist.
     """
     ex = execution or Execution.default_for(profile)
     check_fp8(profile, decoding)
-    priors = resolve_priors(priors)
+    priors = resolve_priors(priors, workload=workload)
     alphas = alphas_for(spec, decoding, priors.get(decoding.method), acceptance, draft_spec)
     tau = tree_tokens_per_iteration(alphas, decoding.topk, verified_tokens(decoding)) if alphas else 1.0
     draft_s, verify_s = _draft_and_verify_s(spec, profile, decoding, context=context, batch_size=batch_size,

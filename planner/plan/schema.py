@@ -47,6 +47,7 @@ class Constraints:
     vram_gib: float | None = None  # None: the device's memory (the share the engine allocates, for an engine)
     batch_size: int = 1
     engine: str | None = None  # the serving engine planned for (its methods and memory policy); None: none named
+    workload: str | None = None  # the workload whose acceptance priors were planned with (chat, summarisation, rag); None: chat
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ class SearchRequest:
     # Priors replacing the shipped ones for the methods they name: Prior objects, a priors
     # mapping or a YAML path; resolved to the full table (planner.perf.acceptance.resolve_priors).
     priors: object = None
+    # What the prompts ask for (chat, summarisation, rag; None: chat): the priors take that
+    # workload's published figures where priors.yaml gives them (resolve_priors).
+    workload: str | None = None
     # The serving engine the plan is for (an engines.yaml key: vllm, sglang, trtllm, hf, llamacpp):
     # every trial pays its own cost per step and default execution, and its memory policy counts
     # in VRAM and budget; "specplan": the built-in runtime; None: no engine (the runtime's cost).
@@ -103,7 +106,7 @@ class SearchRequest:
         set_("quants", _choices("quants", self.quants, QUANTIZATIONS))
         set_("drafts", None if self.drafts is None else tuple(self.drafts))
         set_("heads", dict(self.heads or {}))
-        set_("priors", resolve_priors(self.priors))
+        set_("priors", resolve_priors(self.priors, workload=self.workload))
         set_("acceptance_by_method", normalise_acceptance(self.acceptance))
         set_("engine_memory", engine_memory(self.engine))
         self._check()
@@ -194,7 +197,8 @@ class SearchRequest:
 
     def constraints(self) -> Constraints:
         """What the plan file records of the request (at its smallest batch size)."""
-        return Constraints(context=self.context, vram_gib=self.vram_gib, batch_size=self.batch_sizes[0], engine=self.engine)
+        return Constraints(context=self.context, vram_gib=self.vram_gib, batch_size=self.batch_sizes[0], engine=self.engine,
+                           workload=self.workload)
 
     def replace(self, **changes) -> "SearchRequest":
         """A copy with `changes` (keyword: field), normalised and checked like a new request."""

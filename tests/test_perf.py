@@ -242,3 +242,33 @@ def test_vllm_allocates_its_memory_utilization_and_captures_graphs_beside_it(lla
     eager = Execution(dtype="bf16", graphs=False)
     assert predict_detail(llama8b, profile, Decoding("autoregressive"), engine_memory=vllm,
                           execution=eager).vram_bytes["engine"] == 0.0
+
+
+def test_row_cost_by_hand():
+    """c(r) = r x R(1) / R(r), linear in rows between published counts, the last rate held beyond."""
+    from planner.perf.cost import row_cost
+
+    rates = {1: 100.0, 2: 160.0, 4: 200.0}
+    assert row_cost(rates, 1) == pytest.approx(1.0)
+    assert row_cost(rates, 2) == pytest.approx(1.25)
+    assert row_cost(rates, 3) == pytest.approx((1.25 + 2.0) / 2)
+    assert row_cost(rates, 8) == pytest.approx(4.0)  # 8 rows at 200 tok/s: 40 ms against 10 ms
+
+
+def test_llamacpp_int4_verify_costs_its_published_curve_and_int8_keeps_the_token_slope(llama8b):
+    """llama.cpp's int4 kernels over 17 rows: 17 x 156.56 / R(17) a one-row step (engines.yaml,
+    pulls 15802 and 7716); its int8 has no curve, so the profile's 1% per token applies."""
+    from planner.perf import Execution, forward_latency_s
+    from planner.perf.cost import layer_time_s, weight_read_factor
+    from planner.plan.export import engine_info
+
+    profile = load_profile("rtx3090")
+    engine = engine_info("llamacpp").cost
+    ex = Execution.default_for(profile, engine)
+    c16, c32 = 16 * 156.56 / 914.10, 32 * 156.56 / 1197.13
+    assert weight_read_factor(profile, engine, "int4", rows=17, new_tokens=17) == pytest.approx(c16 + (c32 - c16) / 16)
+    assert weight_read_factor(profile, engine, "int8", rows=17, new_tokens=17) == pytest.approx(1.16)
+    layer = [layer_time_s(llama8b, profile, new_tokens=n, context=512, quant="int4", execution=ex) for n in (1, 17)]
+    assert 2.5 < layer[1] / layer[0] < 2.9
+    forward = [forward_latency_s(llama8b, profile, new_tokens=n, context=512, quant="int8", execution=ex) for n in (1, 17)]
+    assert forward[1] / forward[0] < 1.3

@@ -15,10 +15,12 @@ profile's eager or CUDA-graph per-kernel cost.
 
 Compute runs at the GEMM efficiency of the forward's row count (batch x new tokens,
 `gemm_efficiency`): a measured curve where `specplan profile` measured one, else tensor-core
-tile quantization. A serving engine adds its own host work per step (`EngineCost`:
-scheduling, input preparation, sampling, rejection sampling, host sync) and its n-gram
-proposer's scan of the context (`ngram_proposer_s`); the built-in runtime's engine cost is
-zero beyond its kernels.
+tile quantization. Weight reads over n > 1 tokens take the profile's token slope longer, or,
+where the engine publishes its quantized kernels' throughput over rows (llama.cpp's mat-vec and
+MMQ kernels, `EngineCost.rows_tokens_per_s`), that curve's cost (`row_cost`). A serving
+engine adds its own host work per step (`EngineCost`: scheduling, input preparation, sampling,
+rejection sampling, host sync) and its n-gram proposer's scan of the context
+(`ngram_proposer_s`); the built-in runtime's engine cost is zero beyond its kernels.
 
 Tensor parallel over N GPUs (Megatron-LM's layout, Shoeybi et al. 2019, arXiv:1909.08053, as
 vLLM and SGLang shard a decoder): each GPU reads 1/N of every layer's weights and of the LM
@@ -37,7 +39,7 @@ optimal all-reduce algorithms for clusters of workstations").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from planner.errors import InputError
 from planner.hardware.profile import HardwareProfile
@@ -73,7 +75,10 @@ class EngineCost:
     kernels per decoder layer (None: the built-in runtime's counts, KERNELS_PER_LAYER).
     verify_kv_reads: "once" (one multi-token attention over the cache per sequence) or
     "per_token" (each verified token attends as a sequence of its own: vLLM 0.5's batch
-    expansion, vllm/spec_decode/batch_expansion.py)."""
+    expansion, vllm/spec_decode/batch_expansion.py). rows_tokens_per_s: quantization ->
+    {rows: tokens/s} the engine's own benchmark published for a forward over that many rows
+    (its quantized matmul kernels' token-count curve, `row_cost`); a quantization absent here
+    takes the profile's token_slope."""
 
     name: str = "specplan"
     graphs: bool = True  # the engine's default execution: CUDA graphs, or eager
@@ -85,6 +90,7 @@ class EngineCost:
     ngram_token_ns: float = 0.0
     kernels_per_layer: int | None = None
     verify_kv_reads: str = "once"
+    rows_tokens_per_s: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def step_s(self, batch_size: int) -> float:
         """Seconds of engine host work per target forward at `batch_size` sequences."""
@@ -152,6 +158,32 @@ def gemm_efficiency(profile: HardwareProfile, rows: int) -> float:
             return e0 + t * (e1 - e0)
     last_rows, last = curve[-1]
     return max(last, min(profile.compute_efficiency, last * rows / last_rows))
+
+
+def row_cost(tokens_per_s: dict[int, float], rows: int) -> float:
+    """Time of a forward over `rows` rows relative to a one-row forward, from an engine's published
+    throughput at each row count (tokens/s of forwards over r rows, r = 1 among them):
+
+        c(r) = r x R(1) / R(r)
+
+    interpolated linearly in rows between published row counts; beyond the last one the
+    throughput stays that row count's (c grows with rows as the compute roof takes over)."""
+    curve = sorted((r, r * tokens_per_s[1] / rate) for r, rate in tokens_per_s.items())
+    for (r0, c0), (r1, c1) in zip(curve, curve[1:]):
+        if rows <= r1:
+            return c0 + (rows - r0) / (r1 - r0) * (c1 - c0)
+    last_rows, last = curve[-1]
+    return last * rows / last_rows
+
+
+def weight_read_factor(profile: HardwareProfile, engine: EngineCost, quant: str, *, rows: int, new_tokens: int) -> float:
+    """How much longer a forward's weight-streaming matmuls take over `rows` rows (batch x new tokens)
+    than over one: the engine's published curve for `quant` (`row_cost`) where it has one, else
+    the profile's token slope, 1 + token_slope x (new_tokens - 1)."""
+    curve = engine.rows_tokens_per_s.get(quant)
+    if curve:
+        return row_cost(curve, rows)
+    return 1.0 + profile.token_slope * (new_tokens - 1)
 
 
 def compute_dtype(quant: str, dtype: str) -> str:
@@ -229,8 +261,9 @@ def layer_time_s(
     linear_flops = batch_size * spec.layer_flops(new_tokens, 0) / tp
     attention_flops = (batch_size * spec.layer_flops(new_tokens, context) - linear_flops * tp) / tp
     # Decode GEMMs are not perfectly flat in n below the compute roof: the profile's measured
-    # slope of the 4096x14336 matmul's latency per extra token.
-    weights *= 1.0 + profile.token_slope * (new_tokens - 1)
+    # slope of the 4096x14336 matmul's latency per extra token, or the engine's own curve for
+    # its quantized kernels over a few rows (llama.cpp's mat-vec kernels cost grows with rows).
+    weights *= weight_read_factor(profile, ex.engine, quant, rows=rows, new_tokens=new_tokens)
     memory_s = (weights + kv) / (profile.effective_bandwidth_gbps * 1e9)
     peak = _peak_tflops(profile, compute_dtype(quant, ex.dtype)) * 1e12
     compute_s = linear_flops / (peak * gemm_efficiency(profile, rows)) + attention_flops / (peak * profile.compute_efficiency)
@@ -247,6 +280,9 @@ def head_time_s(
     ex = execution or Execution.default_for(profile)
     head_quant = "none" if spec.tie_embeddings else quant  # a tied head stays unquantized
     weights = _weight_read_bytes(spec.head_bytes(head_quant, ex.dtype), head_quant, profile) / ex.tensor_parallel
+    curve = ex.engine.rows_tokens_per_s.get(head_quant)
+    if curve:  # the engine's quantized matmul kernels cost a quantized head over rows as they cost the layers
+        weights *= row_cost(curve, batch_size * new_tokens)
     flops = batch_size * spec.head_flops(new_tokens) / ex.tensor_parallel
     memory_s = weights / (profile.effective_bandwidth_gbps * 1e9)
     peak = _peak_tflops(profile, compute_dtype(head_quant, ex.dtype)) * 1e12

@@ -17,7 +17,7 @@ from planner.plan.export import ExportError, compose_path, engine_info, export_p
 from planner.plan.export._launch import launch_for
 from planner.plan.export._resolve import resolve
 from planner.plan.export.trtllm import draft_len_schedule, llm_api_options
-from planner.plan.schema import Candidate, Decoding, HardwareRef, save_plan
+from planner.plan.schema import Candidate, Decoding, HardwareRef, load_plan, save_plan
 from planner.errors import InputError, NotFoundError
 from tests._export_support import (
     DRAFT, EAGLE3, EARLY, LOOKUP, MTP, SCHEDULE, SKIP, engine_args, entry, flag_value, launched_args, make_plan,
@@ -516,3 +516,28 @@ def test_compose_per_engine_with_an_image(tmp_path):
     assert "tensorrt-llm/release:1.2.1" in (tmp_path / "trtllm$x.compose.yaml").read_text()
     llama = yaml.safe_load((tmp_path / "llamacpp$x.compose.yaml").read_text())["services"]["llamacpp"]
     assert llama["environment"]["LLAMA_SERVER"] == "/app/llama-server" and llama["volumes"][-1]["target"] == "/models"
+
+
+def _trtllm_plan(tmp_path, *extra) -> tuple:
+    out = tmp_path / "plan.yaml"
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--context", "128",
+                                      "--batch-sizes", "1-128", "--engine", "trtllm", "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    return load_plan(out), out
+
+
+def test_trtllm_eagle3_plan_states_the_one_draft_length_it_exports(tmp_path):
+    """TensorRT-LLM's EAGLE-3 path takes one max_draft_len, so the plan searches one over the batch range."""
+    plan, path = _trtllm_plan(tmp_path)
+    assert plan.decoding.method == "eagle3"
+    assert len({e.gamma for e in plan.schedule}) == 1 and len(plan.schedule) == 1
+    assert (plan.schedule[0].batch_min, plan.schedule[0].batch_max) == (1, 128)
+    text = export_plan(plan, "trtllm").text
+    assert yaml.safe_load(_trtllm_yaml(plan, None))["speculative_config"]["max_draft_len"] == plan.decoding.gamma
+    assert "# dropped:" not in text
+
+
+def test_trtllm_draft_model_plan_keeps_its_schedule(tmp_path):
+    plan, _ = _trtllm_plan(tmp_path, "--methods", "draft_model,prompt_lookup")
+    assert len({e.gamma for e in plan.schedule}) > 1
+    assert "draft_len_schedule" in yaml.safe_load(_trtllm_yaml(plan, None))["speculative_config"]

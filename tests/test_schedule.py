@@ -71,3 +71,26 @@ def test_only_draft_lengths_that_fit_at_the_largest_batch_are_scheduled():
     schedule = build_schedule(heavy_drafts, (1, 2, 4), methods=["draft_model"], vram_gib=16.0 + 0.5 + 2.0 + 2.0)
     assert max(e.gamma for e in schedule) == 2  # unconstrained, batch 1 would draft more than 2
     assert max(range(1, 9), key=lambda g: roofline("draft_model", g, 1).tokens_per_s) > 2
+
+
+def test_a_method_the_engine_cannot_switch_drafts_one_length_chosen_by_the_mean_speedup():
+    sizes = parse_batch_sizes("1-256")
+    schedule = build_schedule(roofline, sizes, methods=["draft_model"], vram_gib=80.0, fixed=["draft_model"])
+    assert len(schedule) == 1 and (schedule[0].batch_min, schedule[0].batch_max) == (1, 256)
+
+    def mean_speedup(gamma):
+        return sum(roofline("draft_model", gamma, b).tokens_per_s / roofline("autoregressive", 0, b).tokens_per_s
+                   for b in sizes) / len(sizes)
+
+    assert schedule[0].gamma == max(range(1, 9), key=mean_speedup) and schedule[0].method == "draft_model"
+    # switched by batch size it would stop speculating at 256; one length cannot
+    assert build_schedule(roofline, sizes, methods=["draft_model"], vram_gib=80.0)[-1].gamma == 0
+
+
+def test_one_length_that_loses_on_the_mean_is_not_speculated():
+    def slow_drafts(method, gamma, batch):  # a draft costing 40 ms a token loses at every batch size
+        p = roofline(method, gamma, batch)
+        return dataclasses.replace(p, tokens_per_s=p.tokens_per_s / (1 + 4 * gamma))
+
+    schedule = build_schedule(slow_drafts, (1, 64), methods=["draft_model"], vram_gib=80.0, fixed=["draft_model"])
+    assert [(e.method, e.gamma) for e in schedule] == [("autoregressive", 0)]

@@ -100,6 +100,17 @@ def deployable_methods(engine: str | None, *, adapted: bool) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in runnable)
 
 
+def takes_schedule(engine: str | None, method: str) -> bool:
+    """Whether a plan for `engine` may switch `method`'s draft length by batch size: with no
+    engine named or the built-in runtime, or an engine that takes a draft-length table for it
+    (planner/profiles/engines.yaml schedule, schedule_methods).
+
+    Raises:
+        NotFoundError: an unknown engine.
+    """
+    return engine in (None, RUNTIME) or engine_info(engine).takes_schedule(method)
+
+
 def drafts_trees(engine: str | None) -> bool:
     """Whether a plan for `engine` may draft trees from a learned head (topk > 1): with no
     engine named (SGLang among those it may be served by), or an engine that drafts trees.

@@ -12,6 +12,9 @@ measurements). Prediction.tokens_per_s is read as tokens/s per sequence.
 `schedule_search` is the planner's use of it: the Optuna search at the smallest batch size
 picks each method's set-up (quantization, skipped layers, draft model), then gamma is swept
 per batch size with the performance model. The memory budget holds at the largest batch.
+Where the plan's engine takes no draft-length table for a method (SGLang, TensorRT-LLM's
+EAGLE-3 and MTP: engines.yaml schedule, schedule_methods), that method drafts one length over
+the whole range, so the plan states what is deployed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
 from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Decoding, Plan, Prediction, ScheduleEntry
+from planner.search.engines import takes_schedule
 from planner.search.space import MAX_PREDICTORS, usable_quants
 from planner.search.request import SearchRequest
 from planner.search.study import resolve_quants, search
@@ -82,6 +86,18 @@ def _mean_speedup(choices, baseline) -> float:
     return sum(c.tokens_per_s / b.tokens_per_s for (_, c), (_, b) in zip(choices, baseline)) / len(choices)
 
 
+def _one_gamma(evaluate: Evaluate, method: str, batch_sizes, max_gamma: int, vram_gib: float,
+               baseline) -> list[tuple[int, Prediction]]:
+    """One draft length at every batch size, for an engine that cannot switch it with load: the
+    one with the highest mean speedup over the batch sizes (as methods are chosen), gamma 0
+    everywhere when none beats plain decoding on that mean."""
+    largest = batch_sizes[-1]
+    gammas = [g for g in range(1, max_gamma + 1) if evaluate(method, g, largest).vram_gib <= vram_gib]
+    runs = [[(g, evaluate(method, g, b)) for b in batch_sizes] for g in gammas]
+    best = max(runs, key=lambda run: _mean_speedup(run, baseline), default=None)
+    return best if best is not None and _mean_speedup(best, baseline) > 1.0 else list(baseline)
+
+
 def _ranges(batch_sizes, choices, method: str) -> tuple[ScheduleEntry, ...]:
     """Each batch size covers up to the next one; neighbours with the same gamma merge.
     A range's figures are those of its largest evaluated batch size."""
@@ -122,8 +138,11 @@ def build_schedule(
     methods: Iterable[str],
     vram_gib: float,
     max_gamma: int = MAX_GAMMA,
+    fixed: Iterable[str] = (),
 ) -> tuple[ScheduleEntry, ...]:
     """The schedule of the speculative method with the highest mean speedup over batch sizes.
+    Methods in `fixed` draft one length at every batch size (the engine takes no schedule for
+    them), so their schedule is one range.
 
     Raises:
         BudgetError: the largest batch size does not fit `vram_gib` even without speculation.
@@ -131,7 +150,10 @@ def build_schedule(
     sizes = tuple(sorted(set(batch_sizes)))
     _check_budget(evaluate, sizes, vram_gib)  # speculative draft lengths are kept to those that fit (_best_gammas)
     baseline = [(0, evaluate("autoregressive", 0, b)) for b in sizes]
-    candidates = [(m, _best_gammas(evaluate, m, sizes, max_gamma, vram_gib)) for m in methods if m != "autoregressive"]
+    fixed = set(fixed)
+    candidates = [(m, _one_gamma(evaluate, m, sizes, max_gamma, vram_gib, baseline) if m in fixed
+                   else _best_gammas(evaluate, m, sizes, max_gamma, vram_gib))
+                  for m in methods if m != "autoregressive"]
     candidates = [(m, c) for m, c in candidates if any(g for g, _ in c)]
     if not candidates:
         return _ranges(sizes, baseline, "autoregressive")
@@ -237,7 +259,8 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     def evaluate(method: str, gamma: int, batch: int) -> Prediction:
         return at(dataclasses.replace(setups[method], gamma=min(gamma, caps.get(method, gamma))), batch)
 
-    schedule = build_schedule(evaluate, sizes, methods=tuple(setups), vram_gib=budget, max_gamma=max_gamma)
+    fixed = tuple(m for m in setups if not takes_schedule(request.engine, m))
+    schedule = build_schedule(evaluate, sizes, methods=tuple(setups), vram_gib=budget, max_gamma=max_gamma, fixed=fixed)
     method = next((e.method for e in schedule if e.gamma), "autoregressive")
     gammas = [next(e.gamma for e in schedule if e.batch_min <= b <= e.batch_max) for b in sizes]
     first_gamma = next((g for g in gammas if g), 0)

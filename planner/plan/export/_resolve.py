@@ -69,6 +69,8 @@ def _one_gamma(plan: Plan, decoding: Decoding, info: EngineInfo) -> Resolved:
     entry = next((e for e in plan.schedule if e.batch_min <= batch <= e.batch_max), None)
     if entry is None:
         return Resolved(decoding, (), ())
+    if len({e.gamma for e in plan.schedule}) == 1:  # planned as one length (schedule_search): nothing dropped
+        return Resolved(_with_gamma(decoding, entry.gamma), (), ())
     why = (f"{info.display} takes none for {decoding.method}" if info.schedule
            else f"{info.display} has no per-batch draft-length field")
     dropped = (

@@ -2,13 +2,15 @@
 
 Names from the field tables in planner/profiles/engines.yaml:
 - speculative_config.decoding_type is "Draft_Target" (with speculative_model) or "NGram"
-  (with max_matching_ngram_size), max_draft_len the largest draft;
+  (with max_matching_ngram_size), max_draft_len the largest draft: the Literal tags of
+  DraftTargetDecodingConfig and NGramDecodingConfig in llm_args.py, where the union is
+  discriminated on decoding_type and "DraftTarget" (the docs' name) is no alias;
 - from 1.3.0rc27 (Eagle3DecodingConfig and MTPDecodingConfig reference pages, 1.3.0rc27 and
   1.4.0rc1): "Eagle3" with speculative_model (the EAGLE-3 head) and "MTP" with
   num_nextn_predict_layers equal to max_draft_len (the target's own MTP layers; the two must
   match), each a chain of the plan's gamma. Their default one-model path takes no dynamic
-  draft length, so they get no draft_len_schedule (the exporter writes the length of the
-  plan's batch size and the header says so); EAGLE-1/2 heads and a separate MTP head are refused;
+  draft length, so they get no draft_len_schedule (a plan for trtllm holds one length for them;
+  an older plan's schedule is reduced to its batch size's length and the header says so); EAGLE-1/2 heads and a separate MTP head are refused;
 - draft_len_schedule maps batch sizes to draft lengths, and what a key means depends on
   the version: in 1.2 a key is the first batch size of its range (key 1 required, the last
   length holds for every larger batch); from 1.3.0rc27 a key is the last batch size of its

@@ -73,18 +73,26 @@ def test_only_draft_lengths_that_fit_at_the_largest_batch_are_scheduled():
     assert max(range(1, 9), key=lambda g: roofline("draft_model", g, 1).tokens_per_s) > 2
 
 
-def test_a_method_the_engine_cannot_switch_drafts_one_length_chosen_by_the_mean_speedup():
-    sizes = parse_batch_sizes("1-256")
+def test_a_method_the_engine_cannot_switch_drafts_one_length_that_loses_at_no_planned_batch_size():
+    sizes = parse_batch_sizes("1-64")
+
+    def speedups(gamma):
+        return [roofline("draft_model", gamma, b).tokens_per_s / roofline("autoregressive", 0, b).tokens_per_s for b in sizes]
+
+    assert min(speedups(1)) > 1.0  # the roofline's draft still wins at 64 at some length
     schedule = build_schedule(roofline, sizes, methods=["draft_model"], vram_gib=80.0, fixed=["draft_model"])
-    assert len(schedule) == 1 and (schedule[0].batch_min, schedule[0].batch_max) == (1, 256)
+    assert len(schedule) == 1 and (schedule[0].batch_min, schedule[0].batch_max) == (1, 64)
+    assert schedule[0].gamma == max(range(1, 9), key=lambda g: min(speedups(g))) and schedule[0].method == "draft_model"
+    switched = build_schedule(roofline, sizes, methods=["draft_model"], vram_gib=80.0)
+    assert switched[0].gamma > schedule[0].gamma  # switched by batch size, batch 1 drafts longer
 
-    def mean_speedup(gamma):
-        return sum(roofline("draft_model", gamma, b).tokens_per_s / roofline("autoregressive", 0, b).tokens_per_s
-                   for b in sizes) / len(sizes)
 
-    assert schedule[0].gamma == max(range(1, 9), key=mean_speedup) and schedule[0].method == "draft_model"
-    # switched by batch size it would stop speculating at 256; one length cannot
+def test_one_length_is_not_speculated_where_it_loses_at_the_largest_batch_size():
+    sizes = parse_batch_sizes("1-256")
+    # switched by batch size the draft stops at 256; one length would lose there, however well it does at 1
     assert build_schedule(roofline, sizes, methods=["draft_model"], vram_gib=80.0)[-1].gamma == 0
+    schedule = build_schedule(roofline, sizes, methods=["draft_model"], vram_gib=80.0, fixed=["draft_model"])
+    assert [(e.method, e.gamma, e.batch_min, e.batch_max) for e in schedule] == [("autoregressive", 0, 1, 256)]
 
 
 def test_one_length_that_loses_on_the_mean_is_not_speculated():

@@ -12,9 +12,11 @@ measurements). Prediction.tokens_per_s is read as tokens/s per sequence.
 `schedule_search` is the planner's use of it: the Optuna search at the smallest batch size
 picks each method's set-up (quantization, skipped layers, draft model), then gamma is swept
 per batch size with the performance model. The memory budget holds at the largest batch.
-Where the plan's engine takes no draft-length table for a method (SGLang, TensorRT-LLM's
-EAGLE-3 and MTP: engines.yaml schedule, schedule_methods), that method drafts one length over
-the whole range, so the plan states what is deployed.
+Where the plan's engine takes no draft-length table for a method (SGLang, transformers,
+llama.cpp, TensorRT-LLM's EAGLE-3 and MTP: engines.yaml schedule, schedule_methods), that
+method drafts one length over the whole range, so the plan states what is deployed: the length
+whose worst speedup over the range is highest, and none when every length loses to plain
+decoding at some planned batch size.
 """
 
 from __future__ import annotations
@@ -89,13 +91,38 @@ def _mean_speedup(choices, baseline) -> float:
 def _one_gamma(evaluate: Evaluate, method: str, batch_sizes, max_gamma: int, vram_gib: float,
                baseline) -> list[tuple[int, Prediction]]:
     """One draft length at every batch size, for an engine that cannot switch it with load: the
-    one with the highest mean speedup over the batch sizes (as methods are chosen), gamma 0
-    everywhere when none beats plain decoding on that mean."""
+    one whose worst speedup over the batch sizes is highest (ties: the higher mean), and gamma 0
+    everywhere when every length is slower than plain decoding at some planned batch size: a
+    fixed draft length is deployed at every load the plan covers, so it must not lose at any."""
     largest = batch_sizes[-1]
     gammas = [g for g in range(1, max_gamma + 1) if evaluate(method, g, largest).vram_gib <= vram_gib]
     runs = [[(g, evaluate(method, g, b)) for b in batch_sizes] for g in gammas]
-    best = max(runs, key=lambda run: _mean_speedup(run, baseline), default=None)
-    return best if best is not None and _mean_speedup(best, baseline) > 1.0 else list(baseline)
+
+    def worst(run) -> float:
+        return min(c.tokens_per_s / b.tokens_per_s for (_, c), (_, b) in zip(run, baseline))
+
+    best = max(runs, key=lambda run: (worst(run), _mean_speedup(run, baseline)), default=None)
+    return best if best is not None and worst(best) >= 1.0 else list(baseline)
+
+
+def _one_length_note(evaluate: Evaluate, sizes, fixed, max_gamma: int, engine: str | None) -> str | None:
+    """Why a plan whose engine drafts one length at every load does not speculate although a
+    method wins at the smallest batch size, and the batch range over which it would; None when
+    no such method wins there."""
+    best = None
+    for m in fixed:
+        g = max(range(1, max_gamma + 1), key=lambda g: evaluate(m, g, sizes[0]).tokens_per_s)
+        speedups = [evaluate(m, g, b).tokens_per_s / evaluate("autoregressive", 0, b).tokens_per_s for b in sizes]
+        if speedups[0] > 1.0 and (best is None or speedups[0] > best[2][0]):
+            best = (m, g, speedups)
+    if best is None or len(sizes) < 2:
+        return None
+    m, g, speedups = best
+    lost = next(i for i, s in enumerate(speedups) if s < 1.0)
+    return (f"{engine or 'the engine'} drafts one length at every batch size: {m} (gamma {g}) is {speedups[0]:.2f}x plain "
+            f"decoding at batch {sizes[0]} but {speedups[lost]:.2f}x at batch {sizes[lost]}, so this plan does not speculate; "
+            f"--batch-sizes {sizes[0]}-{sizes[lost - 1]} would" if lost else
+            f"{engine or 'the engine'} drafts one length at every batch size, and {m} loses to plain decoding at batch {sizes[0]}")
 
 
 def _ranges(batch_sizes, choices, method: str) -> tuple[ScheduleEntry, ...]:
@@ -267,10 +294,12 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     decoding = dataclasses.replace(setups[method], gamma=first_gamma)
     alternatives = tuple(c for c in (Candidate(result.plan.decoding, result.plan.prediction), *result.plan.alternatives)
                          if c.decoding != decoding and fits_largest(c.decoding))
+    notes = tuple(n for n in (note, _one_length_note(evaluate, sizes, fixed, max_gamma, request.engine) if method == "autoregressive"
+                              else None) if n)
     plan = result.plan.replace(
         decoding=decoding, prediction=at(decoding, sizes[0]), alternatives=alternatives,
         constraints=request.constraints(),
-        schedule=schedule if len(sizes) > 1 else (), notes=(note,) if note else (),
+        schedule=schedule if len(sizes) > 1 else (), notes=notes,
     )
     curve_gammas = range(0, max_gamma + 1) if method != "autoregressive" else (0,)
     curves = {g: tuple(evaluate(method if g else "autoregressive", g, b) for b in sizes) for g in curve_gammas}

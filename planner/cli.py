@@ -404,6 +404,7 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
     from planner.errors import InputError
     from planner.models import load_model_spec
     from planner.perf import predict_detail
+    from planner.perf.acceptance import workloads
     from planner.perf.memory import require_fit
     from planner.perf.speedup import per_position_acceptances
     from planner.plan.export.engines import engine_info
@@ -424,6 +425,8 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
         decoding = dataclasses.replace(decoding, draft_quant=draft_quant)
     if acceptance is not None and method == "autoregressive":
         raise InputError("--acceptance does not apply to --method autoregressive (nothing is drafted)")
+    if acceptance is not None and workload is not None and workload != workloads()[0]:
+        raise InputError(f"--workload {workload} picks the acceptance priors and --acceptance replaces them: give one")
     if engine is not None and engine != RUNTIME:
         why = engine_info(engine).cannot_run(decoding)  # as plan refuses what the engine cannot serve
         if why:

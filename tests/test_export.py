@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import yaml
@@ -545,3 +546,25 @@ def test_trtllm_draft_model_plan_keeps_its_schedule(tmp_path):
     plan, _ = _trtllm_plan(tmp_path, "--methods", "draft_model,prompt_lookup")
     assert len({e.gamma for e in plan.schedule}) > 1
     assert "draft_len_schedule" in yaml.safe_load(_trtllm_yaml(plan, None))["speculative_config"]
+
+
+def test_a_plan_made_with_a_profile_file_exports_its_budget(tmp_path):
+    """The plan records the device's memory, so an export need not find a measured profile
+    again by name: the budget reaches vLLM's memory share as it does for a shipped profile."""
+    import shutil
+
+    from planner.profiles import PROFILES_DIR
+
+    mine = tmp_path / "mine.yaml"
+    shutil.copy(PROFILES_DIR / "gpus" / "l20.yaml", mine)
+    mine.write_text(mine.read_text().replace("name: l20", "name: my-l20", 1))
+    texts = []
+    for gpu in ("l20", str(mine)):
+        out = tmp_path / "plan.yaml"
+        result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", gpu, "--engine", "vllm", "--vram-gib", "30",
+                                          "--trials", "20", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert load_plan(out).hardware.memory_gib > 40
+        texts.append(export_plan(load_plan(out), "vllm").text)
+    shares = [re.search(r"GPU_MEMORY_UTILIZATION=([0-9.]+)", t) for t in texts]
+    assert all(shares) and shares[0].group(1) == shares[1].group(1)

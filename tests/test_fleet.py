@@ -153,3 +153,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_profile_file_in_gpus_writes_under_out_dir_in_a_folder_named_for_it(tmp_path):
+    """A `--gpus` entry that is a profile file is planned like a shipped name; its files go in
+    OUT_DIR/<the file's stem>, never at the entry's own path (relative or absolute)."""
+    import shutil
+
+    from planner.profiles import PROFILES_DIR
+
+    (tmp_path / "profiles").mkdir()
+    mine = tmp_path / "profiles" / "my l20.yaml"
+    shutil.copy(PROFILES_DIR / "gpus" / "l20.yaml", mine)
+    out_dir = tmp_path / "deploy"
+    result = _run("plan", "--model", "llama-3.1-8b", "--gpus", f"{mine},l20", "--out-dir", str(out_dir), "--trials", TRIALS)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out_dir.iterdir()} == {"summary.md", "summary.png", "my-l20", "l20"}
+    assert load_plan(out_dir / "my-l20" / "plan.yaml").hardware.memory_gib > 40
+    assert sorted(p.name for p in (tmp_path / "profiles").iterdir()) == ["my l20.yaml"]  # nothing beside the profile
+    shutil.copy(mine, tmp_path / "my-l20.yaml")
+    clash = _run("plan", "--model", "llama-3.1-8b", "--gpus", f"{mine},{tmp_path / 'my-l20.yaml'}", "--out-dir",
+                 str(tmp_path / "d2"), "--trials", TRIALS)
+    assert clash.exit_code == 2 and "would both write" in clash.output and not (tmp_path / "d2").exists()

@@ -147,11 +147,34 @@ from planner.cli import cli  # noqa: E402
     (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "eagle3", "--tp", "2", "--draft-tp", "4"],
      "a draft runs on 1 GPU or on the target's 2"),
     (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "medusa"], "no published acceptance prior for medusa"),
+    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "mtp", "--engine", "trtllm"],
+     "llama-3.1-8b has no multi-token-prediction layers"),
+    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--method", "prompt_lookup", "--workload", "rag", "--acceptance", "0.8"],
+     "--workload rag picks the acceptance priors and --acceptance replaces them"),
 ])
 def test_predict_refuses_in_one_line(args, message):
     result = CliRunner().invoke(cli, ["predict", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_mtp_is_planned_only_for_a_checkpoint_with_mtp_layers(tmp_path):
+    """A config.json's num_nextn_predict_layers makes mtp plannable; a card without any is refused in one line."""
+    import json
+
+    from planner.models import load_model_spec
+
+    refused = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--methods", "mtp",
+                                       "--trials", "5", "--out", str(tmp_path / "no.yaml")])
+    assert refused.exit_code == 2 and "no multi-token-prediction layers" in refused.output
+    assert not (tmp_path / "no.yaml").exists()
+    config = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4,
+              "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 1000, "num_nextn_predict_layers": 1}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_model_spec(str(tmp_path / "config.json")).mtp_layers == 1
+    made = CliRunner().invoke(cli, ["predict", "--model", str(tmp_path / "config.json"), "--gpu", "h100-sxm", "--method", "mtp",
+                                    "--gamma", "1", "--acceptance", "0.7"])
+    assert made.exit_code == 0, made.output
 
 
 def test_run_refuses_a_head_plan_naming_the_engines(tmp_path):

@@ -72,6 +72,9 @@ def test_schema_version_missing_or_wrong(plan_dict):
         (lambda d: d.update(model="llama"), "model: expected a mapping, got str"),
         (lambda d: d["model"].pop("num_layers"), "model.num_layers: missing"),
         (lambda d: d["prediction"].update(tokens_per_s=None), "prediction.tokens_per_s: must not be empty"),
+        (lambda d: d["constraints"].update(workload="bogus"), "constraints.workload: 'bogus' is not one of chat, summarisation, rag"),
+        (lambda d: d["constraints"].update(workload="Chat"), "constraints.workload: 'Chat' is not one of"),
+        (lambda d: d["hardware"].update(memory_gib=0), "hardware.memory_gib: must be positive, got 0"),
     ],
 )
 def test_each_bad_field_is_named(plan_dict, mutate, expected):

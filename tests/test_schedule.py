@@ -102,3 +102,16 @@ def test_one_length_that_loses_on_the_mean_is_not_speculated():
 
     schedule = build_schedule(slow_drafts, (1, 64), methods=["draft_model"], vram_gib=80.0, fixed=["draft_model"])
     assert [(e.method, e.gamma) for e in schedule] == [("autoregressive", 0)]
+
+
+def test_a_batch_range_only_a_quantization_the_engine_lacks_would_fit_is_one_line_not_a_traceback():
+    """The range check counts only the quantizations the search may use (the engine's): SGLang
+    on an A10G at batch 16 needs 22.6 GiB unquantized, which int4 (not SGLang's) would have met."""
+    from click.testing import CliRunner
+
+    from planner.cli import cli
+
+    result = CliRunner().invoke(cli, ["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--engine", "sglang",
+                                      "--batch-sizes", "1-16", "--trials", "20"])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.output.count("\n") == 1 and "the largest batch size that fits is 8" in result.output

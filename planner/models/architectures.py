@@ -267,4 +267,20 @@ def spec_from_hf_config(config: dict, name: str) -> ModelSpec:
         **layout_from_config(config, name),
         tokenizer_family=config.get("tokenizer_family", ""),
         checkpoint_dtype=_checkpoint_dtype(config, name),
+        mtp_layers=_mtp_layers(config, name),
     )
+
+
+# config.json fields naming a checkpoint's multi-token-prediction layers: DeepSeek-V3, GLM-4.5
+# and MiMo (num_nextn_predict_layers), Qwen3-Next (mtp_num_hidden_layers)
+MTP_FIELDS = ("num_nextn_predict_layers", "mtp_num_hidden_layers")
+
+
+def _mtp_layers(config: dict, name: str) -> int:
+    for field in MTP_FIELDS:
+        value = config.get(field)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"{name}: config field '{field}' {value!r} is not a whole number of layers")
+            return value
+    return 0

@@ -93,6 +93,7 @@ class ModelSpec:
     max_position_embeddings: int = 4096
     tokenizer_family: str = ""  # models sharing a tokenizer can draft for each other, e.g. "llama3"
     checkpoint_dtype: str = "bf16"  # the released weights' dtype (config.json torch_dtype)
+    mtp_layers: int = 0  # multi-token-prediction layers the checkpoint ships (DeepSeek-V3's num_nextn_predict_layers)
 
     # -- the description ----------------------------------------------------------------
     @property

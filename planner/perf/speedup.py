@@ -94,6 +94,8 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
                                  quant=d.draft_quant, execution=draft_ex)
         return d.gamma * (step + host_s + execution.engine.draft_step_us * 1e-6), verify
     if d.method in HEAD_METHODS:
+        if d.method == "mtp" and not spec.mtp_layers:
+            raise InputError(no_mtp_layers(spec))
         head_s = _head_draft_s(spec, profile, d, context=context, batch_size=batch_size, execution=execution,
                                draft_spec=draft_spec)
         return head_s + d.gamma * execution.engine.draft_step_us * 1e-6, verify  # gamma draft forwards
@@ -142,6 +144,12 @@ def beta_for(spec: ModelSpec, d: Decoding, draft_spec: ModelSpec | None = None) 
     if d.method == "draft_model" and draft_spec is not None:
         return size_gap(spec.param_count, draft_spec.param_count)
     return skipped_fraction(d.method, spec.num_layers, skip_layers=d.skip_layers, exit_layer=d.exit_layer)
+
+
+def no_mtp_layers(spec: ModelSpec) -> str:
+    """Why mtp cannot draft for `spec`, in words."""
+    return (f"{spec.name} has no multi-token-prediction layers (config.json num_nextn_predict_layers or "
+            f"mtp_num_hidden_layers): mtp drafts from a checkpoint's own MTP layers (DeepSeek-V3, GLM-4.5, MiMo, Qwen3-Next)")
 
 
 def predict_detail(

@@ -36,9 +36,10 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class HardwareRef:
-    profile: str  # shipped profile name or path of a measured profile
+    profile: str  # the profile's name (a shipped profile's, or a measured profile file's own `name`)
     device_name: str
     tensor_parallel: int = 1  # GPUs of this profile each forward is split over
+    memory_gib: float | None = None  # the device's memory, so that exports need not find the profile again; None: older plans
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ _CHOICES = {
     "basis": BASES,
     "objective": ("speed", "pareto", "mean", "worst-group"),  # plan's, then tune's
 }
-_POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib",
+_POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib", "memory_gib",
              "topk", "tensor_parallel", "draft_tensor_parallel"}
 _NON_NEGATIVE = {
     "tokens_per_s", "speedup", "tokens_per_iteration", "target_latency_ms", "draft_latency_ms",
@@ -192,6 +193,11 @@ def _check_range(name: str, path: str, value) -> None:
         raise PlanError(f"{path}: must be between 0 and {MAX_GAMMA}, got {value}")
     if name == "acceptance" and not 0.0 <= value <= 1.0:
         raise PlanError(f"{path}: must be between 0 and 1, got {value}")
+    if name == "workload" and value is not None:
+        from planner.perf.acceptance import workloads
+
+        if value not in workloads():
+            raise PlanError(f"{path}: '{value}' is not one of {', '.join(workloads())}")
     if name == "methods" and value not in METHODS:  # called per element of the list
         raise PlanError(f"{path}: '{value}' is not one of {', '.join(METHODS)}")
 

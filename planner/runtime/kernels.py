@@ -169,6 +169,17 @@ def use_lean_linears(model: nn.Module) -> int:
     return len(candidates)
 
 
+def drop_lean_linears(model: nn.Module) -> None:
+    """Give every LeanLinear of `model` nn.Linear's own forward back and forget the parts of its
+    fused layers, before a quantizer swaps weights for tensor subclasses the lean ops cannot
+    read (the modules built on the lean linears then run their own forwards)."""
+    for module in model.modules():
+        if type(module) is LeanLinear:
+            module.__class__ = nn.Linear
+        _FUSED_PARTS.pop(module, None)
+        _LORA_STATE.pop(module, None)
+
+
 class _LeanRMSNorm:
     """LlamaRMSNorm's forward, y = w * (x * rsqrt(mean(x^2) + eps)).to(dtype) with fp32
     statistics, as one `specplan::rms_norm` call."""

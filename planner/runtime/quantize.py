@@ -41,6 +41,9 @@ def quantize(model, quant: str) -> None:
     def is_quantized(module, fqn: str) -> bool:
         return isinstance(module, nn.Linear) and not (tied and fqn == "lm_head")
 
+    from planner.runtime.kernels import drop_lean_linears
+
+    drop_lean_linears(model)  # the lean ops read plain tensors, not torchao's quantized subclasses
     try:
         quantize_(model, config, filter_fn=is_quantized)
     except (ImportError, NotImplementedError, RuntimeError) as exc:

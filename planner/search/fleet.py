@@ -10,6 +10,8 @@ which no GPU fits is refused.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,11 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
     if request.objective != "speed" or request.storage:
         raise InputError("a fleet plans each GPU for speed in one process: leave out `objective` pareto and `storage`")
     profiles = {gpu: load_profile(gpu) for gpu in gpus}
+    folders = {}
+    for gpu in profiles:
+        other = folders.setdefault(gpu_folder(gpu), gpu)
+        if other != gpu:
+            raise InputError(f"`gpus`: {other} and {gpu} would both write {out_dir / gpu_folder(gpu)}: rename one profile file")
     exports = tuple(dict.fromkeys(exports))
     engine = request.engine if request.engine != RUNTIME else None
     methods, engine_quants = engine_space(([engine] if engine else []) + list(exports), request.methods)
@@ -146,7 +153,7 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
     if not any(row.plan for row in rows):
         raise BudgetError(f"{spec.name} fits none of the GPUs ({', '.join(profiles)}) at batch size "
                           f"{request.batch_sizes[0]} and context {request.context}")
-    files = {row.gpu: [export_plan(row.plan, name, plan_label=f"{row.gpu}/plan.yaml") for name in exports]
+    files = {row.gpu: [export_plan(row.plan, name, plan_label=f"{gpu_folder(row.gpu)}/plan.yaml") for name in exports]
              for row in rows if row.plan}
     from planner.search.plot import fleet_chart_png
 
@@ -156,14 +163,20 @@ def plan_fleet(spec: ModelSpec, gpus, request: SearchRequest, *, out_dir, export
     return FleetSummary(spec.name, rows, markdown, written)
 
 
+def gpu_folder(gpu: str) -> str:
+    """The folder under the output directory for a `gpus` entry: a shipped profile's name, or a
+    profile file's stem, with anything but letters, digits, '.', '_' and '-' replaced: never a path."""
+    name = Path(gpu).stem if ("/" in gpu or "\\" in gpu or gpu.endswith((".yaml", ".yml"))) else gpu
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "gpu"
+
+
 def _write(out_dir: Path, rows, exports: dict[str, list[Export]], markdown: str, chart: bytes) -> tuple[Path, ...]:
-    _mkdir(out_dir)
+    planned = [row for row in rows if row.plan is not None]
+    for path in [out_dir] + [out_dir / gpu_folder(row.gpu) for row in planned]:  # every folder before any file
+        _mkdir(path)
     written = [write_atomic(out_dir / "summary.md", markdown), write_atomic(out_dir / "summary.png", chart)]
-    for row in rows:
-        if row.plan is None:
-            continue
-        gpu_dir = out_dir / row.gpu
-        _mkdir(gpu_dir)
+    for row in planned:
+        gpu_dir = out_dir / gpu_folder(row.gpu)
         write_yaml_atomic(gpu_dir / "plan.yaml", row.plan.to_dict())
         written.append(gpu_dir / "plan.yaml")
         for export in exports[row.gpu]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from planner.errors import InputError, near_matches
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
-from planner.perf.acceptance import resolve_priors
+from planner.perf.acceptance import workloads, resolve_priors
 from planner.perf.cost import Execution
 from planner.perf.memory import EngineMemory, budget_gib
 from planner.perf.speedup import predict
@@ -108,6 +108,9 @@ class SearchRequest:
         set_("heads", dict(self.heads or {}))
         set_("priors", resolve_priors(self.priors, workload=self.workload))
         set_("acceptance_by_method", normalise_acceptance(self.acceptance))
+        if self.workload not in (None, workloads()[0]) and set(self.acceptance_by_method) >= set(SPECULATIVE):
+            raise InputError(f"`workload` {self.workload} picks the acceptance priors and `acceptance` replaces them for every "
+                             f"method: give one")
         set_("engine_memory", engine_memory(self.engine))
         self._check()
 

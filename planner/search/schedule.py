@@ -31,7 +31,7 @@ from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
 from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Decoding, Plan, Prediction, ScheduleEntry
-from planner.search.engines import takes_schedule
+from planner.search.engines import RUNTIME, takes_schedule
 from planner.search.space import MAX_PREDICTORS, usable_quants
 from planner.search.request import SearchRequest
 from planner.search.study import resolve_quants, search
@@ -204,6 +204,16 @@ def _autoregressive_gib(spec, profile, quant, batch, request: SearchRequest) -> 
     return request.predict(spec, profile, Decoding("autoregressive", quant=quant), batch_size=batch).vram_gib
 
 
+def _range_quants(profile: HardwareProfile, request: SearchRequest) -> tuple[str, ...]:
+    """The quantizations a plan for `request` may end up at, as the search resolves them: those it
+    allows (every one when it names none: memory may force one), within what its engine applies."""
+    from planner.plan.export.engines import engine_info
+
+    engine_quants = None if request.engine in (None, RUNTIME) else engine_info(request.engine).quants
+    quants = tuple(q for q in (request.quants or QUANTIZATIONS) if engine_quants is None or q in engine_quants)
+    return usable_quants(profile, quants or request.quants or QUANTIZATIONS)  # none left: the search refuses in words
+
+
 def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest) -> tuple[int, ...]:
     """The batch sizes of `request` at which its smallest set-up (autoregressive, smallest
     allowed quantization) fits the request's budget on `profile`.
@@ -213,7 +223,7 @@ def fitting_batch_sizes(spec: ModelSpec, profile: HardwareProfile, request: Sear
     """
     budget = request.budget_gib(profile)
     return tuple(b for b in request.batch_sizes
-                 if min(_autoregressive_gib(spec, profile, q, b, request) for q in usable_quants(profile, request.quants or QUANTIZATIONS)) <= budget)
+                 if min(_autoregressive_gib(spec, profile, q, b, request) for q in _range_quants(profile, request)) <= budget)
 
 
 def _require_batch_range(spec, profile, request: SearchRequest) -> None:
@@ -222,7 +232,7 @@ def _require_batch_range(spec, profile, request: SearchRequest) -> None:
     if fitting and fitting[-1] == sizes[-1]:
         return
     needed, quant = min((_autoregressive_gib(spec, profile, q, sizes[-1], request), q)
-                        for q in usable_quants(profile, request.quants or QUANTIZATIONS))
+                        for q in _range_quants(profile, request))
     hint = f"the largest batch size that fits is {fitting[-1]}" if fitting else "no batch size in the list fits"
     raise BudgetError(
         f"batch size {sizes[-1]} does not fit {request.budget_gib(profile):.1f} GiB on {profile.name}: even "
@@ -279,7 +289,10 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
 
     feasible = [c for c, ok in zip(result.evaluated, result.feasible) if ok]
     ranked = [c for c in sorted(feasible, key=lambda c: -c.prediction.tokens_per_s) if fits_largest(c.decoding)]
-    setups = _setups(ranked)  # not empty: _require_batch_range let an autoregressive set-up through
+    if not ranked:  # _require_batch_range let an autoregressive set-up through; the search's own quantizations found none
+        raise BudgetError(f"no set-up the search found fits {budget:.1f} GiB on {profile.name} at batch size {sizes[-1]} "
+                          f"(use smaller `batch_sizes` or a shorter `context`)")
+    setups = _setups(ranked)
 
     caps = request.gamma_caps()
 

@@ -95,6 +95,10 @@ def search_heads(spec: ModelSpec, request: SearchRequest) -> dict[str, str | Non
     heads = {m: published_head(spec.name, m) for m in HEAD_METHODS if published_head(spec.name, m)}
     heads |= dict(request.heads)
     if request.methods and "mtp" in request.methods:
+        if not spec.mtp_layers:
+            from planner.perf.speedup import no_mtp_layers
+
+            raise InputError(no_mtp_layers(spec))
         heads.setdefault("mtp", None)
     if "medusa" in heads and request.acceptance_for("medusa") is None and "medusa" not in request.priors:
         del heads["medusa"]
@@ -201,7 +205,8 @@ def search(spec: ModelSpec, profile: HardwareProfile, request: SearchRequest | N
     plan = Plan(
         model=ModelRef(name=spec.name, source=r.model_source or spec.name, num_layers=spec.num_layers,
                        vocab_size=spec.vocab_size, hidden_size=spec.hidden_size),
-        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name, tensor_parallel=r.tensor_parallel),
+        hardware=HardwareRef(profile=profile.name, device_name=profile.device_name, tensor_parallel=r.tensor_parallel,
+                             memory_gib=profile.memory_gib),
         decoding=winner.decoding,
         prediction=winner.prediction,
         constraints=r.constraints(),

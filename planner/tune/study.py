@@ -256,7 +256,8 @@ class _Setup:
         return Plan(
             model=ModelRef(name=self.spec.name, source=str(self.source.resolve()) if self.source.exists() else str(self.source),
                            num_layers=self.spec.num_layers, vocab_size=self.spec.vocab_size, hidden_size=self.spec.hidden_size),
-            hardware=HardwareRef(profile=self.profile.name, device_name=self.profile.device_name),
+            hardware=HardwareRef(profile=self.profile.name, device_name=self.profile.device_name,
+                                memory_gib=self.profile.memory_gib),
             decoding=d,
             prediction=predict(self.spec, self.profile, Decoding("autoregressive", quant=quant), context=context),
             constraints=Constraints(context=context),

@@ -115,10 +115,12 @@ def launch_for(plan: Plan, engine: str | None = None) -> Launch:
     export swaps them for hub ids), so that its models' weights can be read from their cards."""
     from planner.hardware import load_profile
 
-    try:
-        memory_gib = load_profile(plan.hardware.profile).memory_gib
-    except SpecplanError as exc:
-        return Launch(max_batch(plan), None, f"engine default (profile not readable: {exc})", plan.hardware.tensor_parallel)
+    memory_gib = plan.hardware.memory_gib  # recorded at planning time (profiles given as files are not found again by name)
+    if memory_gib is None:
+        try:
+            memory_gib = load_profile(plan.hardware.profile).memory_gib
+        except SpecplanError as exc:
+            return Launch(max_batch(plan), None, f"engine default (profile not readable: {exc})", plan.hardware.tensor_parallel)
     share, note = _share(plan, memory_gib, engine)
     weights = _weights_gib(plan) if engine == "trtllm" else None  # the plan as made: card names, not hub ids
     return Launch(max_batch(plan), share, note, plan.hardware.tensor_parallel, memory_gib, weights)

@@ -53,10 +53,12 @@ class RunReport:
         graphs = f"{'CUDA graphs' if self.compiled else 'eager'}, {self.dtype}"
         prompts = "chat template" if self.chat else "raw prompts"
         acceptance = "-" if self.acceptance is None else f"{self.acceptance:.3f}"
+        predicted_acceptance = p.get("accepted_per_drafted")
+        predicted_acceptance = "-" if predicted_acceptance is None else f"{predicted_acceptance:.3f}"
         lines = [
             f"method {self.method} on {self.device} ({graphs}, {prompts})   measured   predicted",
             f"  tokens/s              {self.tokens_per_s:10.1f}  {p['tokens_per_s']:10.1f}",
-            f"  acceptance            {acceptance:>10}  {p['acceptance']:10.3f}",
+            f"  accepted / drafted    {acceptance:>10}  {predicted_acceptance:>10}",
             f"  tokens/iteration      {self.tokens_per_iteration:10.2f}  {p['tokens_per_iteration']:10.2f}",
             f"  iteration ms          {self.iteration_ms:10.3f}  {p['iteration_ms']:10.3f}",
         ]
@@ -68,6 +70,16 @@ class RunReport:
             same = "identical" if self.identical else "DIFFERENT"
             lines.append(f"  autoregressive tokens/s {self.baseline_tokens_per_s:8.1f}   speedup {self.speedup:.2f}x   outputs {same}")
         return "\n".join(lines)
+
+
+def _predicted(plan) -> dict:
+    """The plan's prediction as a mapping, plus `accepted_per_drafted`: the share of drafted
+    tokens it expects accepted, (tokens per iteration - 1) / gamma, the form the run measures
+    (the prediction's `acceptance` is a per-token probability: not the same figure)."""
+    predicted = dataclasses.asdict(plan.prediction)
+    gamma = plan.decoding.gamma
+    predicted["accepted_per_drafted"] = (plan.prediction.tokens_per_iteration - 1) / gamma if gamma else None
+    return predicted
 
 
 def hardware_mismatch(plan_device_name: str, device: str, device_name: str) -> str | None:
@@ -476,7 +488,7 @@ def run_plan(
         acceptance=totals.acceptance,
         tokens_per_iteration=totals.tokens_per_iteration,
         iteration_ms=totals.iteration_ms,
-        predicted=dataclasses.asdict(plan.prediction),
+        predicted=_predicted(plan),
         vram_estimate_gib=s.check(plan.decoding),
         peak_memory_gib=peak,
     )

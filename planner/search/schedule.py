@@ -105,24 +105,27 @@ def _one_gamma(evaluate: Evaluate, method: str, batch_sizes, max_gamma: int, vra
     return best if best is not None and worst(best) >= 1.0 else list(baseline)
 
 
-def _one_length_note(evaluate: Evaluate, sizes, fixed, max_gamma: int, engine: str | None) -> str | None:
-    """Why a plan whose engine drafts one length at every load does not speculate although a
-    method wins at the smallest batch size, and the batch range over which it would; None when
-    no such method wins there."""
+def _one_length_note(evaluate: Evaluate, sizes, fixed, max_gamma: int, engine: str | None, chosen: Prediction,
+                     method: str) -> str | None:
+    """Why a plan passed over a method the engine drafts at one length at every load although it
+    is faster than the plan's choice at the smallest batch size, and the batch range over which
+    it would be chosen; None when no such method is faster there."""
     best = None
     for m in fixed:
         g = max(range(1, max_gamma + 1), key=lambda g: evaluate(m, g, sizes[0]).tokens_per_s)
         speedups = [evaluate(m, g, b).tokens_per_s / evaluate("autoregressive", 0, b).tokens_per_s for b in sizes]
-        if speedups[0] > 1.0 and (best is None or speedups[0] > best[2][0]):
+        faster = evaluate(m, g, sizes[0]).tokens_per_s > chosen.tokens_per_s
+        if faster and speedups[0] > 1.0 and min(speedups) < 1.0 and (best is None or speedups[0] > best[2][0]):
             best = (m, g, speedups)
     if best is None or len(sizes) < 2:
         return None
     m, g, speedups = best
     lost = next(i for i, s in enumerate(speedups) if s < 1.0)
-    return (f"{engine or 'the engine'} drafts one length at every batch size: {m} (gamma {g}) is {speedups[0]:.2f}x plain "
-            f"decoding at batch {sizes[0]} but {speedups[lost]:.2f}x at batch {sizes[lost]}, so this plan does not speculate; "
-            f"--batch-sizes {sizes[0]}-{sizes[lost - 1]} would" if lost else
-            f"{engine or 'the engine'} drafts one length at every batch size, and {m} loses to plain decoding at batch {sizes[0]}")
+    instead = "does not speculate" if method == "autoregressive" else f"takes {method}"
+    fits = "" if not lost else f"; --batch-sizes {sizes[0]}-{sizes[lost - 1]} would take it" if lost > 1 else \
+        f"; --batch-sizes {sizes[0]} would take it"
+    return (f"{engine or 'the engine'} drafts {m} at one length at every batch size: gamma {g} is {speedups[0]:.2f}x plain "
+            f"decoding at batch {sizes[0]} but {speedups[lost]:.2f}x at batch {sizes[lost]}, so this plan {instead}{fits}")
 
 
 def _ranges(batch_sizes, choices, method: str) -> tuple[ScheduleEntry, ...]:
@@ -307,8 +310,8 @@ def schedule_search(spec: ModelSpec, profile: HardwareProfile, request: SearchRe
     decoding = dataclasses.replace(setups[method], gamma=first_gamma)
     alternatives = tuple(c for c in (Candidate(result.plan.decoding, result.plan.prediction), *result.plan.alternatives)
                          if c.decoding != decoding and fits_largest(c.decoding))
-    notes = tuple(n for n in (note, _one_length_note(evaluate, sizes, fixed, max_gamma, request.engine) if method == "autoregressive"
-                              else None) if n)
+    notes = tuple(n for n in (note, _one_length_note(evaluate, sizes, fixed, max_gamma, request.engine,
+                                                     at(decoding, sizes[0]), method)) if n)
     plan = result.plan.replace(
         decoding=decoding, prediction=at(decoding, sizes[0]), alternatives=alternatives,
         constraints=request.constraints(),

@@ -88,18 +88,20 @@ def split_hint(spec: ModelSpec, profile: HardwareProfile, needed_gib: float, ten
 def search_heads(spec: ModelSpec, request: SearchRequest) -> dict[str, str | None]:
     """Head methods the search may plan, method -> the head's name: the heads `request` gives,
     else the public heads planner/profiles/heads.yaml names for the model; mtp (the model's own
-    layers, None) where `request.methods` names it; medusa only with a measured acceptance (no
+    layers, None) where `request.methods` names it and the checkpoint has MTP layers (refused in
+    words when it is the only method asked for); medusa only with a measured acceptance (no
     published prior)."""
     from planner.perf.heads import published_head
 
     heads = {m: published_head(spec.name, m) for m in HEAD_METHODS if published_head(spec.name, m)}
     heads |= dict(request.heads)
     if request.methods and "mtp" in request.methods:
-        if not spec.mtp_layers:
+        if spec.mtp_layers:
+            heads.setdefault("mtp", None)
+        elif set(request.methods) <= {"mtp", "autoregressive"}:  # asked for mtp alone: say why not
             from planner.perf.speedup import no_mtp_layers
 
             raise InputError(no_mtp_layers(spec))
-        heads.setdefault("mtp", None)
     if "medusa" in heads and request.acceptance_for("medusa") is None and "medusa" not in request.priors:
         del heads["medusa"]
     return heads

@@ -213,3 +213,18 @@ def test_a_fleet_plans_trtllm_and_llamacpp_launches_use_only_sourced_names(fleet
     if engine == "trtllm" and (tmp_path / "options.yaml").exists():
         options = yaml.safe_load((tmp_path / "options.yaml").read_text()) or {}
         assert set(options) | set(options.get("speculative_config") or {}) <= fields
+
+
+def test_an_engine_that_runs_on_gpus_only_is_refused_for_a_cpu_profile():
+    """engines.yaml `devices`: TensorRT-LLM runs on NVIDIA GPUs only, llama.cpp on either."""
+    import dataclasses
+
+    from planner.errors import InputError
+    from planner.hardware import load_profile
+    from planner.search.request import SearchRequest
+
+    cpu = dataclasses.replace(load_profile("a10g"), name="my-cpu", kind="cpu")
+    with pytest.raises(InputError, match="TensorRT-LLM runs on GPUs only; my-cpu is a CPU"):
+        SearchRequest(engine="trtllm").execution_on(cpu)
+    assert SearchRequest(engine="llamacpp").execution_on(cpu) is not None
+    assert SearchRequest(engine="trtllm").execution_on(load_profile("a10g")) is not None

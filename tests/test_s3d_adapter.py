@@ -125,10 +125,17 @@ def test_missing_or_foreign_weights_are_one_line(rt_models, llama_adapter, tmp_p
         read_adapter(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(llama_adapter, broken)
-    (broken / "adapter.safetensors").write_bytes(b"not safetensors")
+    whole = (broken / "adapter.safetensors").read_bytes()
+    for damaged in (b"not safetensors", whole[: len(whole) // 2], b""):  # refused when read, before any decoding
+        (broken / "adapter.safetensors").write_bytes(damaged)
+        with pytest.raises(InputError, match="adapter.safetensors: not a readable safetensors file"):
+            read_adapter(broken)
+    (broken / "adapter.safetensors").write_bytes(whole)
+    adapter = read_adapter(broken)
+    (broken / "adapter.safetensors").write_bytes(b"not safetensors")  # damaged after it was read
     target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=16, dtype=torch.float32)
     with pytest.raises(InputError, match="cannot load the S3D adapter's weights .*adapter.safetensors: "):
-        attach(target.decoder, read_adapter(broken))
+        attach(target.decoder, adapter)
 
 
 def test_plan_takes_the_adapters_skip_set_and_gamma(rt_models, llama_adapter, tmp_path):

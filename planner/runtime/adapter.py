@@ -109,7 +109,24 @@ def read_adapter(path) -> Adapter:
     if info.mask_token_id < info.base.vocab_size:
         raise InputError(f"{info_path}: mask_token_id {info.mask_token_id} is a token of the vocabulary; the mask is one "
                          f"past it ({info.base.vocab_size})")
+    _check_weights_header(directory / WEIGHTS_FILE)
     return Adapter(directory, info)
+
+
+def _check_weights_header(path: Path) -> None:
+    """InputError, one line, when `path` is not a whole safetensors file holding the mask
+    embedding (its header and sizes only are read: a damaged file is refused when planning,
+    not first when decoding)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a readable safetensors file ({reason[:160]})") from None
+    if MASK_EMBEDDING not in names:
+        raise InputError(f"{path}: holds no '{MASK_EMBEDDING}' tensor: not an S3D adapter's weights")
 
 
 def write_info(directory: Path, info: AdapterInfo) -> None:

@@ -31,7 +31,7 @@ from planner.perf.cost import Execution
 from planner.perf.memory import EngineMemory, budget_gib
 from planner.perf.speedup import predict
 from planner.plan.schema import HEAD_METHODS, METHODS, QUANTIZATIONS, Constraints, Decoding, Prediction
-from planner.search.engines import drafts_trees, engine_cost, engine_memory
+from planner.search.engines import RUNTIME, drafts_trees, engine_cost, engine_memory
 
 OBJECTIVES = ("speed", "pareto")
 SKIP_PATTERNS = ("middle", "any")
@@ -173,8 +173,18 @@ class SearchRequest:
 
     def execution_on(self, profile: HardwareProfile) -> Execution:
         """How a trial's forward runs on `profile`: its decode dtype, the engine's step cost,
-        CUDA graphs or eager (`execution`, else the engine's default), and `tensor_parallel`."""
+        CUDA graphs or eager (`execution`, else the engine's default), and `tensor_parallel`.
+
+        Raises:
+            InputError: the engine does not run on a device of `profile`'s kind (TensorRT-LLM on a CPU)."""
         graphs = None if self.execution is None else self.execution == "graphs"
+        if self.engine not in (None, RUNTIME):
+            from planner.plan.export.engines import engine_info
+
+            info = engine_info(self.engine)
+            if profile.kind not in info.devices:
+                raise InputError(f"{info.display} runs on {' or '.join(d.upper() for d in info.devices)}s only; "
+                                 f"{profile.name} is a {profile.kind.upper()}")
         return Execution.default_for(profile, engine_cost(self.engine), graphs=graphs,
                                      tensor_parallel=self.tensor_parallel)
 

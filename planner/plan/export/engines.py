@@ -64,6 +64,7 @@ class EngineInfo:
     cost: EngineCost = EngineCost()  # what the engine adds to a step (planner.perf.cost)
     memory: EngineMemory | None = None  # how it sets memory aside; None: no policy known
     trees: bool = False  # drafts a tree from a learned head (topk > 1)
+    devices: tuple[str, ...] = ("gpu", "cpu")  # the profile kinds it runs on
     schedule_methods: tuple[str, ...] | None = None  # the methods it takes a draft-length table for; None: all
     refusals: dict[str, str] = field(default_factory=dict)  # method -> why it cannot run it (beyond absence)
 
@@ -127,6 +128,7 @@ def _info(name: str, row: dict) -> EngineInfo:
         cost=_cost_of(name, row.get("cost") or {}),
         memory=_memory_of(row.get("memory")),
         trees=bool(row.get("trees", False)),
+        devices=tuple(row.get("devices", ("gpu", "cpu"))),
         schedule_methods=tuple(row["schedule_methods"]) if "schedule_methods" in row else None,
         refusals=dict(row.get("refusals") or {}),
     )

@@ -270,7 +270,7 @@ def _fused_parts(layer: nn.Module):
         attn, mlp = layer.self_attn, layer.mlp
         norms = [layer.input_layernorm, layer.post_attention_layernorm]
         head_norms = [attn.q_norm, attn.k_norm] if hasattr(attn, "q_norm") else []
-        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        linears = _linears_of(layer)
         eps = {n.variance_epsilon for n in norms + head_norms if isinstance(n, _LeanRMSNorm)}
         pairs = [_lora_pair(m) for m in linears]
         bases = [m if type(m) is LeanLinear else getattr(m, "base_layer", None) for m in linears]

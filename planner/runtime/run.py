@@ -409,7 +409,7 @@ def refuse_served_only(method: str) -> None:
     from planner.plan.schema import HEAD_METHODS
 
     if method in HEAD_METHODS:
-        engines = [engine_info(name).name for name in engine_names() if method in engine_info(name).methods]
+        engines = [name for name in engine_names() if method in engine_info(name).methods]
         raise InputError(f"the built-in runtime does not run {method} heads; serve the plan with "
                          f"{', '.join(engines)} (specplan export --to {engines[0]})")
 

@@ -200,6 +200,17 @@ class SearchRequest:
                        acceptance=self.acceptance_for(decoding.method), priors=self.priors, draft_spec=draft_spec,
                        execution=self.execution_on(profile), engine_memory=self.engine_memory)
 
+    def engine_quants(self) -> tuple[str, ...] | None:
+        """The quantizations the request's engine applies (engines.yaml); None for no engine or
+        the built-in runtime (every one).
+
+        Raises:
+            NotFoundError: an unknown engine.
+        """
+        from planner.plan.export.engines import engine_info
+
+        return None if self.engine in (None, RUNTIME) else engine_info(self.engine).quants
+
     def drafts_trees(self) -> bool:
         """Whether the search may plan draft trees for heads (`trees`, else as the engine drafts).
 

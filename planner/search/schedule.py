@@ -31,7 +31,7 @@ from planner.errors import BudgetError, InputError
 from planner.hardware.profile import HardwareProfile
 from planner.models.spec import ModelSpec
 from planner.plan.schema import MAX_GAMMA, QUANTIZATIONS, Candidate, Decoding, Plan, Prediction, ScheduleEntry
-from planner.search.engines import RUNTIME, takes_schedule
+from planner.search.engines import takes_schedule
 from planner.search.space import MAX_PREDICTORS, usable_quants
 from planner.search.request import SearchRequest
 from planner.search.study import resolve_quants, search
@@ -210,9 +210,7 @@ def _autoregressive_gib(spec, profile, quant, batch, request: SearchRequest) -> 
 def _range_quants(profile: HardwareProfile, request: SearchRequest) -> tuple[str, ...]:
     """The quantizations a plan for `request` may end up at, as the search resolves them: those it
     allows (every one when it names none: memory may force one), within what its engine applies."""
-    from planner.plan.export.engines import engine_info
-
-    engine_quants = None if request.engine in (None, RUNTIME) else engine_info(request.engine).quants
+    engine_quants = request.engine_quants()
     quants = tuple(q for q in (request.quants or QUANTIZATIONS) if engine_quants is None or q in engine_quants)
     return usable_quants(profile, quants or request.quants or QUANTIZATIONS)  # none left: the search refuses in words
 

@@ -248,7 +248,7 @@ def resolve_quants(spec: ModelSpec, profile: HardwareProfile, request: SearchReq
         InputError: named quantizations the engine cannot apply.
         NotFoundError: an unknown engine.
     """
-    engine_quants = None if request.engine in (None, RUNTIME) else engine_info(request.engine).quants
+    engine_quants = request.engine_quants()
     if request.quants is not None:
         quants = tuple(q for q in request.quants if engine_quants is None or q in engine_quants)
         if not quants:

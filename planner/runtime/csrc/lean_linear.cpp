@@ -255,9 +255,7 @@ inline __m512 round_bf16(__m512 x) {
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000));
   return _mm512_castsi512_ps(r);
 }
-inline __m512 load16(const bf16* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
+inline __m512 load16(const bf16* p) { return widen(p); }
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline void store16(bf16* p, __m512 x) {  // x already holds bf16 values: keep the high halves
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(x), 16)));

@@ -168,7 +168,7 @@ void attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       const T* vr = vp + b * v.stride(0) + hk * v.stride(1);
       const T* mr = mp + b * mb;
       for (int64_t t = 0; t < Tn; ++t) {
-        const T* qr = qp + b * q.stride(0) + h * q.stride(1) + t * q.stride(2);
+        const T* qr = qr_of(qp, q, b, h, t);
         for (int64_t d = 0; d < D; ++d) qf[t * D + d] = float(qr[d]);  // exact: bf16 widens losslessly
         top[t] = none;
         total[t] = 0.f;

@@ -39,9 +39,29 @@ def test_the_kernel_equals_a_float64_reference_within_one_output_rounding(dtype,
     assert (got.double() - ref).abs().max() <= REL_TOL[dtype] * scale
 
 
+@pytest.mark.skipif(not torch.ops.specplan.amx(), reason="no AMX tiles on this CPU (or SPECPLAN_AMX=0)")
+@pytest.mark.parametrize("amx", [True, False])
+@pytest.mark.parametrize("m", [1, 4, 16, 17, 33])
+def test_amx_tiles_and_the_vector_kernel_each_meet_the_reference_and_stay_batch_invariant(amx, m):
+    """bf16 with K a multiple of 32 runs on AMX's tiles where the CPU has them: rows past the last
+    whole block of 16 (N = 1540 here) and every row when AMX is off take the vector kernel."""
+    g = torch.Generator().manual_seed(m)
+    w, b, x = (torch.randn(*s, generator=g).bfloat16() for s in ((1540, 576), (1540,), (m, 576)))
+    try:
+        assert torch.ops.specplan.set_amx(amx) == amx
+        got = torch.ops.specplan.linear(x, w, b)
+        rows = torch.cat([torch.ops.specplan.linear(x[i : i + 1], w, b) for i in range(m)])
+    finally:
+        torch.ops.specplan.set_amx(True)
+    ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    scale = (x.double().abs() @ w.double().abs().T + b.double().abs()).max()
+    assert (got.double() - ref).abs().max() <= REL_TOL["bf16"] * scale
+    assert torch.equal(rows, got)
+
+
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 70), k=st.integers(1, 200), splits=st.lists(st.integers(1, 5), min_size=1, max_size=6),
-       dtype=st.sampled_from(list(DTYPES)), bias=st.booleans())
+@given(n=st.integers(1, 70), k=st.one_of(st.integers(1, 200), st.sampled_from([32, 64, 96, 192])),  # multiples of 32: AMX's tiles
+       splits=st.lists(st.integers(1, 9), min_size=1, max_size=6), dtype=st.sampled_from(list(DTYPES)), bias=st.booleans())
 def test_a_row_is_computed_the_same_whatever_rows_share_the_call(n, k, splits, dtype, bias):
     g = torch.Generator().manual_seed(n + 7 * k)
     m = sum(splits)

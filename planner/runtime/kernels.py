@@ -27,7 +27,9 @@ apply (gradients on, no KV cache, another mask). Other architectures keep their 
 still get the lean linears.
 
 The kernels are compiled on first use with the machine's own instruction set (-march=native:
-AVX-512 or AVX2 with FMA, else a plain loop) into $SPECPLAN_CACHE/kernels, by torch's C++
+AMX tiles for bf16 linears where the CPU has them and Linux grants the tile state, which makes a
+k-token verify cost about a one-token step; AVX-512 or AVX2 with FMA, else a plain loop;
+`SPECPLAN_AMX=0` keeps the vector kernel) into $SPECPLAN_CACHE/kernels, by torch's C++
 extension builder (a C++ compiler and ninja). When they cannot be built, one line says why and
 decoding uses torch's own modules.
 """
@@ -45,6 +47,7 @@ from torch import nn
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = (CSRC / "lean_linear.cpp", CSRC / "lean_step.cpp")
+HEADERS = (CSRC / "lean_vec.h",)
 LEAN_DTYPES = (torch.bfloat16, torch.float32)
 # -fopenmp: ATen's parallel_for is inline; -ffp-contract=off: the scalar tail's multiply and add
 # are never fused in one tile shape and not in another (batch invariance)
@@ -71,7 +74,7 @@ def build_directory() -> Path:
     and the flags: one directory (and library) per build that differs."""
     from planner.runtime.checkpoint import cache_root
 
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     tag = hashlib.sha256(source + " ".join((torch.__version__, *CFLAGS)).encode()).hexdigest()[:12]
     return cache_root() / "kernels" / f"lean_linear-{tag}"
 

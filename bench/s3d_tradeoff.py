@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.real_checkpoint import PROMPTS, _plan, _setting, _smollm2  # noqa: E402
+from planner.errors import MissingDependencyError  # noqa: E402
 
 
 def _rows_of(prompts_file: Path) -> tuple[list[str], list[str]]:
@@ -96,7 +97,10 @@ def main() -> None:
     int8 = None
     if not args.skip_int8:
         int8_plan = dataclasses.replace(plan, decoding=Decoding(method="autoregressive", quant="int8"))
-        int8 = DecodingBench(int8_plan, prompts, max_new_tokens=args.tokens, device="cpu", dtype="bf16", groups=groups)
+        try:
+            int8 = DecodingBench(int8_plan, prompts, max_new_tokens=args.tokens, device="cpu", dtype="bf16", groups=groups)
+        except MissingDependencyError as e:
+            raise SystemExit(f"error: {e}; or leave int8 out with --skip-int8")
     bf16_rounds, int8_rounds = [], []
     for _ in range(args.rounds):  # one round of each at a time, so drift falls on both
         comparisons = bench.compare([d for d, _ in decodings], 1)

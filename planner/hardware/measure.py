@@ -199,21 +199,29 @@ def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int, matmul_tflo
 
 def _runtime_layer_step(device):
     """One decode step (one token, KV cache, mask) of a small layer as the runtime runs it
-    (a transformers Llama layer with the runtime's position cache and mask): the ops
-    planner.perf counts as KERNELS_PER_LAYER, with negligible bytes and FLOPs."""
+    (a transformers Llama layer with the runtime's position cache and mask, in the dtype the
+    runtime picks for the device, and on a CPU with the lean kernels swapped in, as
+    runtime.load does: one fused call per layer where they build): the ops planner.perf counts
+    as KERNELS_PER_LAYER, with negligible bytes and FLOPs."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from planner.runtime.kernels import use_lean_kernels
+    from planner.runtime.load import default_dtype
     from planner.runtime.model import Decoder
 
     config = LlamaConfig(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2,
                          num_key_value_heads=2, head_dim=32, vocab_size=64)
-    decoder = Decoder(LlamaForCausalLM(config).to(device), max_seq_len=128)
+    model = LlamaForCausalLM(config).to(device=device, dtype=default_dtype(device))
+    if device.type == "cpu":
+        use_lean_kernels(model)
+    decoder = Decoder(model, max_seq_len=128)
     with torch.inference_mode():
         decoder(torch.zeros(1, 64, dtype=torch.long, device=device), decoder.positions[:64], (0,))  # fills the cache
     pos = decoder.positions[64:65]
     decoder.cache.input_pos = pos
-    layer, x = decoder.hf_model.model.layers[0], torch.randn(1, 1, config.hidden_size, device=device)
+    layer = decoder.hf_model.model.layers[0]
+    x = torch.randn(1, 1, config.hidden_size, device=device, dtype=model.dtype)
     kwargs = {
         "attention_mask": decoder.masks(pos),
         "position_embeddings": decoder.hf_model.model.rotary_emb(x, pos[None]),

@@ -59,6 +59,19 @@ def test_amx_tiles_and_the_vector_kernel_each_meet_the_reference_and_stay_batch_
     assert torch.equal(rows, got)
 
 
+@pytest.mark.skipif(not torch.ops.specplan.amx(), reason="no AMX tiles on this CPU (or SPECPLAN_AMX=0)")
+@pytest.mark.parametrize("value, on", [("0", False), ("Off", False), ("no", False), ("false", False), ("1", True), ("", True)])
+def test_specplan_amx_in_the_environment_chooses_the_kernel(value, on):
+    import os
+    import subprocess
+    import sys
+
+    code = "from planner.runtime import kernels; import torch; kernels.available(); print(torch.ops.specplan.amx())"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, SPECPLAN_AMX=value), capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parent.parent, check=True).stdout
+    assert out.strip().splitlines()[-1] == str(on)
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 70), k=st.one_of(st.integers(1, 200), st.sampled_from([32, 64, 96, 192])),  # multiples of 32: AMX's tiles
        splits=st.lists(st.integers(1, 9), min_size=1, max_size=6), dtype=st.sampled_from(list(DTYPES)), bias=st.booleans())

@@ -29,7 +29,7 @@ still get the lean linears.
 The kernels are compiled on first use with the machine's own instruction set (-march=native:
 AMX tiles for bf16 linears where the CPU has them and Linux grants the tile state, which makes a
 k-token verify cost about a one-token step; AVX-512 or AVX2 with FMA, else a plain loop;
-`SPECPLAN_AMX=0` keeps the vector kernel) into $SPECPLAN_CACHE/kernels, by torch's C++
+`SPECPLAN_AMX=0` (or false, no, off) keeps the vector kernel) into $SPECPLAN_CACHE/kernels, by torch's C++
 extension builder (a C++ compiler and ninja). When they cannot be built, one line says why and
 decoding uses torch's own modules.
 """

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstring>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -160,7 +161,7 @@ struct alignas(64) TileConfig {
 };
 
 // Whether this process may use the tile registers: Linux grants the tile state on request
-// (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); SPECPLAN_AMX=0 turns AMX off, and
+// (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); SPECPLAN_AMX=0 (or false, no, off) turns AMX off, and
 // specplan::set_amx switches it for benchmarks (never between the steps of one decoding: the
 // two kernels sum in different orders).
 bool amx_granted() {
@@ -169,7 +170,9 @@ bool amx_granted() {
 }
 std::atomic<bool> amx_on{[] {
   const char* env = std::getenv("SPECPLAN_AMX");
-  return !(env && std::string(env) == "0");
+  std::string value = env ? env : "";
+  for (char& c : value) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return !(value == "0" || value == "false" || value == "no" || value == "off");
 }()};
 bool amx_enabled() { return amx_on.load(std::memory_order_relaxed) && amx_granted(); }
 bool set_amx(bool on) {

@@ -89,7 +89,11 @@ class _Reader:
         if origin in (typing.Union, types.UnionType):
             if value is None and type(None) in args:
                 return None
-            return self.value(value, next(a for a in args if a is not type(None)), path, name)
+            # A union of a scalar and a mapping (e.g. float | dict[int, float]) reads a mapping as its
+            # mapping type and anything else as the other one.
+            options = [a for a in args if a is not type(None)]
+            wanted = [a for a in options if (a is dict or typing.get_origin(a) is dict) == isinstance(value, dict)]
+            return self.value(value, (wanted or options)[0], path, name)
         if dataclasses.is_dataclass(tp):
             return self.mapping(tp, value, path)
         if origin is tuple:

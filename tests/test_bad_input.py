@@ -216,6 +216,14 @@ def _profile_file(folder: Path, text: str | bytes) -> Path:
     (("compute_efficiency: 0.65", "compute_efficiency: 1.5"), "compute_efficiency: must be a fraction of the peak"),
     (("kind: gpu", "kind: tpu"), "gpu.yaml: kind: 'tpu' is not one of gpu, cpu"),
     (("token_slope: 0.01", "token_slope: 0.01\ntoken_slope: 0.02"), "gpu.yaml: line 19: 'token_slope' is given twice"),
+    (("allreduce_latency_us: 19.4", "allreduce_latency_us: {2: 6.0, 8: -1}"),
+     "gpu.yaml: allreduce_latency_us.8: must not be negative, got -1.0"),
+    (("allreduce_latency_us: 19.4", "allreduce_latency_us: {1: 5.0, 4: 19.4}"),
+     "gpu.yaml: allreduce_latency_us.1: a GPU count must be 2 or more (one GPU does no all-reduce)"),
+    (("allreduce_latency_us: 19.4", "allreduce_latency_us: {}"),
+     "gpu.yaml: allreduce_latency_us: must be a number or map GPU counts to microseconds"),
+    (("allreduce_latency_us: 19.4", "allreduce_latency_us: fast"),
+     "gpu.yaml: allreduce_latency_us: expected a number, got str 'fast'"),
 ])
 def test_profile_fields(tmp_path, edit, message):
     text = (PROFILES_DIR / "gpus" / "a10g.yaml").read_text()
@@ -448,6 +456,8 @@ _PROFILE_FIELDS = {  # field path: malformed values
     ("kernel_launch_us",): st.floats(max_value=-1e-9),
     ("graph_kernel_us",): st.floats(max_value=-1e-9),
     ("token_slope",): st.floats(max_value=-1e-9),
+    ("allreduce_latency_us",): st.one_of(st.floats(max_value=-1e-9), st.just({}), st.just({1: 5.0}),
+                                         st.just({2: 6.0, 8: -1.0}), st.just({2: float("nan")})),
     ("kind",): _UNKNOWN_NAME,
     ("name",): st.just(""),
     ("peak_tflops",): st.one_of(st.just({}), st.just([1, 2]), _NOT_A_NUMBER),

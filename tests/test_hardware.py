@@ -1,5 +1,6 @@
 """The profiler on this machine's CPU, the shipped GPU profiles, and their error paths."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -195,6 +196,19 @@ def test_unwritable_out_fails_before_measuring(tmp_path, where, message):
     assert result.exit_code == 2 and message in result.output
     assert "profiling" not in result.output  # failed before measuring anything
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+def test_allreduce_latency_per_gpu_count_is_interpolated_held_and_round_trips(tmp_path):
+    """`allreduce_latency_us` maps GPU counts to microseconds: read at a count it gives, linear
+    between two, held beyond its first and last; a single figure serves every count."""
+    per_count = dataclasses.replace(load_profile("h100-sxm"), allreduce_latency_us={2: 6.0, 8: 9.0})
+    assert [round(per_count.allreduce_latency_s(n) * 1e6, 9) for n in (1, 2, 4, 8, 16)] == [0.0, 6.0, 7.0, 9.0, 9.0]
+    flat = dataclasses.replace(per_count, allreduce_latency_us=19.4)
+    assert flat.allreduce_latency_s(2) == flat.allreduce_latency_s(8) == pytest.approx(19.4e-6)
+    per_count.save(tmp_path / "p.yaml")
+    assert load_profile(str(tmp_path / "p.yaml")) == per_count
+    h100 = load_profile("h100-sxm")  # 8 GPUs pay more than 2 (sgl-project/sglang pull 2904)
+    assert h100.allreduce_latency_s(8) > h100.allreduce_latency_s(2) and "pull 2904" in h100.sources["allreduce_latency_us"]
 
 
 def test_unknown_profile_suggests_near_match():

@@ -57,7 +57,10 @@ class HardwareProfile:
     # interconnect_gbps per GPU and direction (GB/s); 0: unknown, tensor parallel refused.
     interconnect: str = "pcie"
     interconnect_gbps: float = 0.0
-    allreduce_latency_us: float = 0.0  # fixed cost of one small (decode-sized) all-reduce
+    # Fixed cost, microseconds, of one small (decode-sized: a few KB to ~100 KB) all-reduce over
+    # the GPUs of a tensor-parallel group: one figure for any GPU count, or {GPU count: us} where
+    # it grows with the count (`allreduce_latency_s`); the figures' origin is in `sources`.
+    allreduce_latency_us: float | dict[int, float] = 0.0
     sources: dict[str, str] = field(default_factory=dict)
     measured: dict | None = None
 
@@ -65,6 +68,24 @@ class HardwareProfile:
     def decode_dtype(self) -> str:
         """"bf16" or "fp32": what the runtime decodes unquantized weights in on this device."""
         return decode_dtype_for(self.kind, self.peak_tflops)
+
+    def allreduce_latency_s(self, gpus: int) -> float:
+        """Seconds of fixed cost of one small (decode-sized) all-reduce over `gpus` GPUs (0 for one):
+        `allreduce_latency_us`, or where that maps GPU counts to microseconds, its figure for `gpus`,
+        linear between the two nearest counts it gives and held at its first or last count beyond them."""
+        if gpus <= 1:
+            return 0.0
+        table = self.allreduce_latency_us
+        if not isinstance(table, dict):
+            return table * 1e-6
+        counts = sorted(table)
+        if gpus <= counts[0]:
+            return table[counts[0]] * 1e-6
+        for low, high in zip(counts, counts[1:]):
+            if gpus <= high:
+                share = (gpus - low) / (high - low)
+                return (table[low] + share * (table[high] - table[low])) * 1e-6
+        return table[counts[-1]] * 1e-6
 
     @property
     def effective_bandwidth_gbps(self) -> float:
@@ -111,7 +132,8 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
     Raises:
         InputError: "<origin>: <field path>: <why>" for the first field that is unknown, missing,
             of the wrong type, not finite, or out of range (peaks, bandwidths and memory must be
-            positive, efficiencies in (0, 1], launch costs, token_slope and draft_step_us not negative).
+            positive, efficiencies in (0, 1], launch costs, token_slope and draft_step_us not negative;
+            allreduce_latency_us a number or a mapping of GPU counts, 2 or more, to microseconds).
     """
     data = versioned_mapping(data, origin, what="a profile", version=SCHEMA_VERSION)
     try:
@@ -120,6 +142,13 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
         raise InputError(f"{origin}: {exc}") from None
     if not profile.peak_tflops:
         raise InputError(f"{origin}: peak_tflops: must map dtypes to TFLOP/s")
+    latency = profile.allreduce_latency_us
+    if isinstance(latency, dict):
+        if not latency:
+            raise InputError(f"{origin}: allreduce_latency_us: must be a number or map GPU counts to microseconds")
+        if min(latency) < 2:
+            raise InputError(f"{origin}: allreduce_latency_us.{min(latency)}: a GPU count must be 2 or more "
+                             "(one GPU does no all-reduce)")
     return profile
 
 

@@ -31,7 +31,8 @@ the hidden states after attention and one after the MLP:
     T_allreduce = latency + 2 (N - 1) / N x bytes / interconnect      (ring all-reduce)
 
 bytes = batch x new tokens x hidden x activation bytes; latency and interconnect (one
-direction, per GPU) from the profile (`allreduce_latency_us`, `interconnect_gbps`). The
+direction, per GPU) from the profile (`allreduce_latency_us`, for N GPUs where the profile
+gives it per GPU count; `interconnect_gbps`). The
 2 (N - 1) / N factor is a ring all-reduce's traffic per GPU (Patarasuk & Yuan 2009, "Bandwidth
 optimal all-reduce algorithms for clusters of workstations").
 """
@@ -230,7 +231,8 @@ def kv_share(spec: ModelSpec, tensor_parallel: int) -> float:
 
 def allreduce_s(profile: HardwareProfile, nbytes: float, tensor_parallel: int) -> float:
     """Seconds of one all-reduce of `nbytes` over `tensor_parallel` GPUs of `profile` (0 for
-    one GPU): latency + 2 (N - 1) / N x nbytes / interconnect (a ring all-reduce's traffic per GPU).
+    one GPU): latency + 2 (N - 1) / N x nbytes / interconnect (a ring all-reduce's traffic per GPU),
+    the latency the profile's for N GPUs (`HardwareProfile.allreduce_latency_s`).
 
     Raises:
         InputError: N > 1 on a profile whose interconnect bandwidth is unknown.
@@ -241,7 +243,7 @@ def allreduce_s(profile: HardwareProfile, nbytes: float, tensor_parallel: int) -
         raise InputError(f"{profile.name} states no interconnect bandwidth: `tensor_parallel` {tensor_parallel} "
                          "cannot be costed (add interconnect_gbps to its profile)")
     ring = 2 * (tensor_parallel - 1) / tensor_parallel * nbytes / (profile.interconnect_gbps * 1e9)
-    return profile.allreduce_latency_us * 1e-6 + ring
+    return profile.allreduce_latency_s(tensor_parallel) + ring
 
 
 def layer_time_s(

@@ -55,10 +55,11 @@ def measure(model: str, adapter_dir: Path, *, dtype: str, context: int, rounds: 
     if kernels != ("default",):
         forwards[f"verify ({2 * gamma + 2} tokens, all layers)"] = (2 * gamma + 2, every)
     ms: dict[tuple[str, str], list[float]] = {(kernel, name): [] for kernel in kernels for name in forwards}
+    was_amx = torch.ops.specplan.amx()
     for r in range(rounds):
         for kernel in kernels if r % 2 == 0 else kernels[::-1]:
             if kernel != "default" and torch.ops.specplan.set_amx(kernel == "amx") != (kernel == "amx"):
-                raise SystemExit("error: --kernels amx: this CPU (or SPECPLAN_AMX=0) has no AMX tiles")
+                raise SystemExit("error: --kernels amx: this CPU has no AMX tiles (or Linux refused them)")
             for name, (n, layers) in forwards.items():
                 tokens = torch.randint(target.vocab_size, (1, n), generator=generator)
                 target.step(tokens, target.positions(context, n), layers)  # warm this view and shape
@@ -67,7 +68,7 @@ def measure(model: str, adapter_dir: Path, *, dtype: str, context: int, rounds: 
                     target.step(tokens, target.positions(context, n), layers)
                 ms[(kernel, name)].append((time.perf_counter() - started) / reps * 1e3)
     if kernels != ("default",):
-        torch.ops.specplan.set_amx(True)
+        torch.ops.specplan.set_amx(was_amx)
     rows = {}
     for kernel in kernels:
         step = ms[(kernel, "step (1 token, all layers)")]
@@ -93,10 +94,20 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    if not set(args.kernels.split(",")) <= {"amx", "vector", "default"}:
-        parser.error(f"--kernels: amx, vector or default, not {args.kernels}")
-    rows = measure(args.model or _smollm2(), args.adapter, dtype=args.dtype, context=args.context, rounds=args.rounds,
-                   reps=args.reps, kernels=tuple(args.kernels.split(",")))
+    kernels = tuple(args.kernels.split(","))
+    if not set(kernels) <= {"amx", "vector", "default"} or len(set(kernels)) != len(kernels):
+        parser.error(f"--kernels: amx, vector or default, each once, not {args.kernels}")
+    for name in ("context", "rounds", "reps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: at least 1, not {getattr(args, name)}")
+    from planner.errors import SpecplanError
+
+    try:
+        rows = measure(args.model or _smollm2(), args.adapter, dtype=args.dtype, context=args.context, rounds=args.rounds,
+                       reps=args.reps, kernels=kernels)
+    except (SpecplanError, RuntimeError) as e:  # specplan's one-line errors; torch's (an allocation past memory)
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"| forward | ms (range over {args.rounds} rounds) | one-token steps |\n| --- | ---: | ---: |")
     for name, row in rows.items():
         print(f"| {name} | {row['ms']:.1f} ({row['range_ms'][0]:.1f}-{row['range_ms'][1]:.1f}) | {row['steps']:.2f} |")

@@ -100,7 +100,8 @@ def main() -> None:
         try:
             int8 = DecodingBench(int8_plan, prompts, max_new_tokens=args.tokens, device="cpu", dtype="bf16", groups=groups)
         except MissingDependencyError as e:
-            raise SystemExit(f"error: {e}; or leave int8 out with --skip-int8")
+            print(f"error: {e}; or leave int8 out with --skip-int8", file=sys.stderr)
+            raise SystemExit(2) from None
     bf16_rounds, int8_rounds = [], []
     for _ in range(args.rounds):  # one round of each at a time, so drift falls on both
         comparisons = bench.compare([d for d, _ in decodings], 1)

@@ -1005,7 +1005,8 @@ def export_command(plan_path, engine, engine_version, out, compose):
       specplan export --plan plan.yaml --to vllm --out serve_vllm.sh --compose
     """
     from planner.plan import load_plan
-    from planner.plan.export import export_plan, write_compose, write_export
+    from planner._files import ensure_writable
+    from planner.plan.export import compose_path, export_plan, write_compose, write_export
 
     if compose and out is None:
         raise click.UsageError("--compose needs --out (the compose file runs the script written there)")
@@ -1013,6 +1014,8 @@ def export_command(plan_path, engine, engine_version, out, compose):
     if out is None:
         click.echo(result.text, nl=False)
         return
+    if compose and result.image is not None:
+        ensure_writable(compose_path(out))  # both files or neither: refuse before the script is replaced
     write_export(result, out)
     click.echo(f"wrote {out} ({result.version_range})")
     written = write_compose(result, out) if compose else None

@@ -502,6 +502,19 @@ def test_cli_export_writes_script_and_compose_and_errors_in_one_line(tmp_path, c
     assert len(error) == 1 and "SGLang cannot run layer_skip" in error[0]
 
 
+def test_cli_export_refuses_an_unwritable_compose_file_before_replacing_the_script(tmp_path, capsys):
+    plan_path = tmp_path / "plan.yaml"
+    save_plan(make_plan(), plan_path)
+    out = tmp_path / "serve.sh"
+    out.write_text("OLD SCRIPT\n")
+    (tmp_path / "serve.compose.yaml").mkdir()
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "--plan", str(plan_path), "--to", "vllm", "--out", str(out), "--compose"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(error) == 1 and "serve.compose.yaml: cannot write" in error[0]
+    assert out.read_text() == "OLD SCRIPT\n"
+
+
 def test_compose_per_engine_with_an_image(tmp_path):
     for engine in ("vllm", "sglang", "trtllm", "llamacpp", "hf"):
         export = export_plan(make_plan(), engine, engine_version="1.2.1" if engine == "trtllm" else None)

@@ -59,6 +59,12 @@ def test_amx_tiles_and_the_vector_kernel_each_meet_the_reference_and_stay_batch_
     assert torch.equal(rows, got)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_rows_give_no_rows(dtype):
+    w = torch.randn(64, 576).to(DTYPES[dtype])
+    assert torch.ops.specplan.linear(torch.zeros(0, 576, dtype=DTYPES[dtype]), w, None).shape == (0, 64)
+
+
 @pytest.mark.skipif(not torch.ops.specplan.amx(), reason="no AMX tiles on this CPU (or SPECPLAN_AMX=0)")
 @pytest.mark.parametrize("value, on", [("0", False), ("Off", False), ("no", False), ("false", False), ("1", True), ("", True)])
 def test_specplan_amx_in_the_environment_chooses_the_kernel(value, on):

@@ -55,6 +55,8 @@ def test_the_wheel_installs_one_top_level_package_with_all_its_data(tmp_path):
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"planner"}
     data = {p.relative_to(source).as_posix() for p in (source / "planner" / "profiles").rglob("*") if p.is_file()}
     assert data <= set(names), sorted(data - set(names))
-    assert {"planner/runtime/csrc/lean_linear.cpp", "planner/runtime/csrc/lean_step.cpp"} <= set(names)
+    kernel = {p.relative_to(source).as_posix() for p in (source / "planner" / "runtime" / "csrc").iterdir() if p.is_file()}
+    assert {"planner/runtime/csrc/lean_linear.cpp", "planner/runtime/csrc/lean_vec.h"} <= kernel <= set(names), \
+        sorted(kernel - set(names))  # every source and header the build compiles
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "specplan = planner.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -270,6 +270,7 @@ void vector_block(const T* x, const Matrix<T>& mat, const T* ahead, int64_t M, i
 // threads in one parallel region (several projections of the same x cost one dispatch).
 template <typename T>
 void rows(const T* x, const std::vector<Matrix<T>>& mats, int64_t M, int64_t K) {
+  if (M == 0) return;  // no rows: nothing to write (and no tile of zero columns)
   const int64_t brows = block_rows<T>(K);
   std::vector<int64_t> first_block(mats.size() + 1, 0);  // global block index of each matrix's first block
   for (size_t i = 0; i < mats.size(); ++i) first_block[i + 1] = first_block[i] + (mats[i].N + brows - 1) / brows;

@@ -49,12 +49,8 @@ constexpr int64_t kWidth = 16;  // fp32 lanes
 using Acc = __m512;
 inline Acc zero() { return _mm512_setzero_ps(); }
 inline float reduce(Acc a) { return _mm512_reduce_add_ps(a); }
-inline Acc widen(const bf16* p) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
 inline Acc fma_step(Acc a, const float* x, const float* w) { return _mm512_fmadd_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(w), a); }
-inline Acc fma_step(Acc a, const bf16* x, const bf16* w) { return _mm512_fmadd_ps(widen(x), widen(w), a); }
+inline Acc fma_step(Acc a, const bf16* x, const bf16* w) { return _mm512_fmadd_ps(widen16(x), widen16(w), a); }
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr int64_t kWidth = 8;
 using Acc = __m256;

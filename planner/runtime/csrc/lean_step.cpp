@@ -19,7 +19,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <array>
 #include <limits>
+#include <utility>
 #include <vector>
 #include "lean_vec.h"
 #if defined(__x86_64__)
@@ -131,11 +133,10 @@ std::vector<at::Tensor> rotary_cpu(const at::Tensor& q, const at::Tensor& k, con
 }
 
 // q (B, H, T, D), k, v (B, Hk, S, D) with unit stride in D; mask (1 or B, 1, T, S) additive.
-// out (B, T, H, D). One work item per (batch, query head) takes all T of its query rows, so
-// each key and value row is widened to fp32 once per head and used for every query that can
-// see it. Each query row's arithmetic is fixed whatever T is and whichever rows share the item:
-// score_j = dot(q, k_j) * scale + mask (the dot over D in 16-lane fp32 vectors, lane i summing
-// elements i, i + 16, ... with FMAs, then the lanes by a fixed tree), p_j = exp(score_j - max),
+// out (B, T, H, D). One work item per (batch, query head) takes all T of its query rows. Each
+// query row's arithmetic is fixed whatever T is and whichever rows share the item:
+// score_j = dot(q, k_j) * scale + mask (attend_head's vectors where AVX-512 is and D is a
+// multiple of 16 up to 256, else `dot`), p_j = exp(score_j - max),
 // out = sum_j p_j v_j / sum_j p_j in key order (exp by exp16 where AVX-512 is, std::exp elsewhere).
 
 // A score row's softmax weights in place: exp(score - top), blocked keys (-inf) left as they are.
@@ -163,10 +164,12 @@ inline void exp_shifted(float* sr, int64_t S, float top) {
 
 
 #if defined(__AVX512F__)
-// One query head's T rows with D = 16 * ND: the same arithmetic as attention_rows' vector path
-// (so the same bits), row by row with the query row and the output sums in registers. Each
-// key and value row is widened from L1 as it is used; going through a buffer instead stalled
-// every load on the store before it (39 us for a 9-head step over 148 keys, against ~10).
+// One query head's T rows with D = 16 * ND (attention_rows' path wherever AVX-512 is and D is a
+// multiple of 16 up to 256), row by row with the query row and the output sums in registers:
+// the dot over D in 16-lane fp32 vectors, lane i summing elements i, i + 16, ... with FMAs,
+// then the lanes by a fixed tree. Each key and value row is widened from L1 as it is used;
+// going through a buffer instead stalled every load on the store before it (39 -> 24 us for a
+// 9-head step over 148 keys, one thread).
 template <typename T, int ND>
 void attend_head(const T* qp, const at::Tensor& q, int64_t b, int64_t h, const T* kr, int64_t ks, const T* vr, int64_t vs,
                  const T* mr, int64_t mt, int64_t ms, int64_t Tn, int64_t S, float scale, float* score, T* op, int64_t H) {
@@ -208,6 +211,14 @@ void attend_head(const T* qp, const at::Tensor& q, int64_t b, int64_t h, const T
 }
 #endif
 
+#if defined(__AVX512F__)
+// attend_head<T, ND> for ND = 1 .. 16 (D = 16 .. 256), indexed by ND - 1.
+template <typename T, size_t... I>
+constexpr auto head_kernels(std::index_sequence<I...>) {
+  return std::array{&attend_head<T, int(I) + 1>...};
+}
+#endif
+
 template <typename T>
 void attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, float scale,
                     at::Tensor& out) {
@@ -222,52 +233,34 @@ void attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const float none = -std::numeric_limits<float>::infinity();
   const int64_t mb = mask.size(0) == 1 ? 0 : mask.stride(0), mt = mask.stride(2), ms = mask.stride(3);
 #if defined(__AVX512F__)
+  static constexpr auto heads = head_kernels<T>(std::make_index_sequence<16>{});
   const bool vector = D % 16 == 0 && D <= 256;
-#else
-  const bool vector = false;
 #endif
   at::parallel_for(0, B * H, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> score(Tn * S), acc(Tn * D), top(Tn), total(Tn), qf(Tn * D), kf(D);
+    std::vector<float> score(Tn * S), acc(Tn * D), top(Tn), total(Tn);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H, hk = h / group;
       const T* kr = kp + b * k.stride(0) + hk * k.stride(1);
       const T* vr = vp + b * v.stride(0) + hk * v.stride(1);
       const T* mr = mp + b * mb;
 #if defined(__AVX512F__)
-      if (D == 64 || D == 128) {
-        (D == 64 ? attend_head<T, 4> : attend_head<T, 8>)(qp, q, b, h, kr, k.stride(2), vr, v.stride(2), mr, mt, ms, Tn, S, scale,
-                                                          score.data(), op, H);
+      if (vector) {
+        heads[D / 16 - 1](qp, q, b, h, kr, k.stride(2), vr, v.stride(2), mr, mt, ms, Tn, S, scale, score.data(), op, H);
         continue;
       }
 #endif
       for (int64_t t = 0; t < Tn; ++t) {
-        const T* qr = qr_of(qp, q, b, h, t);
-        for (int64_t d = 0; d < D; ++d) qf[t * D + d] = float(qr[d]);  // exact: bf16 widens losslessly
         top[t] = none;
         total[t] = 0.f;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      // scores: a key row is read (and widened) once for the queries that see it
-      for (int64_t j = 0; j < S; ++j) {
+      for (int64_t j = 0; j < S; ++j) {  // scores
         const T* kj = kr + j * k.stride(2);
-        bool widened = false;
         for (int64_t t = 0; t < Tn; ++t) {
           const float m = float(mr[t * mt + j * ms]);
           float& sc = score[t * S + j];
           if (m <= blocked) { sc = none; continue; }
-          float dot_qk;
-#if defined(__AVX512F__)
-          if (vector) {
-            if (!widened) { for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(&kf[d], widen16(kj + d)); widened = true; }
-            __m512 a = _mm512_mul_ps(_mm512_loadu_ps(&qf[t * D]), _mm512_loadu_ps(&kf[0]));
-            for (int64_t d = 16; d < D; d += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(&qf[t * D + d]), _mm512_loadu_ps(&kf[d]), a);
-            dot_qk = _mm512_reduce_add_ps(a);
-          } else
-#endif
-          {
-            dot_qk = dot(qr_of(qp, q, b, h, t), kj, D);
-          }
-          sc = dot_qk * scale + m;
+          sc = dot(qr_of(qp, q, b, h, t), kj, D) * scale + m;
           top[t] = std::max(top[t], sc);
         }
       }
@@ -276,22 +269,11 @@ void attention_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       for (int64_t t = 0; t < Tn; ++t) exp_shifted(&score[t * S], S, top[t]);
       for (int64_t j = 0; j < S; ++j) {
         const T* vj = vr + j * v.stride(2);
-        bool widened = false;
         for (int64_t t = 0; t < Tn; ++t) {
-          const float sc = score[t * S + j];
-          if (sc == none) continue;
-          const float p = sc;  // exp(score - max), above
+          const float p = score[t * S + j];  // exp(score - max), above
+          if (p == none) continue;
           total[t] += p;
           float* at = &acc[t * D];
-#if defined(__AVX512F__)
-          if (vector) {
-            if (!widened) { for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(&kf[d], widen16(vj + d)); widened = true; }
-            const __m512 pv = _mm512_set1_ps(p);
-            for (int64_t d = 0; d < D; d += 16)
-              _mm512_storeu_ps(at + d, _mm512_fmadd_ps(pv, _mm512_loadu_ps(&kf[d]), _mm512_loadu_ps(at + d)));
-            continue;
-          }
-#endif
           for (int64_t d = 0; d < D; ++d) at[d] += p * float(vj[d]);
         }
       }

@@ -199,23 +199,19 @@ def _decode_matmul(device, sizes: Sizes, median_s, cache_bytes: int, matmul_tflo
 
 def _runtime_layer_step(device):
     """One decode step (one token, KV cache, mask) of a small layer as the runtime runs it
-    (a transformers Llama layer with the runtime's position cache and mask, in the dtype the
-    runtime picks for the device, and on a CPU with the lean kernels swapped in, as
-    runtime.load does: one fused call per layer where they build): the ops planner.perf counts
-    as KERNELS_PER_LAYER, with negligible bytes and FLOPs."""
+    (a transformers Llama layer built by runtime.load as it builds every target: the runtime's
+    position cache and mask, its dtype for the device, and on a CPU the lean kernels, one fused
+    call per layer where they build): the ops planner.perf counts as KERNELS_PER_LAYER, with
+    negligible bytes and FLOPs."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
-    from planner.runtime.kernels import use_lean_kernels
-    from planner.runtime.load import default_dtype
-    from planner.runtime.model import Decoder
+    from planner.runtime.load import random_target
 
     config = LlamaConfig(num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2,
                          num_key_value_heads=2, head_dim=32, vocab_size=64)
-    model = LlamaForCausalLM(config).to(device=device, dtype=default_dtype(device))
-    if device.type == "cpu":
-        use_lean_kernels(model)
-    decoder = Decoder(model, max_seq_len=128)
+    decoder = random_target(config, device=device, max_seq_len=128, compiled=False).decoder
+    model = decoder.hf_model
     with torch.inference_mode():
         decoder(torch.zeros(1, 64, dtype=torch.long, device=device), decoder.positions[:64], (0,))  # fills the cache
     pos = decoder.positions[64:65]

@@ -37,12 +37,15 @@ def _rows_of(prompts_file: Path) -> tuple[list[str], list[str]]:
 
 
 def _adapter_mb(source: str, hf_config) -> tuple[object, float]:
+    """The shipped adapter and the MB s3d adds when decoding in bf16: its file, plus the LM head
+    rows of its draft vocabulary, which the runtime copies when it attaches the draft."""
     from planner.runtime.adapter import WEIGHTS_FILE, config_shape, find_adapter
 
     adapter = find_adapter(source, config_shape(hf_config))
     if adapter is None:
         raise SystemExit(f"no shipped S3D adapter matches {source}: give one with specplan adapt first")
-    return adapter, (adapter.path / WEIGHTS_FILE).stat().st_size / 1e6
+    head_rows = (adapter.info.draft_vocab_size or 0) * hf_config.hidden_size * 2
+    return adapter, ((adapter.path / WEIGHTS_FILE).stat().st_size + head_rows) / 1e6
 
 
 def _weights_mb(source: str, quant: str) -> float:

@@ -17,6 +17,7 @@ import click
 
 from planner.errors import SpecplanError
 from planner.plan.schema import METHODS, QUANTIZATIONS
+from planner.train.adapt import DRAFT_VOCAB_SIZE
 
 
 # click >= 8.2 raises this for a bare group; 8.1 prints the help itself and exits 0.
@@ -804,13 +805,15 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Draft blocks per step.")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True,
               help="Length of each prompt's greedy continuation (the training data).")
+@click.option("--draft-vocab", type=click.IntRange(0), default=DRAFT_VOCAB_SIZE, show_default=True,
+              help="Tokens the draft's LM head scores: the most frequent in the training data (0: the whole vocabulary).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_CHAT_OPTION
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the adapter.")
-def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, max_new_tokens, resume, device, seed, chat,
-          out):
+def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, max_new_tokens, draft_vocab, resume, device,
+          seed, chat, out):
     """Train an S3D draft adapter for a checkpoint, which stays untouched: LoRA on the kept
     layers and the mask token's embedding, trained on the checkpoint's own greedy
     continuations of the prompts to draft the next gamma tokens in one forward. Decoding
@@ -829,7 +832,8 @@ def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, 
     prompts = read_prompts(prompts_path) if prompts_path else None
     r = run_adapt(model_path, prompts, skip_layers=skip_layers, gamma=gamma, out=out, rank=rank, steps=steps, lr=lr,
                   batch=batch, max_new_tokens=max_new_tokens, resume=resume, device=device, seed=seed, chat=chat,
-                  prompts_name=prompts_path and Path(prompts_path).name, log=lambda m: click.echo(m, err=True))
+                  prompts_name=prompts_path and Path(prompts_path).name, draft_vocab=draft_vocab,
+                  log=lambda m: click.echo(m, err=True))
     click.echo(f"held-out greedy draft: {r.tokens_per_iteration_before:.2f} -> {r.tokens_per_iteration_after:.2f} tokens per "
                f"iteration (estimate), draft loss {r.draft_loss_before:.3f} -> {r.draft_loss_after:.3f}")
     click.echo(f"wrote {r.out} (adapter.safetensors {r.adapter_mb:.1f} MB, s3d.json: skip {list(r.skip_layers)}, "

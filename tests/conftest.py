@@ -255,9 +255,11 @@ def tu_postgres():
 # ---------------------------------------------------------------- S3D adapters (issue 16)
 
 
-def rt_write_adapter(checkpoint: str, out, *, skip_layers=(1, 2), gamma: int = 3, seed: int = 0, scale: float = 0.05):
+def rt_write_adapter(checkpoint: str, out, *, skip_layers=(1, 2), gamma: int = 3, seed: int = 0, scale: float = 0.05,
+                     draft_vocab=None):
     """Save, as `specplan adapt` does, an S3D adapter for `checkpoint` whose LoRA matrices and
-    mask embedding are random (B != 0: the draft differs from plain layer skipping). Returns `out`."""
+    mask embedding are random (B != 0: the draft differs from plain layer skipping), with the
+    draft vocabulary `draft_vocab` (ascending ids) when given. Returns `out`."""
     from pathlib import Path
 
     import torch
@@ -270,7 +272,7 @@ def rt_write_adapter(checkpoint: str, out, *, skip_layers=(1, 2), gamma: int = 3
     kept = tuple(i for i in range(target.num_layers) if i not in skip_layers)
     modules = linear_modules(target.decoder, kept)
     draft = Draft(target.decoder, ("rt-write",), skip_layers=skip_layers, rank=4, alpha=8.0, target_modules=modules,
-                  mask_token_id=target.vocab_size)
+                  mask_token_id=target.vocab_size, draft_vocab=None if draft_vocab is None else torch.tensor(draft_vocab))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in draft.parameters():
@@ -278,6 +280,7 @@ def rt_write_adapter(checkpoint: str, out, *, skip_layers=(1, 2), gamma: int = 3
     layers, hidden, vocab = config_shape(target.hf_config)
     info = AdapterInfo(format=FORMAT, skip_layers=tuple(skip_layers), gamma=gamma, rank=4, alpha=8.0, target_modules=modules,
                        mask_token_id=vocab, base=BaseRef(sha256=content_fingerprint(checkpoint), name=Path(checkpoint).name,
-                                                         num_layers=layers, hidden_size=hidden, vocab_size=vocab))
+                                                         num_layers=layers, hidden_size=hidden, vocab_size=vocab),
+                       draft_vocab_size=None if draft_vocab is None else len(draft_vocab))
     draft.save(Path(out), info, dtype=torch.float32)
     return Path(out)

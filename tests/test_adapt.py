@@ -37,13 +37,14 @@ def test_adapt_writes_a_small_adapter_that_decodes_like_the_checkpoint(rt_models
     from planner.runtime.checkpoint import content_fingerprint
 
     out = tmp_path / "adapter"
-    result = _adapt(rt_models, prompts_file, out)
+    result = _adapt(rt_models, prompts_file, out, "--draft-vocab", "48")
     assert result.exit_code == 0, result.output
     assert "held-out greedy draft:" in result.output and f"wrote {out} (adapter.safetensors" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "s3d.json"]  # no checkpoints left
     meta = json.loads((out / "s3d.json").read_text())
     assert meta["skip_layers"] == [1, 2] and meta["gamma"] == 3 and meta["rank"] == 4
     assert meta["mask_token_id"] == 128  # one past the vocabulary
+    assert meta["draft_vocab_size"] == 48  # the draft's LM head scores 48 of the 128 tokens; the verify all of them
     assert meta["base"]["sha256"] == content_fingerprint(rt_models["llama"])
     assert meta["data"]["prompts"] == "prompts.jsonl" and meta["data"]["sequences"] == len(PROMPTS)
     assert len(meta["data"]["sha256"]) == 64 and meta["training"]["steps"] == 6

@@ -66,19 +66,24 @@ def test_cached_decoding_follows_transformers_full_forward(arch, rt_models, rt_t
     assert list(rt_plain[arch]) == expected
 
 
-def random_s3d(target, gamma: int, skip: tuple[int, ...], *, seed: int = 0, scale: float = 0.05) -> S3D:
+def random_s3d(target, gamma: int, skip: tuple[int, ...], *, seed: int = 0, scale: float = 0.05, draft_vocab=None) -> S3D:
     """S3D on `target` with an adapter of random LoRA matrices (B != 0, so the draft really
-    differs from plain layer skipping) and a random mask embedding, mask id one past the vocabulary."""
+    differs from plain layer skipping) and a random mask embedding, mask id one past the
+    vocabulary; its LM head scores only `draft_vocab` (ascending ids) when given."""
     from planner.runtime.adapter import Draft, linear_modules
 
     kept = tuple(i for i in range(target.num_layers) if i not in skip)
-    draft = Draft(target.decoder, ("s3d-test", skip, seed), skip_layers=skip, rank=4, alpha=8.0,
-                  target_modules=linear_modules(target.decoder, kept), mask_token_id=target.vocab_size)
+    vocab = None if draft_vocab is None else torch.tensor(draft_vocab)
+    draft = Draft(target.decoder, ("s3d-test", skip, seed, draft_vocab), skip_layers=skip, rank=4, alpha=8.0,
+                  target_modules=linear_modules(target.decoder, kept), mask_token_id=target.vocab_size, draft_vocab=vocab)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in draft.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * scale)
     return S3D(target, gamma, draft.key, target.vocab_size)
+
+
+DRAFT_VOCAB = tuple(range(0, 128, 2))  # half the rt_models' 128 tokens: the draft cannot propose the odd ones
 
 
 DRAFTERS = {
@@ -88,6 +93,7 @@ DRAFTERS = {
     "early_exit g5 E3": lambda t, d: EarlyExit(t, 5, 3),
     "s3d g2 skip{2}": lambda t, d: random_s3d(t, 2, (2,)),
     "s3d g4 skip{1,2}": lambda t, d: random_s3d(t, 4, (1, 2)),
+    "s3d g3 skip{2} draft vocab": lambda t, d: random_s3d(t, 3, (2,), draft_vocab=DRAFT_VOCAB),
     "draft_model g2": lambda t, d: DraftModel(d, 2),
     "draft_model g4": lambda t, d: DraftModel(d, 4),
     "prompt_lookup g3 n3": lambda t, d: PromptLookup(t, 3, 3),
@@ -120,6 +126,23 @@ def test_an_s3d_adapter_changes_the_draft_and_never_the_verify_forward(arch, rt_
     assert not torch.allclose(target.step(ids, positions, drafter.draft_key), target.step(ids, positions, (0, 3)), atol=1e-3)
 
 
+def test_a_draft_vocabulary_scores_its_tokens_as_the_whole_head_does(rt_targets):
+    """The draft's LM head over a draft vocabulary gives its tokens the logits the whole
+    head gives them, and -inf to every other token, so the draft proposes only its own."""
+    target = rt_targets["llama"]
+    whole = random_s3d(target, 3, (2,), seed=5)
+    trimmed = random_s3d(target, 3, (2,), seed=5, draft_vocab=DRAFT_VOCAB)
+    ids = torch.tensor([PROMPT[:3] + [target.vocab_size] * 2])  # pending tokens then two masks
+    positions = target.positions(0, 5)
+    expected, got = target.step(ids, positions, whole.draft_key), target.step(ids, positions, trimmed.draft_key)
+    inside = torch.tensor(DRAFT_VOCAB)
+    outside = torch.tensor([t for t in range(target.vocab_size) if t not in DRAFT_VOCAB])
+    assert torch.allclose(got[..., inside], expected[..., inside], atol=1e-5, rtol=1e-5)
+    assert torch.isneginf(got[..., outside]).all()
+    assert set(got.argmax(-1).flatten().tolist()) <= set(DRAFT_VOCAB)
+    assert not set(expected.argmax(-1).flatten().tolist()) <= set(DRAFT_VOCAB)  # the whole head would propose others
+
+
 def test_speculation_accepts_and_rejects(rt_targets):
     """The identity tests above only prove something if drafts are both kept and refused."""
     results = [generate(rt_targets[arch], EarlyExit(rt_targets[arch], 3, 3), PROMPT, max_new_tokens=NEW_TOKENS)
@@ -144,13 +167,20 @@ def _chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
 CHI2_DF5_P001 = 20.52  # chi-square critical value, 5 degrees of freedom, p = 0.001
 
 
-def test_speculative_sampling_keeps_the_target_distribution():
+@pytest.mark.parametrize("draft_vocab", [None, (0, 2, 3)])
+def test_speculative_sampling_keeps_the_target_distribution(draft_vocab):
     """Draft tokens sampled from q, accepted/resampled by the rule: the first output token is
-    distributed as p_0 and, when the first draft was kept, the second as p_1."""
+    distributed as p_0 and, when the first draft was kept, the second as p_1; also when q is
+    zero outside a draft vocabulary (the draft cannot propose half the tokens)."""
     gen = torch.Generator().manual_seed(0)
     vocab, trials = 6, 6000
     p = torch.softmax(torch.randn(3, vocab, generator=gen) * 1.5, -1)  # target, gamma + 1 positions
-    q = torch.softmax(torch.randn(2, vocab, generator=gen) * 1.5, -1)  # draft, gamma positions
+    logits = torch.randn(2, vocab, generator=gen) * 1.5
+    if draft_vocab is not None:
+        outside = torch.ones(vocab, dtype=torch.bool)
+        outside[list(draft_vocab)] = False
+        logits[:, outside] = float("-inf")  # as the draft's head over a draft vocabulary scores them
+    q = torch.softmax(logits, -1)  # draft, gamma positions
     first, second = torch.zeros(vocab), torch.zeros(vocab)
     for _ in range(trials):
         draft = torch.multinomial(q, 1, generator=gen)[:, 0]

@@ -188,3 +188,94 @@ def test_a_plan_names_an_adapter_only_for_s3d():
         plan_from_dict(data)
     data["decoding"]["method"] = "s3d"
     assert plan_from_dict(data).decoding.adapter == "/a"
+
+
+HALF = tuple(range(0, 128, 2))  # a draft vocabulary of the rt_models' even tokens
+
+
+@pytest.fixture(scope="module")
+def vocab_adapter(rt_models, tmp_path_factory):
+    return rt_write_adapter(rt_models["llama"], tmp_path_factory.mktemp("adapter") / "v", skip_layers=(1, 2), gamma=3,
+                            seed=4, draft_vocab=HALF)
+
+
+def test_a_draft_vocabulary_round_trips_and_is_planned(rt_models, vocab_adapter):
+    """Saved with the adapter, read back, its draft scores only those tokens; the plan carries
+    its size, and the draft it prices reads fewer LM head rows (and holds them)."""
+    import dataclasses
+
+    from planner.hardware.profile import load_profile
+    from planner.models.architectures import spec_from_hf_config
+    from planner.perf.speedup import predict_detail
+    from planner.runtime.load import load_target
+
+    adapter = read_adapter(vocab_adapter)
+    assert adapter.info.draft_vocab_size == 64
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=16, dtype=torch.float32)
+    drafted = target.step(torch.tensor([[40, 41, 128, 128]]), target.positions(0, 4), attach(target.decoder, adapter))
+    assert torch.isneginf(drafted[..., 1::2]).all() and torch.isfinite(drafted[..., 0::2]).all()
+    decoding, _ = planned_s3d(rt_models["llama"], SHAPE, given=str(vocab_adapter))
+    assert decoding.draft_vocab_size == 64
+    from planner.runtime.checkpoint import read_hf_config
+
+    spec, profile = spec_from_hf_config(read_hf_config(rt_models["llama"]).to_dict(), "llama"), load_profile("a10g")
+    trimmed = predict_detail(spec, profile, decoding, context=64, acceptance=0.5)
+    whole = predict_detail(spec, profile, dataclasses.replace(decoding, draft_vocab_size=None), context=64, acceptance=0.5)
+    assert trimmed.draft_s < whole.draft_s and trimmed.verify_s == whole.verify_s
+    assert trimmed.vram_bytes["draft"] - whole.vram_bytes["draft"] == 64 * 64 * 2  # 64 rows of width 64 in bf16
+
+
+@pytest.mark.parametrize("size, message", [
+    (65, "'draft_vocab' should hold the 65 ids s3d.json's draft_vocab_size gives; found shape [64]"),
+    (500, "draft_vocab_size 500 is more than the base's vocabulary (128)"),
+    (0, "draft_vocab_size: must be at least 1, got 0"),
+])
+def test_a_damaged_draft_vocabulary_is_one_line(vocab_adapter, tmp_path, size, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(vocab_adapter, broken)
+    info = json.loads((broken / "s3d.json").read_text())
+    (broken / "s3d.json").write_text(json.dumps({**info, "draft_vocab_size": size}))
+    with pytest.raises(InputError, match=re.escape(message)):
+        read_adapter(broken)
+
+
+def test_draft_vocabulary_ids_out_of_order_are_refused_when_attached(rt_models, vocab_adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from planner.runtime.load import load_target
+
+    broken = tmp_path / "broken"
+    shutil.copytree(vocab_adapter, broken)
+    tensors = load_file(broken / "adapter.safetensors")
+    tensors["draft_vocab"] = tensors["draft_vocab"].flip(0).contiguous()
+    save_file(tensors, broken / "adapter.safetensors")
+    target = load_target(rt_models["llama"], device=torch.device("cpu"), max_seq_len=16, dtype=torch.float32)
+    with pytest.raises(InputError, match="'draft_vocab' must hold distinct token ids in ascending order, each below 128"):
+        attach(target.decoder, read_adapter(broken))
+
+
+def test_the_draft_vocabulary_is_the_training_datas_most_frequent_tokens():
+    from planner.train.adapt import draft_vocabulary
+
+    sequences = [(7, 7, 7, 9, 9, 3), (9, 5, 7)]
+    assert draft_vocabulary(sequences, 2, 16).tolist() == [7, 9]  # 4 and 3 times
+    assert draft_vocabulary(sequences, 3, 16).tolist() == [3, 7, 9]  # a tie (3 and 5, once each) goes to the lower id
+    assert draft_vocabulary(sequences, 6, 16).tolist() == [0, 1, 3, 5, 7, 9]  # topped up with the lowest ids
+    assert draft_vocabulary(sequences, 16, 16) is None and draft_vocabulary(sequences, 99, 16) is None
+
+
+def test_a_plan_gives_a_draft_vocabulary_only_to_s3d_and_within_the_vocabulary():
+    from planner.errors import PlanError
+    from planner.plan.schema import Decoding, HardwareRef, ModelRef, Plan, Prediction, plan_from_dict
+
+    data = Plan(model=ModelRef(name="m", source="/m", num_layers=4, vocab_size=128), hardware=HardwareRef("cpu", "cpu"),
+                decoding=Decoding(method="layer_skip", gamma=2, skip_layers=(1,)),
+                prediction=Prediction("analytical", 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 0.1)).to_dict()
+    data["decoding"]["draft_vocab_size"] = 64
+    with pytest.raises(PlanError, match="decoding.draft_vocab_size: method layer_skip has none"):
+        plan_from_dict(data)
+    data["decoding"]["method"] = "s3d"
+    assert plan_from_dict(data).decoding.draft_vocab_size == 64
+    data["decoding"]["draft_vocab_size"] = 129
+    with pytest.raises(PlanError, match=re.escape("decoding.draft_vocab_size: 129 is more than the model's vocabulary (128)")):
+        plan_from_dict(data)

@@ -141,6 +141,8 @@ def vram_bytes(
     }
     if method == "s3d":
         parts["draft"] = spec.hidden_size * DTYPE_BYTES[dtype]  # the mask token's embedding row
+        if decoding is not None and decoding.draft_vocab_size:  # the draft vocabulary's LM head rows, copied
+            parts["draft"] += decoding.draft_vocab_size * spec.embedding_width * DTYPE_BYTES[dtype]
     elif method == "draft_model" and draft_spec is not None:
         # A separate draft keeps its own weights and its own cache for every target token.
         draft_tp = (decoding.draft_tensor_parallel if decoding is not None else None) or tp

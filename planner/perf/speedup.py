@@ -6,7 +6,9 @@
 Drafting per method (T(n, layers) from planner.perf.cost; t_d the profile's draft_step_us,
 host work per draft forward, 0 unless a tune study fitted it):
     layer_skip    gamma x (T(1, kept) + t_d)   sequential self-drafting
-    s3d           T(gamma, kept) + t_d         one forward of [token, mask x (gamma-1)]
+    s3d           T(gamma, kept) + t_d         one forward of [token, mask x (gamma-1)]; its LM head
+                                               reads draft_vocab_size rows when the adapter has
+                                               a draft vocabulary (planner.runtime.adapter)
     early_exit    gamma x (T(1, first E) + t_d)
                                                verify: T(gamma+1, all)
                                                for the last draft token only (the runtime
@@ -83,7 +85,10 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
     if d.method == "layer_skip":
         return d.gamma * (T(layers=kept, new_tokens=1) + host_s), verify
     if d.method == "s3d":
-        return T(layers=kept, new_tokens=d.gamma) + host_s, verify
+        draft_spec = dataclasses.replace(spec, vocab_size=min(d.draft_vocab_size or spec.vocab_size, spec.vocab_size))
+        draft = forward_latency_s(draft_spec, profile, layers=kept, new_tokens=d.gamma, context=context,
+                                  batch_size=batch_size, quant=d.quant, execution=execution)
+        return draft + host_s, verify
     if d.method == "early_exit":
         return d.gamma * (T(layers=d.exit_layer, new_tokens=1) + host_s), verify
     if d.method == "draft_model":

@@ -65,6 +65,7 @@ class Decoding:
     draft_tensor_parallel: int | None = None  # the head's or draft's own tensor parallel (vLLM: 1 or the target's); None: the target's
     ngram: int = 3  # prompt_lookup: longest n-gram matched in the context
     adapter: str | None = None  # s3d: the draft adapter's directory; None: the checkpoint's own or a shipped one
+    draft_vocab_size: int | None = None  # s3d: tokens its draft's LM head scores (the adapter's draft vocabulary); None: all
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ _CHOICES = {
     "objective": ("speed", "pareto", "mean", "worst-group"),  # plan's, then tune's
 }
 _POSITIVE = {"num_layers", "vocab_size", "context", "batch_size", "batch_min", "batch_max", "ngram", "vram_gib", "memory_gib",
-             "topk", "tensor_parallel", "draft_tensor_parallel"}
+             "topk", "tensor_parallel", "draft_tensor_parallel", "draft_vocab_size"}
 _NON_NEGATIVE = {
     "tokens_per_s", "speedup", "tokens_per_iteration", "target_latency_ms", "draft_latency_ms",
     "iteration_ms", "hidden_size", "trials", "tokens_per_s_per_sequence", "tokens_per_s_total",
@@ -218,6 +219,7 @@ def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
                "num_draft_tokens": method not in TREE_METHODS and decoding.num_draft_tokens,
                "draft_tensor_parallel": method not in ("draft_model", *HEAD_METHODS) and decoding.draft_tensor_parallel,
                "adapter": method != "s3d" and decoding.adapter,
+               "draft_vocab_size": method != "s3d" and decoding.draft_vocab_size,
                "gamma": method == "autoregressive" and decoding.gamma}
     for name, given in ignored.items():
         if given:  # a value the method would silently ignore
@@ -251,6 +253,11 @@ def tree_problem(decoding: Decoding) -> str | None:
 
 def _check_plan(plan: Plan) -> None:
     layers = plan.model.num_layers
+    for path, d in [("decoding", plan.decoding)] + [(f"alternatives[{i}].decoding", a.decoding)
+                                                    for i, a in enumerate(plan.alternatives)]:
+        if d.draft_vocab_size is not None and d.draft_vocab_size > plan.model.vocab_size:
+            raise PlanError(f"{path}.draft_vocab_size: {d.draft_vocab_size} is more than the model's vocabulary "
+                            f"({plan.model.vocab_size})")
     _check_decoding(plan.decoding, layers, "decoding")
     for i, alt in enumerate(plan.alternatives):
         _check_decoding(alt.decoding, layers, f"alternatives[{i}].decoding")

@@ -6,7 +6,9 @@ An adapter is a directory (or two files inside a model directory) holding
   linear modules it adapts (names inside a decoder layer), the mask token's id, the base
   checkpoint's content fingerprint and shape, and how it was made (AdapterInfo);
 - adapter.safetensors: "layers.{i}.{module}.lora_A" (r, in) and ".lora_B" (out, r) for
-  each kept layer i, and "mask_embedding" (H,): the mask token's input embedding.
+  each kept layer i, "mask_embedding" (H,): the mask token's input embedding, and, when
+  s3d.json gives a draft_vocab_size, "draft_vocab" (N,): the ascending token ids the draft's
+  LM head scores (its draft vocabulary, below).
 
 The draft is a registered view of the runtime's Decoder (planner.runtime.model): the kept
 layers as copies whose linear modules peft wraps with LoRA (each copy shares every weight
@@ -15,6 +17,15 @@ that the mask id, one past the vocabulary, embeds as the adapter's vector. The m
 reaches the LM head as an input of the verify forward, which runs the original modules:
 decoding with an adapter is lossless against the checkpoint it was trained on, and an
 adapter for another checkpoint is refused by its fingerprint.
+
+A draft vocabulary (FR-Spec: Zhao et al. 2025, "FR-Spec: Accelerating Large-Vocabulary
+Language Models via Frequency-Ranked Speculative Sampling", arXiv:2502.14856; EAGLE-3's heads
+do the same with 32k of Llama-3's 128k tokens) makes the draft's LM head read N of the V
+rows of the checkpoint's: the N tokens most frequent in the adapter's training data. The
+draft then never proposes a token outside them (the logits there are -inf), which costs
+acceptance only where the checkpoint's own next token lies outside; the verify scores the
+whole vocabulary, so the output is unchanged. The N rows are copied once when the draft is
+attached (N x H in the runtime dtype: 4.7 MB for 4096 rows of SmolLM2's 576).
 
 Only the standard library is imported at module level: planning finds adapters without torch.
 """
@@ -34,6 +45,7 @@ WEIGHTS_FILE = "adapter.safetensors"
 FORMAT = "specplan-s3d-adapter/1"
 SHIPPED_DIR = PROFILES_DIR / "adapters"
 MASK_EMBEDDING = "mask_embedding"
+DRAFT_VOCAB = "draft_vocab"
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class AdapterInfo:
     base: BaseRef
     data: dict | None = None  # the distillation data: its sha256, prompts, tokens, settings
     training: dict | None = None  # steps, learning rate, seconds, held-out figures before and after
+    draft_vocab_size: int | None = None  # tokens the draft's LM head scores (adapter.safetensors' draft_vocab); None: all
 
 
 @dataclass(frozen=True)
@@ -75,7 +88,7 @@ class Adapter:
 
 
 def _check(name: str, path: str, value) -> None:
-    if name in ("gamma", "rank", "num_layers", "hidden_size", "vocab_size") and value < 1:
+    if name in ("gamma", "rank", "num_layers", "hidden_size", "vocab_size", "draft_vocab_size") and value < 1:
         raise InputError(f"{path}: must be at least 1, got {value}")
     if name in ("skip_layers", "mask_token_id") and value < 0:
         raise InputError(f"{path}: must not be negative, got {value}")
@@ -109,24 +122,33 @@ def read_adapter(path) -> Adapter:
     if info.mask_token_id < info.base.vocab_size:
         raise InputError(f"{info_path}: mask_token_id {info.mask_token_id} is a token of the vocabulary; the mask is one "
                          f"past it ({info.base.vocab_size})")
-    _check_weights_header(directory / WEIGHTS_FILE)
+    if info.draft_vocab_size is not None and info.draft_vocab_size > info.base.vocab_size:
+        raise InputError(f"{info_path}: draft_vocab_size {info.draft_vocab_size} is more than the base's vocabulary "
+                         f"({info.base.vocab_size})")
+    _check_weights_header(directory / WEIGHTS_FILE, info.draft_vocab_size)
     return Adapter(directory, info)
 
 
-def _check_weights_header(path: Path) -> None:
+def _check_weights_header(path: Path, draft_vocab_size: int | None = None) -> None:
     """InputError, one line, when `path` is not a whole safetensors file holding the mask
-    embedding (its header and sizes only are read: a damaged file is refused when planning,
-    not first when decoding)."""
+    embedding, and the draft vocabulary of `draft_vocab_size` ids when one is given (its
+    header and sizes only are read: a damaged file is refused when planning, not first when
+    decoding)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
+            vocab_shape = f.get_slice(DRAFT_VOCAB).get_shape() if DRAFT_VOCAB in names else None
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: not a readable safetensors file ({reason[:160]})") from None
     if MASK_EMBEDDING not in names:
         raise InputError(f"{path}: holds no '{MASK_EMBEDDING}' tensor: not an S3D adapter's weights")
+    if draft_vocab_size is not None and list(vocab_shape or []) != [draft_vocab_size]:
+        found = "none" if vocab_shape is None else f"shape {list(vocab_shape)}"
+        raise InputError(f"{path}: '{DRAFT_VOCAB}' should hold the {draft_vocab_size} ids s3d.json's draft_vocab_size "
+                         f"gives; found {found}")
 
 
 def write_info(directory: Path, info: AdapterInfo) -> None:
@@ -215,7 +237,8 @@ def planned_s3d(model: str, shape: tuple[int, int, int], *, given: str | None = 
     if adapter is None:
         return None
     info = adapter.info
-    decoding = Decoding(method="s3d", gamma=info.gamma, skip_layers=info.skip_layers, adapter=given)
+    decoding = Decoding(method="s3d", gamma=info.gamma, skip_layers=info.skip_layers, adapter=given,
+                        draft_vocab_size=info.draft_vocab_size)
     tau = ((info.training or {}).get("held_out") or {}).get("tokens_per_iteration_after")
     return decoding, (alpha_from_tokens_per_iteration(tau, info.gamma) if isinstance(tau, (int, float)) else None)
 
@@ -244,6 +267,43 @@ def _mask_embedding_class():
     return MaskEmbedding
 
 
+def _draft_head_class():
+    import torch
+    from torch import nn
+
+    class DraftHead(nn.Module):
+        """The checkpoint's LM head over a draft vocabulary: logits (..., V) whose `ids` (N,)
+        columns are those of `head` (a copy of its N rows, so one forward reads N x H
+        weights, not V x H) and -inf elsewhere."""
+
+        def __init__(self, head: nn.Linear, ids: torch.Tensor):
+            super().__init__()
+            self.vocab_size = head.out_features
+            self.register_buffer("ids", ids.to(head.weight.device), persistent=False)
+            self.rows = nn.Linear(head.in_features, len(ids), bias=head.bias is not None, device="meta")
+            self.rows.weight = nn.Parameter(head.weight.detach()[self.ids].contiguous(), requires_grad=False)
+            if head.bias is not None:
+                self.rows.bias = nn.Parameter(head.bias.detach()[self.ids].contiguous(), requires_grad=False)
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            scored = self.rows(hidden)  # (..., N)
+            logits = scored.new_full((*scored.shape[:-1], self.vocab_size), float("-inf"))
+            return logits.index_copy_(-1, self.ids, scored)
+
+    return DraftHead
+
+
+def check_draft_vocab(ids, vocab_size: int, where: str) -> None:
+    """InputError unless `ids` is a 1-D integer tensor of ascending distinct token ids below
+    `vocab_size` (a draft vocabulary)."""
+    import torch
+
+    if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64) or not len(ids):
+        raise InputError(f"{where}: '{DRAFT_VOCAB}' must be a 1-D tensor of token ids, got {ids.dtype} of shape {list(ids.shape)}")
+    if int(ids[0]) < 0 or int(ids[-1]) >= vocab_size or (len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all())):
+        raise InputError(f"{where}: '{DRAFT_VOCAB}' must hold distinct token ids in ascending order, each below {vocab_size}")
+
+
 def _layer_copy(layer):
     """A copy of a decoder layer's module tree that shares every parameter and buffer."""
     import copy
@@ -267,8 +327,9 @@ class Draft:
     (trainable); the checkpoint's stay frozen and shared."""
 
     def __init__(self, decoder, key: tuple, *, skip_layers, rank: int, alpha: float, target_modules, mask_token_id: int,
-                 vector=None):
-        """vector: the mask embedding (H,); default: the mean input embedding of the vocabulary."""
+                 vector=None, draft_vocab=None):
+        """vector: the mask embedding (H,); default: the mean input embedding of the vocabulary.
+        draft_vocab: ascending token ids (N,) the draft's LM head scores; None: all of them."""
         import torch
         from peft import LoraConfig, inject_adapter_in_model
         from torch import nn
@@ -279,7 +340,7 @@ class Draft:
         copies = nn.ModuleList(_layer_copy(decoder.layers[i]) for i in self.kept)
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules), bias="none")
         self.lora = inject_adapter_in_model(config, copies)  # in place: the copies' linears become LoRA layers
-        from planner.runtime.kernels import use_lean_lora
+        from planner.runtime.kernels import use_lean_linears, use_lean_lora
 
         use_lean_lora(self.lora)  # one lean call per adapted linear when decoding on a CPU (peft's forward when training)
         embedding = decoder.hf_model.get_input_embeddings()
@@ -288,7 +349,19 @@ class Draft:
                 vector = embedding(torch.arange(decoder.vocab_size, device=decoder.device)).float().mean(0)  # (H,)
         self.mask = _mask_embedding_class()(embedding, mask_token_id, vector.detach().to(decoder.device, torch.float32))
         stand_ins = {decoder.layers[i]: copy for i, copy in zip(self.kept, self.lora)}
-        decoder.register_view(key, self.kept, {**stand_ins, embedding: self.mask})
+        stand_ins[embedding] = self.mask
+        self.draft_vocab = None
+        if draft_vocab is not None:
+            check_draft_vocab(draft_vocab, decoder.vocab_size, "draft_vocab")
+            self.draft_vocab = draft_vocab.to(device=decoder.device, dtype=torch.long)
+            head = decoder.hf_model.get_output_embeddings()
+            if not isinstance(head, nn.Linear):
+                raise InputError(f"model_type '{decoder.hf_model.config.model_type}': its LM head is not a linear layer, "
+                                 "so a draft vocabulary cannot select its rows")
+            draft_head = _draft_head_class()(head, self.draft_vocab)
+            use_lean_linears(draft_head)
+            stand_ins[head] = draft_head
+        decoder.register_view(key, self.kept, stand_ins)
 
     def named_tensors(self) -> dict:
         """The adapter's tensors by their adapter.safetensors names (live parameters, not copies)."""
@@ -326,6 +399,8 @@ class Draft:
         from planner._files import write_atomic
 
         tensors = {name: p.detach().to("cpu", dtype or torch.bfloat16).contiguous() for name, p in self.named_tensors().items()}
+        if self.draft_vocab is not None:
+            tensors[DRAFT_VOCAB] = self.draft_vocab.to("cpu", torch.int32).contiguous()
         directory.mkdir(parents=True, exist_ok=True)
         write_atomic(directory / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT}))
         write_info(directory, info)
@@ -344,8 +419,14 @@ def attach(decoder, adapter: Adapter) -> tuple:
     with loading(f"the S3D adapter's weights {weights}"):
         tensors = load_file(str(weights))
     info = adapter.info
+    draft_vocab = tensors.pop(DRAFT_VOCAB, None)  # s3d.json's draft_vocab_size says whether it is used
+    if info.draft_vocab_size is None:
+        draft_vocab = None
+    else:
+        check_draft_vocab(draft_vocab, info.base.vocab_size, str(weights))
     draft = Draft(decoder, adapter.key, skip_layers=info.skip_layers, rank=info.rank, alpha=info.alpha,
-                  target_modules=info.target_modules, mask_token_id=info.mask_token_id, vector=tensors.get(MASK_EMBEDDING))
+                  target_modules=info.target_modules, mask_token_id=info.mask_token_id, vector=tensors.get(MASK_EMBEDDING),
+                  draft_vocab=draft_vocab)
     draft.load(tensors, str(weights))
     for p in draft.parameters():
         if not torch.isfinite(p).all():

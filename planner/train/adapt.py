@@ -34,6 +34,7 @@ from planner.runtime.adapter import WEIGHTS_FILE
 HELD_OUT_BUCKETS = 8  # one prompt in 8 is held out (by a hash of its text)
 EVAL_STRIDE = 4  # held-out draft blocks start every 4th position of each continuation
 CHECKPOINTS = "checkpoints"
+DRAFT_VOCAB_SIZE = 16384  # tokens of an adapter's draft vocabulary by default (planner.runtime.adapter; BENCHMARKS.md)
 DEFAULT_PROMPTS = PROFILES_DIR / "prompts" / "adapt.jsonl"
 
 
@@ -141,9 +142,10 @@ def _labels(teacher, rows, t: int, gamma: int):
     return torch.stack([teacher.labels[r][t : t + gamma] for r in rows])  # (B, gamma)
 
 
-def evaluate(decoder, key, teacher, rows, gamma: int, kept, mask_id: int) -> tuple[float, float, list[float]]:
+def evaluate(decoder, key, teacher, rows, gamma: int, kept, mask_id: int, vocab=None) -> tuple[float, float, list[float]]:
     """(greedy tokens per iteration, draft cross-entropy, acceptance at each draft position)
-    over the held-out blocks of sequences `rows`."""
+    over the held-out blocks of sequences `rows`; with `vocab` (ascending ids (N,), a draft
+    vocabulary) the greedy draft picks among those tokens only, as the runtime's does."""
     import torch
     import torch.nn.functional as F
 
@@ -156,7 +158,8 @@ def evaluate(decoder, key, teacher, rows, gamma: int, kept, mask_id: int) -> tup
         for t, group in sorted(by_start.items()):
             logits = _draft_logits(decoder, key, teacher, group, t, gamma, kept, mask_id)  # (B, gamma, V)
             labels = _labels(teacher, group, t, gamma)
-            match = (logits.argmax(-1) == labels).int()  # (B, gamma)
+            picked = logits.argmax(-1) if vocab is None else vocab[logits.index_select(-1, vocab).argmax(-1)]
+            match = (picked == labels).int()  # (B, gamma)
             leading = match.cumprod(1)  # 1 while every earlier draft token matched
             accepted += float(leading.sum())
             position_hits += leading.sum(0).float().cpu()
@@ -167,6 +170,26 @@ def evaluate(decoder, key, teacher, rows, gamma: int, kept, mask_id: int) -> tup
     alphas = [float(position_hits[i] / position_hits[i - 1]) if i and position_hits[i - 1] else float(position_hits[0] / count)
               for i in range(gamma)]
     return 1 + accepted / count, loss / count, alphas
+
+
+def draft_vocabulary(sequences, size: int, vocab_size: int):
+    """The draft vocabulary of an adapter trained on `sequences` (token ids): the `size` ids
+    most frequent in them (ties to the lower id), topped up with the lowest ids not among them
+    (byte-pair merges number frequent tokens first), as an ascending LongTensor (size,); None
+    when `size` covers the whole vocabulary."""
+    import collections
+
+    import torch
+
+    if size >= vocab_size:
+        return None
+    counts = collections.Counter(t for s in sequences for t in s)
+    chosen = {t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]}
+    for t in range(vocab_size):
+        if len(chosen) >= size:
+            break
+        chosen.add(t)
+    return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
 def _sampler(teacher, rows, gamma: int, batch: int, seed: int):
@@ -211,6 +234,7 @@ def adapt(
     device: str = "cpu",
     chat: bool | None = None,
     prompts_name: str | None = None,
+    draft_vocab: int = DRAFT_VOCAB_SIZE,
     log=lambda message: None,
 ) -> AdaptResult:
     """Train an S3D draft adapter for the checkpoint at model_path (a directory, a .gguf file
@@ -223,7 +247,9 @@ def adapt(
     skip_layers: ascending layer indices, each once, not every layer; gamma: 1 to MAX_GAMMA
     tokens drafted per forward; rank: the LoRA rank (alpha = 2 x rank); lr: the peak
     learning rate, positive and finite; batch: draft blocks per step; max_new_tokens: the
-    length of each greedy continuation; device: auto, cpu, cuda or cuda:N. `resume`
+    length of each greedy continuation; draft_vocab: the tokens the draft's LM head scores,
+    the most frequent in the training sequences (draft_vocabulary; 0 or the vocabulary's size
+    or more: all of them); device: auto, cpu, cuda or cuda:N. `resume`
     continues from out/checkpoints (written every few steps and removed once the adapter is
     saved). log(message) receives progress lines.
 
@@ -254,12 +280,15 @@ def adapt(
     held = [r for r, p in enumerate(prompts) if is_held_out(p)]
     trained = [r for r in range(len(prompts)) if r not in set(held)] or held  # one prompt: train and check on it
     held = held or trained
+    vocab = draft_vocabulary([data.sequences.ids[r] for r in trained], draft_vocab or decoder.vocab_size, decoder.vocab_size)
+    if vocab is not None:
+        vocab = vocab.to(decoder.device)
 
     mask_id = decoder.vocab_size  # one past the vocabulary: no real token can be mistaken for it
     torch.manual_seed(seed)  # LoRA's A matrices start random
     draft = Draft(decoder, ("s3d-adapt",), skip_layers=skip_layers, rank=rank, alpha=2.0 * rank,
                   target_modules=linear_modules(decoder, kept), mask_token_id=mask_id)
-    before = evaluate(decoder, draft.key, teacher, held, gamma, kept, mask_id)
+    before = evaluate(decoder, draft.key, teacher, held, gamma, kept, mask_id, vocab)
     log(f"held-out before training: {before[0]:.3f} tokens/iteration, draft loss {before[1]:.4f}")
     options = {"skip_layers": list(skip_layers), "gamma": gamma, "rank": rank, "lr": lr, "steps": steps, "batch": batch,
                "seed": seed, "data": data.sequences.sha256}
@@ -281,7 +310,7 @@ def adapt(
         write_atomic(_options_path(checkpoints), json.dumps(options) + "\n")
         train(state, draft.parameters(), loss_fn, steps=steps, peak_lr=lr, checkpoint_dir=checkpoints, resume=resume,
               desc="adapt")
-        after = evaluate(decoder, draft.key, teacher, held, gamma, kept, mask_id)
+        after = evaluate(decoder, draft.key, teacher, held, gamma, kept, mask_id, vocab)
         _check_held_out(before[1], after[1])
     except InputError:
         shutil.rmtree(checkpoints, ignore_errors=True)  # a refused run leaves nothing to resume from
@@ -293,6 +322,7 @@ def adapt(
                 "held_out": {"tokens_per_iteration_before": round(before[0], 4), "tokens_per_iteration_after": round(after[0], 4),
                              "draft_loss_before": round(before[1], 4), "draft_loss_after": round(after[1], 4),
                              "acceptance_by_position_after": [round(a, 4) for a in after[2]]}}
+    draft.draft_vocab = vocab
     draft.save(out, _adapter_info(model_path, data, draft, skip_layers=skip_layers, gamma=gamma, rank=rank,
                                   max_new_tokens=max_new_tokens, prompts_name=prompts_name, held_out=len(held),
                                   training=training))
@@ -355,6 +385,7 @@ def _adapter_info(model_path: str, data: _Data, draft, *, skip_layers, gamma: in
               "generated_tokens": sum(len(s) - p for s, p in zip(sequences.ids, sequences.prompt_lens)),
               "max_new_tokens": max_new_tokens, "chat_template": data.chat},
         training=training,
+        draft_vocab_size=None if draft.draft_vocab is None else len(draft.draft_vocab),
     )
 
 

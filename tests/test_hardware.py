@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -196,6 +197,15 @@ def test_unwritable_out_fails_before_measuring(tmp_path, where, message):
     assert result.exit_code == 2 and message in result.output
     assert "profiling" not in result.output  # failed before measuring anything
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_out_where_no_file_can_be_created_fails_before_measuring(monkeypatch):
+    """/proc takes no new file, though os.access says it is writable to root: the check tries."""
+    monkeypatch.setattr("planner.hardware.profile_device", lambda *a, **k: pytest.fail("measured before refusing --out"))
+    result = CliRunner().invoke(cli, ["profile", "--device", "cpu", "--quick", "--out", "/proc/x.yaml"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: /proc/x.yaml: cannot write (") and result.output.count("\n") == 1
 
 
 def test_allreduce_latency_per_gpu_count_is_interpolated_held_and_round_trips(tmp_path):

@@ -343,6 +343,22 @@ def _target_spec(model_name: str, context: int):
     return spec
 
 
+def _method_list(ctx, param, text: str | None) -> tuple[str, ...] | None:
+    """--methods layer_skip,s3d -> ('layer_skip', 's3d'), each a known method; None when not
+    given. An empty list is refused, not read as every method. The one parser of --methods."""
+    if text is None:
+        return None
+    from planner.errors import near_matches
+
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not chosen:
+        raise click.BadParameter(f"'{text}': name at least one method ({', '.join(METHODS)}), or leave --methods out")
+    for method in chosen:
+        if method not in METHODS:
+            raise click.BadParameter(f"unknown method '{method}'{near_matches(method, METHODS)}")
+    return chosen
+
+
 _METHODS = click.Choice(list(METHODS))
 _QUANTS = click.Choice(list(QUANTIZATIONS))
 
@@ -554,7 +570,8 @@ def _describe(d) -> str:
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objective", type=click.Choice(["speed", "pareto"]), default="speed", show_default=True)
-@click.option("--methods", help="Comma-separated methods to search (default: what --engine can deploy).")
+@click.option("--methods", callback=_method_list,
+              help="Comma-separated methods to search (default: what --engine can deploy).")
 @click.option("--quant", "quants", callback=lambda ctx, param, text: _quant_list(text),
               help="Target quantizations the plan may choose, e.g. none,int4 (default: none; a plan quantizes "
                    "unasked only when the model does not fit unquantized, and says so).")
@@ -609,7 +626,7 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
     _check_plan_options(gpu or calibration, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot,
                         skip_pattern, adapter, methods, engine)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
-                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
+                            trials=trials, seed=seed, objective=objective, methods=methods, quants=quants,
                             acceptance=acceptance, workload=workload, skip_pattern=skip_pattern, engine=engine,
                             execution=execution, storage=storage, study_name=study_name, model_source=model_name,
                             tensor_parallel=tp, heads=heads)
@@ -660,7 +677,7 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
                          "give --engine specplan")
     if adapter and (gpus or batch_sizes):
         raise InputError("--adapter plans s3d for one GPU at one batch size: leave out --gpus and --batch-sizes")
-    if adapter and methods and "s3d" not in _method_list(methods):
+    if adapter and methods and "s3d" not in methods:
         raise InputError("--adapter is s3d's draft: add s3d to --methods, or leave out --adapter")
     if bool(gpu) == bool(gpus):
         raise InputError("give --gpu NAME for one plan, or --gpus LIST --out-dir DIR for a fleet")
@@ -704,19 +721,6 @@ def _quant_list(text: str | None) -> tuple[str, ...] | None:
     for quant in chosen or (text,):
         if quant not in QUANTIZATIONS:
             raise click.BadParameter(f"'{quant}' is not one of {', '.join(QUANTIZATIONS)}")
-    return chosen
-
-
-def _method_list(methods):
-    if not methods:
-        return None
-    from planner.errors import InputError, near_matches
-    from planner.plan import METHODS
-
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    for method in chosen:
-        if method not in METHODS:
-            raise InputError(f"--methods: unknown method '{method}'{near_matches(method, METHODS)}")
     return chosen
 
 
@@ -905,7 +909,8 @@ def _held_out(ctx, param, text: str):
                    "demo model.")
 @click.option("--quant", "quants", multiple=True, type=_QUANTS, help="A target quantization the study may choose; "
               "repeatable (default: none only, the model as given).")
-@click.option("--methods", help="Comma-separated methods to search (default: every one the checkpoint can run).")
+@click.option("--methods", callback=_method_list,
+              help="Comma-separated methods to search (default: every one the checkpoint can run).")
 @click.option("--trials", type=click.IntRange(1), default=20, show_default=True,
               help="The study's total: a second run on the same study continues to it.")
 @click.option("--storage", help="Optuna storage: sqlite:///FILE.db, a journal FILE.log or postgresql://... shared by "
@@ -948,7 +953,7 @@ def tune(model_path, prompts_path, held_out, draft_models, quants, methods, tria
     )
 
     request = TuneRequest(model=model_path, prompts=prompts_path, held_out=held_out, draft_models=tuple(draft_models),
-                          quants=tuple(quants) or ("none",), methods=tuple(_method_list(methods)) if methods else None,
+                          quants=tuple(quants) or ("none",), methods=methods,
                           trials=trials, storage=storage, study=study_name, objective=objective,
                           max_new_tokens=max_new_tokens, rounds=rounds, skip_pattern=skip_pattern, device=device,
                           dtype=dtype, chat=chat, profile=profile_name, seed=seed, out=out)

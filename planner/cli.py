@@ -762,19 +762,22 @@ _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf1
 @click.option("--temperature", default=0.0, show_default=True, type=_Finite(min=0), help="0: greedy.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
+@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True,
+              help="With --baseline: rounds over every prompt, interleaved; reports the median speedup and its range.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--vram-gib", default=None, type=_Finite(min=0, min_open=True),
               help="Memory budget; a plan that does not fit is refused.")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @_CHAT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
-def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, dtype,
-                chat, as_json):
+def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, rounds, device, vram_gib,
+                dtype, chat, as_json):
     """Decode prompts with a plan, streaming the text, and report measured vs predicted speed.
 
     \b
     Example:
       specplan run --plan plan.yaml --prompt "The capital of France is" --baseline
+      specplan run --plan plan.yaml --prompts prompts.txt --baseline --rounds 5
       specplan run --plan plan.yaml --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2+2?"
     """
     from planner.errors import InputError
@@ -786,7 +789,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
     prompts = [prompt] if prompt is not None else read_prompts(prompts_path)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
     report = run_plan(load_plan(plan_path), prompts, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
-                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, dtype=dtype, chat=chat, stream=stream,
+                      seed=seed, baseline=baseline, rounds=rounds, device=device, vram_gib=vram_gib, dtype=dtype, chat=chat, stream=stream,
                       warn=lambda line: click.echo(f"warning: {line}", err=True))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
 

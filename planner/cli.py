@@ -7,11 +7,13 @@ parameters in backquotes (`vram_gib`) and the line printed names the option (--v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import re
 import sys
+import warnings
 
 import click
 
@@ -50,7 +52,7 @@ class _Cli(click.Group):
     def invoke(self, ctx):
         from planner._signals import quiet_interrupts
 
-        with quiet_interrupts() as interrupted:
+        with quiet_interrupts() as interrupted, _notes():
             try:
                 return super().invoke(ctx)
             except BaseException as exc:
@@ -63,6 +65,26 @@ class _Cli(click.Group):
                     raise
                 click.echo(f"error: {_flags(str(exc), self.get_command(ctx, ctx.invoked_subcommand or ''))}", err=True)
                 ctx.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _notes():
+    """The library's SpecplanWarnings as one "note:" line each on stderr, once per message;
+    other warnings as Python shows them."""
+    from planner.errors import SpecplanWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", SpecplanWarning)
+        show = warnings.showwarning
+
+        def note(message, category, *args, **kwargs):
+            if issubclass(category, SpecplanWarning):
+                click.echo(f"note: {message}", err=True)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = note
+        yield
 
 
 _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")

@@ -264,3 +264,24 @@ def test_profiles_command_lists_them():
     listed = json.loads(CliRunner().invoke(cli, ["profiles", "--json"]).output)
     h100 = next(p for p in listed if p["name"] == "h100-sxm")
     assert h100["origin"] == "published" and h100["bandwidth_gbps"] == 3350
+
+
+def test_a_profile_file_that_leaves_out_a_model_figure_says_so(tmp_path, recwarn):
+    """A figure the performance model uses is not taken from a default silently: one note on
+    stderr naming it, and its source says so; shipped and measured profiles give every one."""
+    from planner.errors import SpecplanWarning
+
+    data = load_profile("a10g").to_dict()
+    del data["kernel_launch_us"], data["sources"]["kernel_launch_us"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["predict", "--model", "llama-3.2-1b", "--gpu", str(tmp_path / "mine.yaml"),
+                                      "--method", "autoregressive"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"note: {tmp_path / 'mine.yaml'}: not in the file, so specplan's default is used: kernel_launch_us 5.0\n"
+    with pytest.warns(SpecplanWarning, match="kernel_launch_us 5.0"):
+        mine = load_profile(str(tmp_path / "mine.yaml"))
+    assert mine.kernel_launch_us == 5.0 and mine.sources["kernel_launch_us"].startswith("default: not in ")
+    recwarn.clear()
+    for name in shipped_profile_names() + measured_profile_names():
+        load_profile(name)
+    assert not [w for w in recwarn if issubclass(w.category, SpecplanWarning)]

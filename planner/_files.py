@@ -83,6 +83,7 @@ def ensure_writable(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: cannot write (no directory {parent})")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise InputError(f"{path}: cannot write (permission denied)")
+    _try_write(parent, path)
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> None:
@@ -99,6 +100,22 @@ def ensure_writable_dir(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: cannot write (" + ("it is a file)" if existing == path else f"{existing} is a file)"))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{path}: cannot write (permission denied)")
+    _try_write(existing, path)
+
+
+def _try_write(directory: Path, path: Path) -> None:
+    """Create and remove a temporary file in `directory`, as write_atomic would for `path`:
+    os.access says yes to root for any directory, /proc and read-only mounts included.
+
+    Raises:
+        InputError: the file could not be created (one line: why).
+    """
+    try:
+        handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror})") from None
+    os.close(handle)
+    os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -7,11 +7,13 @@ parameters in backquotes (`vram_gib`) and the line printed names the option (--v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import re
 import sys
+import warnings
 
 import click
 
@@ -51,7 +53,7 @@ class _Cli(click.Group):
     def invoke(self, ctx):
         from planner._signals import quiet_interrupts
 
-        with quiet_interrupts() as interrupted:
+        with quiet_interrupts() as interrupted, _notes():
             try:
                 return super().invoke(ctx)
             except BaseException as exc:
@@ -64,6 +66,26 @@ class _Cli(click.Group):
                     raise
                 click.echo(f"error: {_flags(str(exc), self.get_command(ctx, ctx.invoked_subcommand or ''))}", err=True)
                 ctx.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _notes():
+    """The library's SpecplanWarnings as one "note:" line each on stderr, once per message;
+    other warnings as Python shows them."""
+    from planner.errors import SpecplanWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", SpecplanWarning)
+        show = warnings.showwarning
+
+        def note(message, category, *args, **kwargs):
+            if issubclass(category, SpecplanWarning):
+                click.echo(f"note: {message}", err=True)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = note
+        yield
 
 
 _PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)`")
@@ -344,6 +366,22 @@ def _target_spec(model_name: str, context: int):
     return spec
 
 
+def _method_list(ctx, param, text: str | None) -> tuple[str, ...] | None:
+    """--methods layer_skip,s3d -> ('layer_skip', 's3d'), each a known method; None when not
+    given. An empty list is refused, not read as every method. The one parser of --methods."""
+    if text is None:
+        return None
+    from planner.errors import near_matches
+
+    chosen = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not chosen:
+        raise click.BadParameter(f"'{text}': name at least one method ({', '.join(METHODS)}), or leave --methods out")
+    for method in chosen:
+        if method not in METHODS:
+            raise click.BadParameter(f"unknown method '{method}'{near_matches(method, METHODS)}")
+    return chosen
+
+
 _METHODS = click.Choice(list(METHODS))
 _QUANTS = click.Choice(list(QUANTIZATIONS))
 
@@ -555,7 +593,8 @@ def _describe(d) -> str:
 @click.option("--trials", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objective", type=click.Choice(["speed", "pareto"]), default="speed", show_default=True)
-@click.option("--methods", help="Comma-separated methods to search (default: what --engine can deploy).")
+@click.option("--methods", callback=_method_list,
+              help="Comma-separated methods to search (default: what --engine can deploy).")
 @click.option("--quant", "quants", callback=lambda ctx, param, text: _quant_list(text),
               help="Target quantizations the plan may choose, e.g. none,int4 (default: none; a plan quantizes "
                    "unasked only when the model does not fit unquantized, and says so).")
@@ -610,7 +649,7 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
     _check_plan_options(gpu or calibration, gpus, out_dir, exports, usd_per_hour, batch_sizes, objective, storage, plot,
                         skip_pattern, adapter, methods, engine)
     request = SearchRequest(context=context, vram_gib=vram_gib, batch_sizes=parse_batch_sizes("1" if batch_sizes is None else batch_sizes),
-                            trials=trials, seed=seed, objective=objective, methods=_method_list(methods), quants=quants,
+                            trials=trials, seed=seed, objective=objective, methods=methods, quants=quants,
                             acceptance=acceptance, workload=workload, skip_pattern=skip_pattern, engine=engine,
                             execution=execution, storage=storage, study_name=study_name, model_source=model_name,
                             tensor_parallel=tp, heads=heads)
@@ -661,7 +700,7 @@ def _check_plan_options(gpu, gpus, out_dir, exports, usd_per_hour, batch_sizes, 
                          "give --engine specplan")
     if adapter and (gpus or batch_sizes):
         raise InputError("--adapter plans s3d for one GPU at one batch size: leave out --gpus and --batch-sizes")
-    if adapter and methods and "s3d" not in _method_list(methods):
+    if adapter and methods and "s3d" not in methods:
         raise InputError("--adapter is s3d's draft: add s3d to --methods, or leave out --adapter")
     if bool(gpu) == bool(gpus):
         raise InputError("give --gpu NAME for one plan, or --gpus LIST --out-dir DIR for a fleet")
@@ -708,19 +747,6 @@ def _quant_list(text: str | None) -> tuple[str, ...] | None:
     return chosen
 
 
-def _method_list(methods):
-    if not methods:
-        return None
-    from planner.errors import InputError, near_matches
-    from planner.plan import METHODS
-
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    for method in chosen:
-        if method not in METHODS:
-            raise InputError(f"--methods: unknown method '{method}'{near_matches(method, METHODS)}")
-    return chosen
-
-
 def _print_plan(plan, budget_gib: float) -> None:
     rows = [["chosen", _describe(plan.decoding), f"{plan.prediction.tokens_per_s:.1f}", f"{plan.prediction.speedup:.2f}x",
              f"{plan.prediction.tokens_per_iteration:.2f}", f"{plan.prediction.vram_gib:.1f}"]]
@@ -759,19 +785,22 @@ _DTYPE_HELP = "Weights' dtype; auto: bf16 on GPUs and on CPUs whose measured bf1
 @click.option("--temperature", default=0.0, show_default=True, type=_Finite(min=0), help="0: greedy.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--baseline", is_flag=True, help="Also decode autoregressively; report speedup and identity.")
+@click.option("--rounds", type=click.IntRange(1), default=1, show_default=True,
+              help="With --baseline: rounds over every prompt, interleaved; reports the median speedup and its range.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--vram-gib", default=None, type=_Finite(min=0, min_open=True),
               help="Memory budget; a plan that does not fit is refused.")
 @click.option("--dtype", type=_DTYPES, default="auto", show_default=True, help=_DTYPE_HELP)
 @_CHAT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no streamed text).")
-def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, device, vram_gib, dtype,
-                chat, as_json):
+def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperature, seed, baseline, rounds, device, vram_gib,
+                dtype, chat, as_json):
     """Decode prompts with a plan, streaming the text, and report measured vs predicted speed.
 
     \b
     Example:
       specplan run --plan plan.yaml --prompt "The capital of France is" --baseline
+      specplan run --plan plan.yaml --prompts prompts.txt --baseline --rounds 5
       specplan run --plan plan.yaml --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "What is 2+2?"
     """
     from planner.errors import InputError
@@ -783,7 +812,7 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
     prompts = [prompt] if prompt is not None else read_prompts(prompts_path)
     stream = None if as_json else (lambda text: click.echo(text, nl=False))
     report = run_plan(load_plan(plan_path), prompts, model=model, max_new_tokens=max_new_tokens, temperature=temperature,
-                      seed=seed, baseline=baseline, device=device, vram_gib=vram_gib, dtype=dtype, chat=chat, stream=stream,
+                      seed=seed, baseline=baseline, rounds=rounds, device=device, vram_gib=vram_gib, dtype=dtype, chat=chat, stream=stream,
                       warn=lambda line: click.echo(f"warning: {line}", err=True))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.summary())
 
@@ -909,7 +938,8 @@ def _held_out(ctx, param, text: str):
                    "demo model.")
 @click.option("--quant", "quants", multiple=True, type=_QUANTS, help="A target quantization the study may choose; "
               "repeatable (default: none only, the model as given).")
-@click.option("--methods", help="Comma-separated methods to search (default: every one the checkpoint can run).")
+@click.option("--methods", callback=_method_list,
+              help="Comma-separated methods to search (default: every one the checkpoint can run).")
 @click.option("--trials", type=click.IntRange(1), default=20, show_default=True,
               help="The study's total: a second run on the same study continues to it.")
 @click.option("--storage", help="Optuna storage: sqlite:///FILE.db, a journal FILE.log or postgresql://... shared by "
@@ -952,7 +982,7 @@ def tune(model_path, prompts_path, held_out, draft_models, quants, methods, tria
     )
 
     request = TuneRequest(model=model_path, prompts=prompts_path, held_out=held_out, draft_models=tuple(draft_models),
-                          quants=tuple(quants) or ("none",), methods=tuple(_method_list(methods)) if methods else None,
+                          quants=tuple(quants) or ("none",), methods=methods,
                           trials=trials, storage=storage, study=study_name, objective=objective,
                           max_new_tokens=max_new_tokens, rounds=rounds, skip_pattern=skip_pattern, device=device,
                           dtype=dtype, chat=chat, profile=profile_name, seed=seed, out=out)

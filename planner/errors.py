@@ -12,6 +12,7 @@ __all__ = [
     "BudgetError",
     "DeviceError",
     "MissingDependencyError",
+    "SpecplanWarning",
     "near_matches",
 ]
 
@@ -20,6 +21,11 @@ class SpecplanError(Exception):
     """Base class: anything the user should see as one line, not a traceback."""
 
     exit_code = 1
+
+
+class SpecplanWarning(UserWarning):
+    """Input that is used as given but may not be what the user meant (a profile file that
+    leaves a figure to specplan's default); the CLI prints each as one "note:" line."""
 
 
 class InputError(SpecplanError):

@@ -167,6 +167,16 @@ def test_plan_options(tmp_path, args, message):
     assert message.replace("{tmp}", str(tmp_path)) in err
 
 
+@pytest.mark.parametrize("command", [["plan", "--model", "llama-3.1-8b", "--gpu", "a10g", "--trials", "5"], ["tune"]])
+@pytest.mark.parametrize("methods", ["", " ", " , ,"])
+def test_an_empty_method_list_is_refused_not_read_as_every_method(tmp_path, monkeypatch, command, methods):
+    import planner.tune  # noqa: F401  (the package; `planner.tune` the attribute is its function)
+
+    monkeypatch.setattr(sys.modules["planner.tune"], "tune", lambda *a, **k: pytest.fail("tuned with an empty --methods"))
+    err = refused([*command, "--methods", methods, "--out", tmp_path / "plan.yaml"], tmp_path)
+    assert "Invalid value for '--methods'" in err and "name at least one method" in err
+
+
 @pytest.mark.parametrize("option", [["--objective", "pareto"], ["--storage", "sqlite:///x.db", "--study", "s"],
                                     ["--skip-pattern", "any"]])
 def test_fleet_refuses_what_it_would_ignore(tmp_path, option):

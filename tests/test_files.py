@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from planner._files import write_atomic
+from planner._files import ensure_writable, ensure_writable_dir, write_atomic
 from planner.errors import InputError
 
 WRITERS, WRITES = 3, 60
@@ -64,3 +64,12 @@ def test_unwritable_places_are_one_line_and_leave_nothing(tmp_path):
     with pytest.raises(InputError, match="cannot write"):
         write_atomic(tmp_path / "d", "x")  # a directory stands where the file would go
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_place_that_takes_no_new_file_is_refused_before_the_work():
+    """os.access calls /proc writable for root; the checks try to create a file, as the write will."""
+    with pytest.raises(InputError, match=r"^/proc/x.yaml: cannot write \("):
+        ensure_writable("/proc/x.yaml")
+    with pytest.raises(InputError, match=r"^/proc/adapter: cannot write \("):
+        ensure_writable_dir("/proc/adapter")

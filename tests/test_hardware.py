@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -198,6 +199,15 @@ def test_unwritable_out_fails_before_measuring(tmp_path, where, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_out_where_no_file_can_be_created_fails_before_measuring(monkeypatch):
+    """/proc takes no new file, though os.access says it is writable to root: the check tries."""
+    monkeypatch.setattr("planner.hardware.profile_device", lambda *a, **k: pytest.fail("measured before refusing --out"))
+    result = CliRunner().invoke(cli, ["profile", "--device", "cpu", "--quick", "--out", "/proc/x.yaml"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: /proc/x.yaml: cannot write (") and result.output.count("\n") == 1
+
+
 def test_allreduce_latency_per_gpu_count_is_interpolated_held_and_round_trips(tmp_path):
     """`allreduce_latency_us` maps GPU counts to microseconds: read at a count it gives, linear
     between two, held beyond its first and last; a single figure serves every count."""
@@ -254,3 +264,24 @@ def test_profiles_command_lists_them():
     listed = json.loads(CliRunner().invoke(cli, ["profiles", "--json"]).output)
     h100 = next(p for p in listed if p["name"] == "h100-sxm")
     assert h100["origin"] == "published" and h100["bandwidth_gbps"] == 3350
+
+
+def test_a_profile_file_that_leaves_out_a_model_figure_says_so(tmp_path, recwarn):
+    """A figure the performance model uses is not taken from a default silently: one note on
+    stderr naming it, and its source says so; shipped and measured profiles give every one."""
+    from planner.errors import SpecplanWarning
+
+    data = load_profile("a10g").to_dict()
+    del data["kernel_launch_us"], data["sources"]["kernel_launch_us"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["predict", "--model", "llama-3.2-1b", "--gpu", str(tmp_path / "mine.yaml"),
+                                      "--method", "autoregressive"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"note: {tmp_path / 'mine.yaml'}: not in the file, so specplan's default is used: kernel_launch_us 5.0\n"
+    with pytest.warns(SpecplanWarning, match="kernel_launch_us 5.0"):
+        mine = load_profile(str(tmp_path / "mine.yaml"))
+    assert mine.kernel_launch_us == 5.0 and mine.sources["kernel_launch_us"].startswith("default: not in ")
+    recwarn.clear()
+    for name in shipped_profile_names() + measured_profile_names():
+        load_profile(name)
+    assert not [w for w in recwarn if issubclass(w.category, SpecplanWarning)]

@@ -313,3 +313,30 @@ def test_run_says_when_the_plan_was_made_for_other_hardware(rt_models, tmp_path,
     assert code == 0 and err == "" and "predicted for" not in out
     code, out, err = _cli(["run", "--plan", str(local), *args, "--json"], capsys)
     assert json.loads(out)["predictions_apply"] is True
+
+
+def test_run_baseline_in_rounds_reports_the_median_speedup_and_its_range(rt_models, tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    _plan(rt_models["llama"]).save(path)
+    args = ["run", "--plan", str(path), "--prompt", "the cat sat", "--max-new-tokens", "12", "--baseline", "--rounds", "3"]
+    code, out, err = _cli(args + ["--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    rounds, (low, high) = report["speedup_rounds"], report["speedup_range"]
+    assert len(rounds) == 3 and (low, high) == (min(rounds), max(rounds))
+    assert report["speedup"] == sorted(rounds)[1] and report["identical"] is True
+    code, out, err = _cli(args, capsys)
+    assert code == 0, err
+    assert "speedup over 3 rounds: median " in out and "outputs identical" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--baseline", "--rounds", "0"], "Invalid value for '--rounds': 0 is not in the range x>=1."),
+    (["--rounds", "2"], "--rounds 2 times the plan against autoregressive decoding: give --baseline too"),
+])
+def test_rounds_out_of_range_or_without_a_baseline_is_one_line(rt_models, tmp_path, capsys, args, message):
+    path = tmp_path / "plan.yaml"
+    _plan(rt_models["llama"]).save(path)
+    code, out, err = _cli(["run", "--plan", str(path), "--prompt", "hello world", *args], capsys)
+    assert code == 2 and out == ""
+    assert message in err and err.count("\n") == 1, err

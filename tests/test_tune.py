@@ -211,6 +211,23 @@ def test_storage_errors_are_one_line(tu_model, prompts, tmp_path, storage, messa
     assert not (tmp_path / "plan.yaml").exists()
 
 
+@pytest.mark.parametrize("storage, message", [
+    ("nosuchdb://host/x", "SQLAlchemy knows no database 'nosuchdb'"),
+    ("mysql://user@127.0.0.1/optuna", "its database driver is not installed"),
+    ("sqlite:///{tmp}/no/dir/study.db", "no directory {tmp}/no/dir"),
+    ("sqlite:////proc/study.db", "/proc/study.db: cannot write ("),
+    ("{tmp}/no/dir/study.log", "no directory {tmp}/no/dir"),
+])
+def test_a_bad_storage_is_refused_before_the_model_loads_or_the_device_is_profiled(tmp_path, monkeypatch, storage, message):
+    monkeypatch.setattr("planner.models.load_model_spec", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr("planner.hardware.profile_device", lambda *a, **k: pytest.fail("profiled the device first"))
+    storage, message = (text.replace("{tmp}", str(tmp_path)) for text in (storage, message))
+    result = CliRunner().invoke(cli, ["tune", "--device", "cpu", "--storage", storage, "--out", str(tmp_path / "plan.yaml")])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and f"--storage {storage}" in result.output and message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_plan_is_the_best_value_among_set_ups_whose_every_round_beat_autoregressive():
     from planner.plan.schema import Decoding
     from planner.tune import Measured, choose

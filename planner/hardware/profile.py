@@ -8,12 +8,13 @@ holds the raw measurements in `measured`. Every figure's origin is in `sources`.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner._fields import from_mapping, versioned_mapping
 from planner._yaml import read_yaml, write_yaml_atomic
-from planner.errors import InputError, NotFoundError, near_matches
+from planner.errors import InputError, NotFoundError, SpecplanWarning, near_matches
 from planner.profiles import PROFILES_DIR
 
 SCHEMA_VERSION = 1
@@ -109,6 +110,12 @@ _POSITIVE = ("memory_gib", "memory_free_gib", "bandwidth_gbps", "peak_tflops", "
 _FRACTIONS = ("bandwidth_efficiency", "compute_efficiency", "gemm_efficiency")  # achievable share of a peak: (0, 1]
 _NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope", "draft_step_us", "interconnect_gbps",
                  "allreduce_latency_us")
+# Figures of the device the performance model uses whose dataclass default is a typical value,
+# not this device's: a profile file that leaves one out is read with the default, its source
+# says so and a SpecplanWarning names it. (draft_step_us, gemm_efficiency and the interconnect
+# default to "not fitted", "not measured" and "none", which the model treats as such.)
+STAND_IN_FIELDS = ("bandwidth_efficiency", "compute_efficiency", "kernel_launch_us", "graph_kernel_us", "token_slope",
+                   "quant_slowdown")
 INTERCONNECTS = ("nvlink", "pcie")
 KINDS = ("gpu", "cpu")
 
@@ -127,7 +134,9 @@ def _check_range(name: str, path: str, value) -> None:
 
 
 def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
-    """A HardwareProfile from the mapping a profile file holds, every field checked.
+    """A HardwareProfile from the mapping a profile file holds, every field checked. A figure
+    of STAND_IN_FIELDS that the mapping leaves out takes the dataclass default, its source
+    says so, and a SpecplanWarning names it.
 
     Raises:
         InputError: "<origin>: <field path>: <why>" for the first field that is unknown, missing,
@@ -140,6 +149,12 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
         profile = from_mapping(HardwareProfile, data, check=_check_range)
     except InputError as exc:
         raise InputError(f"{origin}: {exc}") from None
+    defaulted = [name for name in STAND_IN_FIELDS if name not in data]
+    if defaulted:
+        given = ", ".join(f"{name} {getattr(profile, name)}" for name in defaulted)
+        warnings.warn(SpecplanWarning(f"{origin}: not in the file, so specplan's default is used: {given}"), stacklevel=2)
+        said = {name: f"default: not in {origin}; specplan's typical figure" for name in defaulted}
+        profile = dataclasses.replace(profile, sources={**profile.sources, **said})
     if not profile.peak_tflops:
         raise InputError(f"{origin}: peak_tflops: must map dtypes to TFLOP/s")
     latency = profile.allreduce_latency_us

@@ -36,8 +36,10 @@ class RunReport:
     vram_estimate_gib: float
     peak_memory_gib: float | None  # CUDA only
     baseline_tokens_per_s: float | None = None
-    speedup: float | None = None
-    identical: bool | None = None  # outputs token-identical to the baseline (expected when greedy)
+    speedup: float | None = None  # median over rounds of the plan's tokens/s over the same round's autoregressive
+    identical: bool | None = None  # outputs token-identical to the baseline in every round (expected when greedy)
+    speedup_rounds: tuple[float, ...] | None = None  # each round's speedup, in order
+    speedup_range: tuple[float, float] | None = None  # the slowest and the fastest round's
 
     @property
     def hardware_mismatch(self) -> str | None:
@@ -69,6 +71,9 @@ class RunReport:
         if self.baseline_tokens_per_s is not None:
             same = "identical" if self.identical else "DIFFERENT"
             lines.append(f"  autoregressive tokens/s {self.baseline_tokens_per_s:8.1f}   speedup {self.speedup:.2f}x   outputs {same}")
+        if self.speedup_rounds and len(self.speedup_rounds) > 1:
+            low, high = self.speedup_range
+            lines.append(f"  speedup over {len(self.speedup_rounds)} rounds: median {self.speedup:.2f}x, range {low:.2f}-{high:.2f}x")
         return "\n".join(lines)
 
 
@@ -423,6 +428,7 @@ def run_plan(
     temperature: float = 0.0,
     seed: int = 0,
     baseline: bool = False,
+    rounds: int = 1,
     device: str = "auto",
     vram_gib: float | None = None,
     chat: bool | None = None,
@@ -434,13 +440,18 @@ def run_plan(
     directory, a .gguf file or a hub id.
 
     With `baseline`, each prompt is also decoded autoregressively right after the plan's
-    decoding, so a slow spell of a shared machine falls on both alike. `chat`: each prompt
+    decoding, so a slow spell of a shared machine falls on both alike; `rounds` (with
+    `baseline`) repeats that over all prompts, autoregressive first in odd rounds, and the
+    report gives the median round's speedup, each round's and their range (the text and
+    tokens are the first round's; `identical` holds for every round). `chat`: each prompt
     as a user turn of the tokenizer's chat template (None: when it has one; see _use_chat).
     stream(text) receives decoded text as tokens are accepted; a newline ends each prompt.
     warn(line) receives, once the checks have passed and before decoding, what
     hardware_mismatch says when the plan was made for another device than this one.
     Raises InputError or one of its kinds (PlanError, BudgetError, DeviceError,
     NotFoundError) for anything that refuses the run."""
+    import statistics
+
     import torch
 
     from planner.hardware.measure import device_name
@@ -449,6 +460,10 @@ def run_plan(
 
     if not (math.isfinite(temperature) and temperature >= 0):
         raise InputError(f"`temperature` must be a finite number, 0 or more, got {temperature}")
+    if rounds < 1:
+        raise InputError(f"`rounds` must be at least 1, got {rounds}")
+    if rounds > 1 and not baseline:
+        raise InputError(f"`rounds` {rounds} times the plan against autoregressive decoding: give `baseline` too")
     refuse_served_only(plan.decoding.method)
     s = _Session(plan, [plan.decoding], prompts, model=model, max_new_tokens=max_new_tokens, device=device,
                  vram_gib=vram_gib, max_gamma=plan.decoding.gamma, chat=chat, dtype=dtype)
@@ -472,7 +487,9 @@ def run_plan(
             stream("\n")
         if baseline:
             plain_runs.append(decode(plain, ids))
-    totals = _totals(runs)
+    paired = [(runs, plain_runs)] + [_paired_round(decode, drafter, plain, s.encoded, plain_first=r % 2 == 1)
+                                     for r in range(1, rounds)]
+    totals = _totals(runs)  # round 1's: tokens per iteration and acceptance are the same every round when greedy
     peak = torch.cuda.max_memory_allocated(s.device) / 1024**3 if s.device.type == "cuda" else None
     report = RunReport(
         method=plan.decoding.method,
@@ -484,23 +501,35 @@ def run_plan(
         chat=s.chat,
         texts=tuple(s.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in runs),
         tokens=tuple(g.tokens for g in runs),
-        tokens_per_s=totals.tokens_per_s,
+        tokens_per_s=statistics.median(_totals(plan_round).tokens_per_s for plan_round, _ in paired),
         acceptance=totals.acceptance,
         tokens_per_iteration=totals.tokens_per_iteration,
-        iteration_ms=totals.iteration_ms,
+        iteration_ms=statistics.median(_totals(plan_round).iteration_ms for plan_round, _ in paired),
         predicted=_predicted(plan),
         vram_estimate_gib=s.check(plan.decoding),
         peak_memory_gib=peak,
     )
     if not baseline:
         return report
-    base = _totals(plain_runs)
+    speedups = tuple(_speedup(plan_round, plain_round) for plan_round, plain_round in paired)
     return dataclasses.replace(
         report,
-        baseline_tokens_per_s=base.tokens_per_s,
-        speedup=report.tokens_per_s / base.tokens_per_s if base.tokens_per_s else None,
-        identical=all(a.tokens == b.tokens for a, b in zip(runs, plain_runs)),
+        baseline_tokens_per_s=statistics.median(_totals(plain_round).tokens_per_s for _, plain_round in paired),
+        speedup=statistics.median(speedups) if all(_totals(plain_round).tokens_per_s for _, plain_round in paired) else None,
+        identical=all(a.tokens == b.tokens for plan_round, plain_round in paired for a, b in zip(plan_round, plain_round)),
+        speedup_rounds=speedups,
+        speedup_range=(min(speedups), max(speedups)),
     )
+
+
+def _paired_round(decode, drafter, plain, encoded, *, plain_first: bool):
+    """(the plan's generations, autoregressive ones) of one more round over every prompt, each
+    prompt decoded both ways in a row, autoregressive first when `plain_first`."""
+    runs, plain_runs = [], []
+    for ids in encoded:
+        for chosen in ((plain, drafter) if plain_first else (drafter, plain)):
+            (plain_runs if chosen is plain else runs).append(decode(chosen, ids))
+    return runs, plain_runs
 
 
 class DecodingBench:

@@ -101,8 +101,8 @@ def _backend(storage: str | None, heartbeat: bool = False):
         from optuna.storages import RDBStorage
 
         engine_kwargs = {}
-        if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-            _check_directory(storage, Path(storage[len("sqlite:///"):]))
+        if _sqlite_file(storage):
+            _check_directory(storage, _sqlite_file(storage))
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
         elif storage.startswith("sqlite:"):
             return storage
@@ -112,6 +112,48 @@ def _backend(storage: str | None, heartbeat: bool = False):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
                               grace_period=2 * HEARTBEAT_S)
+    path = _journal_file(storage)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def check_storage(storage: str | None) -> None:
+    """Refuse, without connecting to it, a storage no study could be opened in: for a run
+    that measures for minutes before it opens its study.
+
+    Raises:
+        InputError: `storage` is no URL or journal file name, SQLAlchemy knows no such database,
+            or the SQLite or journal file is a directory or cannot be written where it is.
+        MissingDependencyError: the database's driver is not installed.
+    """
+    if storage is None:
+        return
+    if "://" not in storage:
+        _journal_file(storage)
+        return
+    from sqlalchemy import create_engine
+
+    with storage_errors(storage):
+        try:
+            create_engine(storage).dispose()  # resolves the dialect and imports its driver; connects to nothing
+        except ImportError as exc:
+            raise MissingDependencyError(f"`storage` {storage}: its database driver is not installed ({exc})") from None
+    if _sqlite_file(storage):
+        _check_directory(storage, _sqlite_file(storage))
+
+
+def _sqlite_file(storage: str) -> Path | None:
+    """The file of a sqlite:///FILE URL; None for any other storage (an in-memory SQLite included)."""
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        return Path(storage[len("sqlite:///"):])
+    return None
+
+
+def _journal_file(storage: str) -> Path:
+    """The journal file `storage` names, checked: a journal's suffix, in a writable directory,
+    and empty or a journal already."""
     path = Path(storage)
     if path.suffix in _SQLITE_SUFFIXES:
         raise InputError(f"`storage` {storage}: a database needs a URL: sqlite:///{storage}")
@@ -119,10 +161,7 @@ def _backend(storage: str | None, heartbeat: bool = False):
         raise InputError(f"`storage` {storage!r}: neither a database URL nor a journal file name (e.g. {_EXAMPLES})")
     _check_directory(storage, path)
     _check_journal(storage, path)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
+    return path
 
 
 def _check_journal(storage: str, path: Path) -> None:
@@ -140,11 +179,18 @@ def _check_journal(storage: str, path: Path) -> None:
 
 
 def _check_directory(storage: str, path: Path) -> None:
+    """The file `path` of `storage` can be created or opened for writing where it is."""
+    from planner._files import ensure_writable
+
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise InputError(f"`storage` {storage}: {path} is a directory")
     if not parent.is_dir():
         raise InputError(f"`storage` {storage}: no directory {parent}")
+    try:
+        ensure_writable(path)
+    except InputError as exc:
+        raise InputError(f"`storage` {storage}: {exc}") from None
 
 
 @contextlib.contextmanager

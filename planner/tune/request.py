@@ -59,6 +59,8 @@ class TuneRequest:
             raise InputError(f"unknown `skip_pattern` '{self.skip_pattern}': expected middle or any")
         if not self.quants:
             raise InputError("`quants` is empty: allow at least none")
+        if self.methods is not None and not self.methods:
+            raise InputError("`methods` is empty: name at least one method, or leave it None for every one")
         if isinstance(self.held_out, (int, float)) and not 0.0 <= self.held_out < 1.0:
             raise InputError(f"`held_out` must be a fraction from 0 up to (not including) 1, or a prompts file, got {self.held_out}")
 

@@ -27,7 +27,7 @@ from planner.plan.schema import (
     Candidate, Constraints, Decoding, GroupSpeedup, HardwareRef, ModelRef, Plan, SearchSettings, Tuning,
 )
 from planner.search.space import MAX_PREDICTORS, Space, params_of, suggest
-from planner.search.storage import open_study, storage_errors
+from planner.search.storage import check_storage, open_study, storage_errors
 from planner.tune.request import TuneRequest, digest, fingerprint, split_prompts
 
 # A set-up the calibrated model predicts below this fraction of the best speedup measured so
@@ -191,6 +191,7 @@ class _Setup:
         from planner.train.demo import DRAFT_DIR
 
         request.check()
+        check_storage(request.storage_url())  # the study opens only after the device is profiled: refuse it first
         source = Path(request.model) if request.model else DEMO_DIR
         spec = load_model_spec(request.model or str(DEMO_DIR))
         drafts = request.draft_models or ((str(DEMO_DIR / DRAFT_DIR),) if request.model is None else ())

@@ -191,13 +191,13 @@ class _Setup:
         from planner.train.demo import DRAFT_DIR
 
         request.check()
+        ensure_writable(request.out)  # first: the default storage lies beside it
         check_storage(request.storage_url())  # the study opens only after the device is profiled: refuse it first
         source = Path(request.model) if request.model else DEMO_DIR
         spec = load_model_spec(request.model or str(DEMO_DIR))
         drafts = request.draft_models or ((str(DEMO_DIR / DRAFT_DIR),) if request.model is None else ())
         draft_specs = {str(Path(d).resolve()): check_draft(spec, load_model_spec(d)) for d in drafts}
         resolve_device(request.device)
-        ensure_writable(request.out)
         for quant in request.quants:
             require_backend(quant)
         prompts = _prompts(request.prompts or DEMO_DIR / "prompts.jsonl")

@@ -272,3 +272,29 @@ def test_llamacpp_int4_verify_costs_its_published_curve_and_int8_keeps_the_token
     assert 2.5 < layer[1] / layer[0] < 2.9
     forward = [forward_latency_s(llama8b, profile, new_tokens=n, context=512, quant="int8", execution=ex) for n in (1, 17)]
     assert forward[1] / forward[0] < 1.3
+
+
+def test_a_cpu_profile_prices_each_extra_row_by_its_measured_per_row_figures():
+    """On a CPU whose profile measured row_us and row_us_per_mparam (the runtime's layers over 1
+    and 8 tokens), each token past the first adds row_us + row_us_per_mparam x the layer's linear
+    parameters (millions) to a layer, and the token slope is not applied; a GPU profile or a CPU
+    profile without them keeps the token slope."""
+    import dataclasses
+
+    from planner.perf.cost import layer_time_s
+
+    spec = load_model_spec("llama-3.1-8b")
+    cpu = dataclasses.replace(load_profile("a10g"), kind="cpu", token_slope=0.05, row_us=20.0, row_us_per_mparam=0.5,
+                              peak_tflops={"bf16": 1e3, "fp16": 1e3, "fp32": 1e3})  # compute never binds here
+    params_m = spec.layer_flops(1, 0) / 2 / 1e6
+    one, four = (layer_time_s(spec, cpu, new_tokens=n, context=0) for n in (1, 4))
+    assert four - one == pytest.approx(3 * (20.0 + 0.5 * params_m) * 1e-6, rel=1e-3)  # (and 3 tokens of KV written)
+    gpu = dataclasses.replace(cpu, kind="gpu")
+    unmeasured = dataclasses.replace(cpu, row_us=0.0, row_us_per_mparam=0.0)
+
+    def extra(profile):
+        return layer_time_s(spec, profile, new_tokens=4, context=0) - layer_time_s(spec, profile, new_tokens=1, context=0)
+
+    assert extra(gpu) == extra(dataclasses.replace(gpu, row_us=0.0, row_us_per_mparam=0.0))  # a GPU ignores them
+    assert extra(unmeasured) > extra(dataclasses.replace(unmeasured, token_slope=0.0))  # the token slope, as before
+    assert extra(dataclasses.replace(cpu, token_slope=0.0)) == extra(cpu)  # not both

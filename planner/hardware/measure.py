@@ -232,6 +232,48 @@ def _runtime_layer_step(device):
     return step
 
 
+def _runtime_row_cost(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
+    """What each extra row (token) adds to a decoder layer as the runtime runs it on a CPU (lean
+    kernels, its cache and mask, 128 cached positions), on two Llama-shaped layers: one from
+    `sizes.decode_shape` (hidden = its in, intermediate = its out) and one an eighth as wide.
+    Each is a stack of enough layers to exceed the last-level cache CACHE_MULTIPLE times, timed
+    over 1 and 8 new tokens; the per-row time per layer is fitted as
+    row_us + row_us_per_mparam x (the layer's linear parameters, millions): a fixed part
+    (attention over the context, norms, activation, repacking x for the matrix units) and a part
+    that grows with the weights (the matmuls' arithmetic)."""
+    import torch
+    from transformers import LlamaConfig
+
+    from planner.runtime.load import random_target
+
+    out_features, in_features = sizes.decode_shape
+    layers_us, params = [], []
+    for hidden, intermediate in ((in_features, out_features), (max(64, in_features // 8), max(64, out_features // 8))):
+        heads = max(1, hidden // 64)
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
+                             num_key_value_heads=max(1, heads // 4), head_dim=64, vocab_size=64, num_hidden_layers=1)
+        per_layer = hidden * (2 * hidden + 2 * 64 * config.num_key_value_heads) + 3 * hidden * intermediate
+        config.num_hidden_layers = layers = min(64, max(1, math.ceil(CACHE_MULTIPLE * cache_bytes / (2 * per_layer))))
+        decoder = random_target(config, device=device, max_seq_len=160, compiled=False).decoder
+        every = tuple(range(layers))
+        with torch.inference_mode():
+            decoder(torch.zeros(1, 128, dtype=torch.long, device=device), decoder.positions[:128], every)
+
+            def step(tokens: int):
+                ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
+                return lambda: decoder(ids, decoder.positions[128 : 128 + tokens], every)
+
+            timed = [(median_s(step(1), sizes.repeats), median_s(step(8), sizes.repeats)) for _ in range(3)]  # interleaved
+            one, eight = statistics.median(t[0] for t in timed), statistics.median(t[1] for t in timed)
+        layers_us.append(max(0.0, (eight - one) / 7 / layers * 1e6))
+        params.append(per_layer / 1e6)
+        del decoder
+    (large_us, small_us), (large_m, small_m) = layers_us, params
+    per_mparam = max(0.0, (large_us - small_us) / (large_m - small_m))
+    return {"runtime_row_us": {"layer_params_m": [_sig(large_m), _sig(small_m)], "per_row_us": [_sig(large_us), _sig(small_us)],
+                               "row_us": _sig(max(0.0, small_us - per_mparam * small_m)), "row_us_per_mparam": _sig(per_mparam)}}
+
+
 def _launch_overhead(device, median_s) -> dict:
     """Per-op cost of a decode step's ops: eager, from the runtime's own layer, and (CUDA) the
     graph-replayed cost of small kernels.
@@ -487,6 +529,8 @@ def _measure(dev, sizes: Sizes, step) -> dict:
     measured["matmul_tflops"] = _matmul_tflops(dev, sizes, median_s)
     step(STEPS[2])
     measured.update(_decode_matmul(dev, sizes, median_s, cache_bytes, measured["matmul_tflops"]))
+    if dev.type == "cpu":
+        measured.update(_runtime_row_cost(dev, sizes, median_s, cache_bytes))
     step(STEPS[3])
     measured["launch_overhead_us"] = _launch_overhead(dev, median_s)
     step(STEPS[4])
@@ -590,6 +634,8 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
         "graph_kernel_us": f"measured: {command}" + (" (CUDA-graph replay of the same ops)" if gpu else
                                                       " (no CUDA graphs on a CPU: the eager figure)"),
         "token_slope": f"measured: {command} (decode matmul at 8 tokens over 1 token, per extra token)",
+        **({"row_us": f"measured: {command} (runtime layers at 8 tokens over 1, two widths; see measured.runtime_row_us)",
+            "row_us_per_mparam": f"measured: {command} (as row_us)"} if not gpu else {}),
         "gemm_efficiency": f"measured: {command} (decode matmul FLOP/s at each row count / peak bf16)",
         "quant_slowdown": f"measured: {command} ({quant_origin}; see measured.quant_matmul_slowdown)",
     }
@@ -606,6 +652,8 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
         kernel_launch_us=launch["eager"],
         graph_kernel_us=launch.get("graph", launch["eager"]),
         token_slope=token_slope(decode_us),
+        row_us=measured.get("runtime_row_us", {}).get("row_us", 0.0),
+        row_us_per_mparam=measured.get("runtime_row_us", {}).get("row_us_per_mparam", 0.0),
         gemm_efficiency=gemm_efficiency_curve(decode_us, measured["decode_matmul_shape"], peak_bf16) if gpu else {},
         quant_slowdown=quant,
         sources=sources,

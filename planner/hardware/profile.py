@@ -46,6 +46,11 @@ class HardwareProfile:
     kernel_launch_us: float = 5.0  # per kernel, eager mode
     graph_kernel_us: float = 1.5  # per kernel, under CUDA-graph replay
     token_slope: float = 0.01  # extra time of a decode GEMM per additional token (n tokens: 1 + slope*(n-1))
+    # CPU: microseconds each extra token adds to a decoder layer as the runtime runs it, row_us +
+    # row_us_per_mparam x the layer's linear parameters in millions (measured by `specplan profile`
+    # on two runtime layers); both 0: not measured, and the token slope prices extra tokens
+    row_us: float = 0.0
+    row_us_per_mparam: float = 0.0
     # host work per draft forward beyond its kernels (the drafting loop's sampling and cache
     # bookkeeping); 0 unless fitted to a tune study's trials (planner.tune.fit)
     draft_step_us: float = 0.0
@@ -109,7 +114,7 @@ class HardwareProfile:
 _POSITIVE = ("memory_gib", "memory_free_gib", "bandwidth_gbps", "peak_tflops", "quant_slowdown")
 _FRACTIONS = ("bandwidth_efficiency", "compute_efficiency", "gemm_efficiency")  # achievable share of a peak: (0, 1]
 _NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope", "draft_step_us", "interconnect_gbps",
-                 "allreduce_latency_us")
+                 "allreduce_latency_us", "row_us", "row_us_per_mparam")
 # Figures of the device the performance model uses whose dataclass default is a typical value,
 # not this device's: a profile file that leaves one out is read with the default, its source
 # says so and a SpecplanWarning names it. (draft_step_us, gemm_efficiency and the interconnect

@@ -13,6 +13,13 @@ whatever the routing, and only the experts its B x n tokens are routed to
 Launch overhead is what keeps eager decoding of small models flat in n; t_kernel is the
 profile's eager or CUDA-graph per-kernel cost.
 
+On a CPU whose profile measured them (`row_us`, `row_us_per_mparam`: `specplan profile` times the
+runtime's own layers over 1 and 8 tokens at two widths), each row past the first adds its own
+time instead of a token slope on the weight read: per layer, row_us + row_us_per_mparam x the
+layer's linear parameters in millions (and the LM head its parameters' share). On this machine's
+2 AMX cores that is about 17 us + 0.9 us per million parameters: a SmolLM2-135M verify over 4
+tokens costs 1.10 one-token steps where the token slope of a large matmul (0.006) gave 1.02.
+
 Compute runs at the GEMM efficiency of the forward's row count (batch x new tokens,
 `gemm_efficiency`): a measured curve where `specplan profile` measured one, else tensor-core
 tile quantization. Weight reads over n > 1 tokens take the profile's token slope longer, or,
@@ -187,6 +194,14 @@ def weight_read_factor(profile: HardwareProfile, engine: EngineCost, quant: str,
     return 1.0 + profile.token_slope * (new_tokens - 1)
 
 
+def cpu_rows_measured(profile: HardwareProfile) -> bool:
+    """Whether `profile` prices extra rows by the CPU per-row figures (row_us, row_us_per_mparam)
+    that `specplan profile` measures on the runtime's own layers, instead of the token slope:
+    on a CPU the rows' arithmetic, attention and repacking add to the weight stream's time
+    rather than hide under it (BENCHMARKS.md, "The planner on this CPU", session 10)."""
+    return profile.kind == "cpu" and (profile.row_us > 0 or profile.row_us_per_mparam > 0)
+
+
 def compute_dtype(quant: str, dtype: str) -> str:
     """The dtype the matmuls run in: fp8 for W8A8 fp8 weights, else the activation dtype."""
     return "fp8" if quant == "fp8" else dtype
@@ -265,8 +280,12 @@ def layer_time_s(
     # Decode GEMMs are not perfectly flat in n below the compute roof: the profile's measured
     # slope of the 4096x14336 matmul's latency per extra token, or the engine's own curve for
     # its quantized kernels over a few rows (llama.cpp's mat-vec kernels cost grows with rows).
-    weights *= weight_read_factor(profile, ex.engine, quant, rows=rows, new_tokens=new_tokens)
-    memory_s = (weights + kv) / (profile.effective_bandwidth_gbps * 1e9)
+    rows_s = 0.0
+    if cpu_rows_measured(profile):  # a CPU's extra rows add their own time (measured on the runtime's layers)
+        rows_s = (rows - 1) * (profile.row_us + profile.row_us_per_mparam * linear_flops / (2 * rows) / 1e6) * 1e-6
+    else:
+        weights *= weight_read_factor(profile, ex.engine, quant, rows=rows, new_tokens=new_tokens)
+    memory_s = (weights + kv) / (profile.effective_bandwidth_gbps * 1e9) + rows_s
     peak = _peak_tflops(profile, compute_dtype(quant, ex.dtype)) * 1e12
     compute_s = linear_flops / (peak * gemm_efficiency(profile, rows)) + attention_flops / (peak * profile.compute_efficiency)
     hidden_bytes = rows * spec.hidden_size * DTYPE_BYTES[ex.dtype]
@@ -287,6 +306,8 @@ def head_time_s(
         weights *= row_cost(curve, batch_size * new_tokens)
     flops = batch_size * spec.head_flops(new_tokens) / ex.tensor_parallel
     memory_s = weights / (profile.effective_bandwidth_gbps * 1e9)
+    if cpu_rows_measured(profile):  # the head's extra rows: the weight-proportional part of row_us_per_mparam
+        memory_s += (batch_size * new_tokens - 1) * profile.row_us_per_mparam * flops / (2 * batch_size * new_tokens) / 1e12
     peak = _peak_tflops(profile, compute_dtype(head_quant, ex.dtype)) * 1e12
     compute_s = flops / (peak * gemm_efficiency(profile, batch_size * new_tokens))
     return max(memory_s, compute_s) + KERNELS_PER_HEAD[ex.mode] * ex.kernel_s(profile)

@@ -63,6 +63,20 @@ def _trial(number, spec, profile, d: Decoding, drafts, iterations=100_000) -> Me
                     counts, "", autoregressive_ms=detail.autoregressive_s * 1e3)
 
 
+def test_on_a_cpu_that_measured_its_per_row_cost_the_fit_recovers_row_us_in_sigmas_place(synthetic):
+    """Where the profile prices extra tokens by its measured per-row cost, the token slope is not
+    read, so the fit moves row_us instead (and leaves the slope as it was)."""
+    spec, start, drafts, trials = synthetic
+    start = replace(start, row_us=5.0, row_us_per_mparam=0.3)
+    true = with_cost(start, (7.0, 20.0, 250.0))
+    assert true.row_us == 20.0 and true.token_slope == start.token_slope
+    rows_trials = [_trial(t.number, spec, true, t.decoding, drafts) for t in trials]
+    profile, _ = fit(spec, start, resolve_priors(None), observations(rows_trials), context=CONTEXT, draft_specs=drafts,
+                     source="test")
+    assert cost_parameters(profile) == pytest.approx((7.0, 20.0, 250.0), rel=0.02)
+    assert profile.token_slope == start.token_slope and profile.sources["row_us"] == "test"
+
+
 def test_the_fit_recovers_the_constants_that_made_synthetic_trials(synthetic):
     spec, start, drafts, trials = synthetic
     profile, priors = fit(spec, start, resolve_priors(None), observations(trials), context=CONTEXT, draft_specs=drafts,

@@ -4,8 +4,9 @@ A measured trial gives one set-up's paired speedup over autoregressive decoding 
 round), its tokens per iteration tau, how many drafts each iteration accepted, and the
 autoregressive step it was paired with (T_ar). From the trials on unquantized targets:
 
-cost (planner/perf/cost.py, speedup.py): the per-kernel cost t_k, the token slope sigma and
-    the draft's host cost per forward t_d, by least squares on the relative errors of
+cost (planner/perf/cost.py, speedup.py): the per-kernel cost t_k, the token slope sigma (on a
+    CPU profile that measured its per-row cost, row_us in its place: the model then prices extra
+    tokens by it) and the draft's host cost per forward t_d, by least squares on the relative errors of
 
         T(1, all) = T_ar        and        T_iter = tau / speedup x T_ar
 
@@ -43,7 +44,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from planner.perf.acceptance import Prior, resolve_priors
-from planner.perf.cost import Execution
+from planner.perf.cost import Execution, cpu_rows_measured
 from planner.perf.speedup import beta_for, predict_detail
 from planner.plan.schema import Decoding
 from planner.tune.calibration import Calibration, FitSummary, FittedFor, HeldOutSetUp, fitted_source
@@ -89,15 +90,29 @@ def _kernel_field(profile) -> str:
     return "graph_kernel_us" if Execution.default_for(profile).graphs else "kernel_launch_us"
 
 
+# what prices a forward's extra tokens: (finite-difference step, scale of the pull towards the start)
+_ROW_FIELDS = {"token_slope": (0.01, 0.1), "row_us": (1.0, 10.0)}
+
+
+def _row_field(profile) -> str:
+    """sigma's field: a CPU profile's measured per-row cost (row_us, planner.perf.cost.cpu_rows_measured)
+    where it has one, since the model then does not read the token slope; else the token slope."""
+    return "row_us" if cpu_rows_measured(profile) else "token_slope"
+
+
+def _fields(profile) -> tuple[str, str, str]:
+    return _kernel_field(profile), _row_field(profile), "draft_step_us"
+
+
 def cost_parameters(profile) -> tuple[float, float, float]:
-    """(t_k in us, sigma, t_d in us) of `profile`: the per-kernel cost of its execution mode."""
-    return getattr(profile, _kernel_field(profile)), profile.token_slope, profile.draft_step_us
+    """(t_k in us, sigma, t_d in us) of `profile`: the per-kernel cost of its execution mode;
+    sigma its token slope, or its per-row cost in us on a CPU that measured one."""
+    return tuple(float(getattr(profile, f)) for f in _fields(profile))
 
 
 def with_cost(profile, theta):
     """`profile` with (t_k in us, sigma, t_d in us) = theta."""
-    t_k, sigma, t_d = map(float, theta)
-    return replace(profile, **{_kernel_field(profile): t_k, "token_slope": sigma, "draft_step_us": t_d})
+    return replace(profile, **dict(zip(_fields(profile), map(float, theta))))
 
 
 def _times_s(spec, profile, obs, *, context, draft_specs) -> np.ndarray:
@@ -122,13 +137,15 @@ def fit_cost(spec, profile, obs, *, context: int, draft_specs: dict):
     """`profile` with t_k, sigma and t_d fitted to `obs` (see the module's docstring)."""
     y = measured_times_s(obs)
     start = np.array(cost_parameters(profile))
-    pull = np.sqrt(COST_PULL) / np.array(COST_SCALES)
+    row_step, row_scale = _ROW_FIELDS[_row_field(profile)]
+    steps = (COST_STEPS[0], row_step, COST_STEPS[2])
+    pull = np.sqrt(COST_PULL) / np.array((COST_SCALES[0], row_scale, COST_SCALES[2]))
     theta = start
     for _ in range(GAUSS_NEWTON_STEPS):
         at = _times_s(spec, with_cost(profile, theta), obs, context=context, draft_specs=draft_specs)
         jacobian = np.column_stack([
             (_times_s(spec, with_cost(profile, theta + step * np.eye(3)[j]), obs, context=context, draft_specs=draft_specs)
-             - at) / step for j, step in enumerate(COST_STEPS)])
+             - at) / step for j, step in enumerate(steps)])
         # rows: (T(theta) + J (x - theta) - y) / y, then the pull pull_j (x_j - start_j)
         a = np.vstack([jacobian / y[:, None], np.diag(pull)])
         b = np.concatenate([(y - at + jacobian @ theta) / y, pull * start])
@@ -234,8 +251,7 @@ def fit_prior(rows: np.ndarray, prior: Prior) -> Prior:
 def fit(spec, profile, priors: dict[str, Prior], obs, *, context: int, draft_specs: dict, source: str):
     """(`profile` with its cost fitted, {method: fitted Prior} for each method of `obs`)."""
     fitted = fit_cost(spec, profile, obs, context=context, draft_specs=draft_specs)
-    fields = (_kernel_field(profile), "token_slope", "draft_step_us")
-    fitted = replace(fitted, sources={**profile.sources, **{f: source for f in fields}})
+    fitted = replace(fitted, sources={**profile.sources, **{f: source for f in _fields(profile)}})
     fitted_priors = {}
     for method in dict.fromkeys(o.decoding.method for o in obs):
         rows = acceptance_counts(spec, obs, method, draft_specs)
@@ -289,7 +305,7 @@ def calibrate(spec, profile, priors, trials, *, context: int, draft_specs: dict,
         errors = [abs(getattr(h, predicted) / h.measured_speedup - 1) for h in held_out]
         return statistics.fmean(errors) if errors else None
 
-    before = dict(zip((_kernel_field(profile), "token_slope", "draft_step_us"), map(float, cost_parameters(profile))))
+    before = dict(zip(_fields(profile), cost_parameters(profile)))
     summary = FitSummary(study=study, trials=len(obs), set_ups=len({o.decoding for o in obs}), context=context,
                          held_out=held_out, error_before=error("before_speedup"), error_after=error("after_speedup"),
                          before=before)

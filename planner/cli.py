@@ -835,7 +835,8 @@ def run_command(plan_path, prompt, prompts_path, model, max_new_tokens, temperat
 @click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True,
               help="Length of each prompt's greedy continuation (the training data).")
 @click.option("--draft-vocab", type=click.IntRange(0), default=DRAFT_VOCAB_SIZE, show_default=True,
-              help="Tokens the draft's LM head scores: the most frequent in the training data (0: the whole vocabulary).")
+              help="Tokens the draft's LM head scores: the most frequent in the training data (0, or at least the "
+                   "vocabulary's size: the whole vocabulary).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints.")
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--seed", type=int, default=0, show_default=True)

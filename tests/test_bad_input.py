@@ -219,6 +219,10 @@ def _profile_file(folder: Path, text: str | bytes) -> Path:
 
 @pytest.mark.parametrize("edit, message", [
     (("token_slope: 0.01", "token_slope: -5"), "gpu.yaml: token_slope: must not be negative, got -5.0"),
+    (("token_slope: 0.01", "token_slope: 0.01\nrow_us_per_mparam: 1.0e+300"),
+     "gpu.yaml: row_us_per_mparam: 1e+300 us is more than a second: not a figure of a device"),
+    (("kernel_launch_us: 6.0", "kernel_launch_us: 2000000.0"),
+     "gpu.yaml: kernel_launch_us: 2000000.0 us is more than a second: not a figure of a device"),
     (("memory_gib: 22.5", "memory_gib: .nan"), "gpu.yaml: memory_gib: must be a finite number, got nan"),
     (("  bf16: 70.0", "  bf16: .inf"), "gpu.yaml: peak_tflops.bf16: must be a finite number, got inf"),
     (("bandwidth_gbps: 600", "bandwidth_gbps: fast"), "gpu.yaml: bandwidth_gbps: expected a number, got str 'fast'"),

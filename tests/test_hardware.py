@@ -137,14 +137,17 @@ def test_cpu_profile_measures_and_round_trips(tmp_path):
     torch_quant = m["quant_matmul_slowdown"]["torch"]
     for bits in ("int8", "int4"):  # both built-in kernels exist on CPU in the pinned torch
         assert isinstance(torch_quant[bits], float) and profile.quant_slowdown[bits] == torch_quant[bits]
-    assert all(profile.sources[k].startswith("measured: ") for k in ("bandwidth_gbps", "quant_slowdown", "token_slope",
-                                                                      "row_us", "row_us_per_mparam"))
+    assert all(profile.sources[k].startswith("measured: ") for k in ("bandwidth_gbps", "quant_slowdown", "token_slope"))
     rows = m["runtime_row_us"]  # the runtime's own layers, 8 tokens over 1, at two widths
     assert rows["layer_params_m"][0] > 8 * rows["layer_params_m"][1] and all(t >= 0 for t in rows["per_row_us"])
     assert (profile.row_us, profile.row_us_per_mparam) == (rows["row_us"], rows["row_us_per_mparam"])
-    small_m, small_us = rows["layer_params_m"][1], rows["per_row_us"][1]
-    fitted = profile.row_us + profile.row_us_per_mparam * small_m  # the fit passes through the small layer's figure
-    assert fitted == pytest.approx(small_us, rel=1e-3, abs=1e-3) or (profile.row_us == 0 and fitted > small_us)  # a >= 0
+    if "unmeasured" in rows:  # timing noise above the rows' cost: the token slope prices them, and no source claims more
+        assert profile.row_us == profile.row_us_per_mparam == 0.0 and "row_us" not in profile.sources
+    else:
+        assert profile.sources["row_us"].startswith("measured: ") and profile.row_us_per_mparam > 0
+        small_m, small_us = rows["layer_params_m"][1], rows["per_row_us"][1]
+        fitted = profile.row_us + profile.row_us_per_mparam * small_m  # the fit passes through the small layer's figure
+        assert fitted == pytest.approx(small_us, rel=1e-3, abs=1e-3) or (profile.row_us == 0 and fitted > small_us)
     path = tmp_path / "mine.yaml"
     profile.save(path)
     assert load_profile(str(path)) == profile

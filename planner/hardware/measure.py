@@ -29,6 +29,7 @@ DECODE_TOKENS = (1, 2, 4, 8, 16, 32)
 from planner.models.spec import INT4_GROUP_SIZE  # as planner.runtime.quantize and ModelSpec's int4 byte count
 CACHE_MULTIPLE = 3  # rotated buffers span at least this many last-level caches
 MIN_SAMPLE_S = 1e-3  # GPU calls shorter than this are repeated inside one timed sample
+ROW_ROUNDS = 5  # interleaved rounds of the per-row timing (_runtime_row_cost), the fastest of each kept
 BUDGET_S = 1.0  # one figure's timed repeats take about this long at most (at least one call): slow paths stay short
 DEFAULT_QUANT_SLOWDOWN = {"int8": 1.3, "int4": 1.45}  # HardwareProfile's defaults, cited in planner/profiles/gpus
 
@@ -41,10 +42,11 @@ class Sizes:
     matmul_n: int
     repeats: int
     decode_shape: tuple[int, int] = DECODE_WEIGHT_SHAPE
+    row_shape: tuple[int, int] | None = None  # (intermediate, hidden) of the wider layer _runtime_row_cost times; None: decode_shape
 
 
 FULL_GPU, QUICK_GPU = Sizes(2048, 8192, 20), Sizes(1024, 4096, 8)
-FULL_CPU, QUICK_CPU = Sizes(512, 1024, 5), Sizes(256, 768, 3)
+FULL_CPU, QUICK_CPU = Sizes(512, 1024, 5), Sizes(256, 768, 3, row_shape=(7168, 2048))
 
 
 def resolve_device(device: str):
@@ -237,16 +239,20 @@ def _runtime_row_cost(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
     kernels, its cache and mask, 128 cached positions), on two Llama-shaped layers: one from
     `sizes.decode_shape` (hidden = its in, intermediate = its out) and one an eighth as wide.
     Each is a stack of enough layers to exceed the last-level cache CACHE_MULTIPLE times, timed
-    over 1 and 8 new tokens; the per-row time per layer is fitted as
+    over 1 and 8 new tokens (the wider from `sizes.row_shape` where given: --quick's is a quarter of
+    the decode matmul's); the per-row time per layer is fitted as
     row_us + row_us_per_mparam x (the layer's linear parameters, millions): a fixed part
     (attention over the context, norms, activation, repacking x for the matrix units) and a part
-    that grows with the weights (the matmuls' arithmetic)."""
+    that grows with the weights (the matmuls' arithmetic). Each figure is the fastest of ROW_ROUNDS
+    interleaved rounds; where the narrower layer's rows do not cost less than the wider's (and
+    more than nothing), the timing noise exceeds them: both coefficients are 0, so the model keeps
+    the token slope, and `unmeasured` says why."""
     import torch
     from transformers import LlamaConfig
 
     from planner.runtime.load import random_target
 
-    out_features, in_features = sizes.decode_shape
+    out_features, in_features = sizes.row_shape or sizes.decode_shape
     layers_us, params = [], []
     for hidden, intermediate in ((in_features, out_features), (max(64, in_features // 8), max(64, out_features // 8))):
         heads = max(1, hidden // 64)
@@ -263,15 +269,19 @@ def _runtime_row_cost(device, sizes: Sizes, median_s, cache_bytes: int) -> dict:
                 ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
                 return lambda: decoder(ids, decoder.positions[128 : 128 + tokens], every)
 
-            timed = [(median_s(step(1), sizes.repeats), median_s(step(8), sizes.repeats)) for _ in range(3)]  # interleaved
-            one, eight = statistics.median(t[0] for t in timed), statistics.median(t[1] for t in timed)
+            timed = [(median_s(step(1), sizes.repeats), median_s(step(8), sizes.repeats)) for _ in range(ROW_ROUNDS)]
+            one, eight = min(t[0] for t in timed), min(t[1] for t in timed)  # interleaved; the least disturbed of each
         layers_us.append(max(0.0, (eight - one) / 7 / layers * 1e6))
         params.append(per_layer / 1e6)
         del decoder
     (large_us, small_us), (large_m, small_m) = layers_us, params
-    per_mparam = max(0.0, (large_us - small_us) / (large_m - small_m))
-    return {"runtime_row_us": {"layer_params_m": [_sig(large_m), _sig(small_m)], "per_row_us": [_sig(large_us), _sig(small_us)],
-                               "row_us": _sig(max(0.0, small_us - per_mparam * small_m)), "row_us_per_mparam": _sig(per_mparam)}}
+    figures = {"layer_params_m": [_sig(large_m), _sig(small_m)], "per_row_us": [_sig(large_us), _sig(small_us)]}
+    if not 0 < small_us < large_us:  # noise larger than the rows' cost (a loaded machine): keep the token slope
+        return {"runtime_row_us": {**figures, "row_us": 0.0, "row_us_per_mparam": 0.0,
+                                   "unmeasured": "the wider layer's rows did not cost more than the narrower's: timing noise"}}
+    per_mparam = (large_us - small_us) / (large_m - small_m)
+    return {"runtime_row_us": {**figures, "row_us": _sig(max(0.0, small_us - per_mparam * small_m)),
+                               "row_us_per_mparam": _sig(per_mparam)}}
 
 
 def _launch_overhead(device, median_s) -> dict:
@@ -635,7 +645,8 @@ def _assemble(facts: dict, measured: dict, *, name: str | None, gpu: bool, comma
                                                       " (no CUDA graphs on a CPU: the eager figure)"),
         "token_slope": f"measured: {command} (decode matmul at 8 tokens over 1 token, per extra token)",
         **({"row_us": f"measured: {command} (runtime layers at 8 tokens over 1, two widths; see measured.runtime_row_us)",
-            "row_us_per_mparam": f"measured: {command} (as row_us)"} if not gpu else {}),
+            "row_us_per_mparam": f"measured: {command} (as row_us)"} if not gpu and "unmeasured" not in
+           measured.get("runtime_row_us", {}) else {}),
         "gemm_efficiency": f"measured: {command} (decode matmul FLOP/s at each row count / peak bf16)",
         "quant_slowdown": f"measured: {command} ({quant_origin}; see measured.quant_matmul_slowdown)",
     }

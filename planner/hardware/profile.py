@@ -121,6 +121,9 @@ _NON_NEGATIVE = ("kernel_launch_us", "graph_kernel_us", "token_slope", "draft_st
 # default to "not fitted", "not measured" and "none", which the model treats as such.)
 STAND_IN_FIELDS = ("bandwidth_efficiency", "compute_efficiency", "kernel_launch_us", "graph_kernel_us", "token_slope",
                    "quant_slowdown")
+# microsecond figures, per op, row, draft forward or all-reduce: a second is beyond any device
+_MICROSECONDS = ("kernel_launch_us", "graph_kernel_us", "draft_step_us", "allreduce_latency_us", "row_us", "row_us_per_mparam")
+MAX_US = 1e6
 INTERCONNECTS = ("nvlink", "pcie")
 KINDS = ("gpu", "cpu")
 
@@ -132,6 +135,8 @@ def _check_range(name: str, path: str, value) -> None:
         raise InputError(f"{path}: must be a fraction of the peak, above 0 and at most 1, got {value}")
     if name in _NON_NEGATIVE and value < 0:
         raise InputError(f"{path}: must not be negative, got {value}")
+    if name in _MICROSECONDS and value > MAX_US:
+        raise InputError(f"{path}: {value} us is more than a second: not a figure of a device")
     if name == "interconnect" and value not in INTERCONNECTS:
         raise InputError(f"{path}: '{value}' is not one of {', '.join(INTERCONNECTS)}")
     if name == "kind" and value not in KINDS:
@@ -146,7 +151,8 @@ def profile_from_dict(data: object, origin: str = "profile") -> HardwareProfile:
     Raises:
         InputError: "<origin>: <field path>: <why>" for the first field that is unknown, missing,
             of the wrong type, not finite, or out of range (peaks, bandwidths and memory must be
-            positive, efficiencies in (0, 1], launch costs, token_slope and draft_step_us not negative;
+            positive, efficiencies in (0, 1], launch costs, token_slope and draft_step_us not negative,
+            microsecond figures at most a second;
             allreduce_latency_us a number or a mapping of GPU counts, 2 or more, to microseconds).
     """
     data = versioned_mapping(data, origin, what="a profile", version=SCHEMA_VERSION)

@@ -866,8 +866,9 @@ def adapt(model_path, prompts_path, skip_layers, gamma, rank, steps, lr, batch, 
                   log=lambda m: click.echo(m, err=True))
     click.echo(f"held-out greedy draft: {r.tokens_per_iteration_before:.2f} -> {r.tokens_per_iteration_after:.2f} tokens per "
                f"iteration (estimate), draft loss {r.draft_loss_before:.3f} -> {r.draft_loss_after:.3f}")
+    vocab = "the whole vocabulary" if r.draft_vocab_size is None else f"draft vocabulary {r.draft_vocab_size}"
     click.echo(f"wrote {r.out} (adapter.safetensors {r.adapter_mb:.1f} MB, s3d.json: skip {list(r.skip_layers)}, "
-               f"gamma {r.gamma}, rank {r.rank}) in {r.seconds:.0f} s")
+               f"gamma {r.gamma}, rank {r.rank}, {vocab}) in {r.seconds:.0f} s")
 
 
 @cli.command()

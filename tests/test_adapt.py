@@ -40,6 +40,7 @@ def test_adapt_writes_a_small_adapter_that_decodes_like_the_checkpoint(rt_models
     result = _adapt(rt_models, prompts_file, out, "--draft-vocab", "48")
     assert result.exit_code == 0, result.output
     assert "held-out greedy draft:" in result.output and f"wrote {out} (adapter.safetensors" in result.output
+    assert "rank 4, draft vocabulary 48)" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "s3d.json"]  # no checkpoints left
     meta = json.loads((out / "s3d.json").read_text())
     assert meta["skip_layers"] == [1, 2] and meta["gamma"] == 3 and meta["rank"] == 4

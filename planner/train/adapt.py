@@ -50,6 +50,7 @@ class AdaptResult:
     draft_loss_before: float  # held-out cross-entropy of the draft against the full model's argmax
     draft_loss_after: float
     seconds: float  # wall time, data included
+    draft_vocab_size: int | None = None  # the draft vocabulary's tokens; None: the whole vocabulary
 
 
 def _check_options(*, gamma: int, lr: float, steps: int, batch: int, rank: int, max_new_tokens: int) -> None:
@@ -328,7 +329,7 @@ def adapt(
                                   training=training))
     shutil.rmtree(checkpoints, ignore_errors=True)  # resumable state, not part of the adapter
     return AdaptResult(out, skip_layers, gamma, rank, (out / WEIGHTS_FILE).stat().st_size / 1e6, before[0], after[0],
-                       before[1], after[1], time.perf_counter() - started)
+                       before[1], after[1], time.perf_counter() - started, None if vocab is None else len(vocab))
 
 
 @dataclass(frozen=True)

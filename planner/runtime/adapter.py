@@ -25,7 +25,7 @@ rows of the checkpoint's: the N tokens most frequent in the adapter's training d
 draft then never proposes a token outside them (the logits there are -inf), which costs
 acceptance only where the checkpoint's own next token lies outside; the verify scores the
 whole vocabulary, so the output is unchanged. The N rows are copied once when the draft is
-attached (N x H in the runtime dtype: 4.7 MB for 4096 rows of SmolLM2's 576).
+attached (N x H in the runtime dtype: 18.9 MB for the default 16,384 rows of SmolLM2's 576).
 
 Only the standard library is imported at module level: planning finds adapters without torch.
 """
@@ -299,9 +299,11 @@ def check_draft_vocab(ids, vocab_size: int, where: str) -> None:
     import torch
 
     if ids.dim() != 1 or ids.dtype not in (torch.int32, torch.int64) or not len(ids):
-        raise InputError(f"{where}: '{DRAFT_VOCAB}' must be a 1-D tensor of token ids, got {ids.dtype} of shape {list(ids.shape)}")
+        raise InputError(f"{where}: '{DRAFT_VOCAB}' must be a 1-D tensor of token ids, got {ids.dtype} "
+                         f"of shape {list(ids.shape)}")
     if int(ids[0]) < 0 or int(ids[-1]) >= vocab_size or (len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all())):
-        raise InputError(f"{where}: '{DRAFT_VOCAB}' must hold distinct token ids in ascending order, each below {vocab_size}")
+        raise InputError(f"{where}: '{DRAFT_VOCAB}' must hold distinct token ids in ascending order, "
+                         f"from 0 to below {vocab_size}")
 
 
 def _layer_copy(layer):

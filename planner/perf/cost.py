@@ -16,9 +16,10 @@ profile's eager or CUDA-graph per-kernel cost.
 On a CPU whose profile measured them (`row_us`, `row_us_per_mparam`: `specplan profile` times the
 runtime's own layers over 1 and 8 tokens at two widths), each row past the first adds its own
 time instead of a token slope on the weight read: per layer, row_us + row_us_per_mparam x the
-layer's linear parameters in millions (and the LM head its parameters' share). On this machine's
-2 AMX cores that is about 17 us + 0.9 us per million parameters: a SmolLM2-135M verify over 4
-tokens costs 1.10 one-token steps where the token slope of a large matmul (0.006) gave 1.02.
+layer's linear parameters in millions (and the LM head its parameters' share). On the build
+machine's 2 AMX cores the quick profile fits 7.4 us + 1.8 us per million parameters (about 14 us a
+row for SmolLM2-135M's layer, 20 measured): its verify over 4 tokens is predicted at 1.09
+one-token steps (measured 1.10) where the token slope of a large matmul (0.006) gave 1.01.
 
 Compute runs at the GEMM efficiency of the forward's row count (batch x new tokens,
 `gemm_efficiency`): a measured curve where `specplan profile` measured one, else tensor-core

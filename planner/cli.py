@@ -318,6 +318,30 @@ _APPLIES_TO = {"--gamma": _SPECULATIVE, "--skip-layers": _SKIPPING, "--skip-rati
                "--exit-layer": ("early_exit",), "--draft-model": ("draft_model", *_HEADS)}
 
 
+def _with_s3d_adapter(model_name: str, spec, decoding, acceptance, *, chosen: bool):
+    """predict's s3d with the checkpoint's S3D adapter, found as `plan` finds it (beside the
+    weights or shipped for that checkpoint): its skip set and gamma where the options chose
+    none, its draft vocabulary, and its held-out acceptance unless `acceptance` is given. An
+    adapter for another set-up than the options chose is named in a note on stderr and left
+    out (the prediction is then for an untrained draft). Returns (decoding, acceptance)."""
+    import dataclasses
+
+    from planner.runtime.adapter import planned_s3d
+
+    adapted = planned_s3d(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size))
+    if adapted is None:
+        return decoding, acceptance
+    planned, alpha = adapted
+    if chosen and (planned.skip_layers, planned.gamma) != (decoding.skip_layers, decoding.gamma):
+        drafts = _describe(planned).removeprefix("s3d, ").removesuffix(", none")
+        click.echo(f"note: this checkpoint's S3D adapter drafts {drafts}; the prediction is for an untrained draft of "
+                   "the set-up asked for", err=True)
+        return decoding, acceptance
+    decoding = dataclasses.replace(decoding, skip_layers=planned.skip_layers, gamma=planned.gamma,
+                                   draft_vocab_size=planned.draft_vocab_size)
+    return decoding, acceptance if acceptance is not None else alpha
+
+
 def _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model):
     """The Decoding the options describe; an option that the method would ignore is refused."""
     from planner.errors import InputError
@@ -457,6 +481,9 @@ def predict(model_name, gpu, calibration, method, gamma, skip_layers, skip_ratio
                             tensor_parallel=tp)
     budget = request.budget_gib(profile)
     decoding = _decoding_from_options(spec, method, gamma, skip_layers, skip_ratio, exit_layer, quant, draft_model)
+    if method == "s3d":
+        chosen = gamma is not None or skip_layers is not None or skip_ratio is not None
+        decoding, acceptance = _with_s3d_adapter(model_name, spec, decoding, acceptance, chosen=chosen)
     decoding = _tree_and_parallel(decoding, topk, num_draft_tokens, tp, draft_tp)
     if draft_quant is not None:
         if method != "draft_model":

@@ -279,3 +279,29 @@ def test_a_plan_gives_a_draft_vocabulary_only_to_s3d_and_within_the_vocabulary()
     data["decoding"]["draft_vocab_size"] = 129
     with pytest.raises(PlanError, match=re.escape("decoding.draft_vocab_size: 129 is more than the model's vocabulary (128)")):
         plan_from_dict(data)
+
+
+def test_predict_takes_the_checkpoints_adapter_as_plan_does(rt_models, vocab_adapter, tmp_path):
+    """predict --method s3d on a checkpoint with an adapter beside its weights: the adapter's skip
+    set, gamma, draft vocabulary and held-out acceptance; another set-up asked for is predicted
+    untrained, with a note naming the adapter's."""
+    from planner.runtime.checkpoint import content_fingerprint
+
+    checkpoint = tmp_path / "llama"
+    shutil.copytree(rt_models["llama"], checkpoint)
+    for name in ("s3d.json", "adapter.safetensors"):
+        shutil.copy(vocab_adapter / name, checkpoint / name)
+    info = json.loads((checkpoint / "s3d.json").read_text())
+    info["base"]["sha256"] = content_fingerprint(str(checkpoint))
+    info["training"] = {"held_out": {"tokens_per_iteration_after": 2.0}}
+    (checkpoint / "s3d.json").write_text(json.dumps(info))
+    base = ["predict", "--model", str(checkpoint), "--gpu", "a10g", "--method", "s3d", "--context", "64", "--json"]
+    found = CliRunner().invoke(cli, base)
+    assert found.exit_code == 0, found.output
+    data = json.loads(found.output)
+    assert (data["decoding"]["skip_layers"], data["decoding"]["gamma"], data["decoding"]["draft_vocab_size"]) == ([1, 2], 3, 64)
+    assert data["basis"] == "calibrated" and data["tokens_per_iteration"] == pytest.approx(2.0, abs=1e-6)
+    other = CliRunner().invoke(cli, base + ["--gamma", "2"])
+    assert other.exit_code == 0, other.output
+    assert "note: this checkpoint's S3D adapter drafts gamma 3, skip 1-2; the prediction is for an untrained draft" in other.output
+    assert json.loads(other.output[other.output.index("{"):])["basis"] == "analytical"

@@ -664,7 +664,7 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
     from planner._files import ensure_writable
     from planner.errors import InputError
     from planner.plan import save_plan
-    from planner.runtime.adapter import planned_s3d
+    from planner.runtime.adapter import find_adapter, planned_s3d
     from planner.search import search
     from planner.search.engines import RUNTIME
     from planner.search.plot import check_plot_path
@@ -700,10 +700,16 @@ def plan_command(model_name, gpu, calibration, gpus, batch_sizes, engine, execut
         from planner.search.plot import plot_schedule, plot_search
 
         (plot_schedule if batch_sizes is not None else plot_search)(result, plot)
-    save_plan(result.plan, out)
-    _print_plan(result.plan, result.budget_gib)
-    if result.plan.schedule:
-        _print_schedule(result.plan)
+    plan = result.plan
+    if adapted and adapter is None and "s3d" in {d.method for d in [plan.decoding] + [c.decoding for c in plan.alternatives]}:
+        found = find_adapter(model_name, (spec.num_layers, spec.hidden_size, spec.vocab_size))  # memoised fingerprint
+        vocab = found.info.draft_vocab_size
+        plan = plan.replace(notes=plan.notes + (f"s3d drafts with the adapter found for this checkpoint, {found.path}"
+                                                + (f" (draft vocabulary {vocab} tokens)" if vocab else "") + "; run finds it again",))
+    save_plan(plan, out)
+    _print_plan(plan, result.budget_gib)
+    if plan.schedule:
+        _print_schedule(plan)
     click.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
 
 

@@ -305,3 +305,8 @@ def test_predict_takes_the_checkpoints_adapter_as_plan_does(rt_models, vocab_ada
     assert other.exit_code == 0, other.output
     assert "note: this checkpoint's S3D adapter drafts gamma 3, skip 1-2; the prediction is for an untrained draft" in other.output
     assert json.loads(other.output[other.output.index("{"):])["basis"] == "analytical"
+    planned = CliRunner().invoke(cli, ["plan", "--model", str(checkpoint), "--gpu", "a10g", "--methods", "s3d", "--trials", "5",
+                                       "--context", "64", "--out", str(tmp_path / "plan.yaml")])
+    assert planned.exit_code == 0, planned.output
+    assert f"note: s3d drafts with the adapter found for this checkpoint, {checkpoint} (draft vocabulary 64 tokens)" \
+        in planned.output  # the plan records no path for a found adapter (run finds it again): the note names it

@@ -76,7 +76,9 @@ def _head_draft_s(spec, profile, d: Decoding, *, context, batch_size, execution,
 
 
 def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, execution, draft_spec):
-    T = partial(forward_latency_s, spec, profile, context=context, batch_size=batch_size, quant=d.quant, execution=execution)
+    forward = partial(forward_latency_s, profile=profile, context=context, batch_size=batch_size, quant=d.quant,
+                      execution=execution)
+    T = partial(forward, spec)
     kept = spec.num_layers - len(d.skip_layers)
     verify = T(new_tokens=verified_tokens(d))
     host_s = profile.draft_step_us * 1e-6  # per draft forward
@@ -85,10 +87,8 @@ def _draft_and_verify_s(spec, profile, d: Decoding, *, context, batch_size, exec
     if d.method == "layer_skip":
         return d.gamma * (T(layers=kept, new_tokens=1) + host_s), verify
     if d.method == "s3d":
-        draft_spec = dataclasses.replace(spec, vocab_size=min(d.draft_vocab_size or spec.vocab_size, spec.vocab_size))
-        draft = forward_latency_s(draft_spec, profile, layers=kept, new_tokens=d.gamma, context=context,
-                                  batch_size=batch_size, quant=d.quant, execution=execution)
-        return draft + host_s, verify
+        trimmed = dataclasses.replace(spec, vocab_size=min(d.draft_vocab_size or spec.vocab_size, spec.vocab_size))
+        return forward(trimmed, layers=kept, new_tokens=d.gamma) + host_s, verify  # its head: the draft vocabulary
     if d.method == "early_exit":
         return d.gamma * (T(layers=d.exit_layer, new_tokens=1) + host_s), verify
     if d.method == "draft_model":

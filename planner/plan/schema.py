@@ -203,12 +203,15 @@ def _check_range(name: str, path: str, value) -> None:
         raise PlanError(f"{path}: '{value}' is not one of {', '.join(METHODS)}")
 
 
-def _check_decoding(decoding: Decoding, num_layers: int, path: str) -> None:
+def _check_decoding(decoding: Decoding, num_layers: int, vocab_size: int, path: str) -> None:
     for i, layer in enumerate(decoding.skip_layers):
         if not 0 <= layer < num_layers:
             raise PlanError(f"{path}.skip_layers[{i}]: layer {layer} is beyond the model's {num_layers} layers (0-{num_layers - 1})")
     if len(set(decoding.skip_layers)) != len(decoding.skip_layers):
         raise PlanError(f"{path}.skip_layers: lists a layer twice")
+    if decoding.draft_vocab_size is not None and decoding.draft_vocab_size > vocab_size:
+        raise PlanError(f"{path}.draft_vocab_size: {decoding.draft_vocab_size} is more than the model's vocabulary "
+                        f"({vocab_size})")
     if decoding.exit_layer is not None and not 1 <= decoding.exit_layer < num_layers:
         raise PlanError(f"{path}.exit_layer: {decoding.exit_layer} is outside 1-{num_layers - 1} for a {num_layers}-layer model")
     method = decoding.method
@@ -252,15 +255,10 @@ def tree_problem(decoding: Decoding) -> str | None:
 
 
 def _check_plan(plan: Plan) -> None:
-    layers = plan.model.num_layers
-    for path, d in [("decoding", plan.decoding)] + [(f"alternatives[{i}].decoding", a.decoding)
-                                                    for i, a in enumerate(plan.alternatives)]:
-        if d.draft_vocab_size is not None and d.draft_vocab_size > plan.model.vocab_size:
-            raise PlanError(f"{path}.draft_vocab_size: {d.draft_vocab_size} is more than the model's vocabulary "
-                            f"({plan.model.vocab_size})")
-    _check_decoding(plan.decoding, layers, "decoding")
+    layers, vocab = plan.model.num_layers, plan.model.vocab_size
+    _check_decoding(plan.decoding, layers, vocab, "decoding")
     for i, alt in enumerate(plan.alternatives):
-        _check_decoding(alt.decoding, layers, f"alternatives[{i}].decoding")
+        _check_decoding(alt.decoding, layers, vocab, f"alternatives[{i}].decoding")
     for i, entry in enumerate(plan.schedule):
         if entry.batch_min > entry.batch_max:
             raise PlanError(f"schedule[{i}]: batch_min {entry.batch_min} exceeds batch_max {entry.batch_max}")

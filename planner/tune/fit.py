@@ -50,11 +50,11 @@ from planner.plan.schema import Decoding
 from planner.tune.calibration import Calibration, FitSummary, FittedFor, HeldOutSetUp, fitted_source
 
 HELD_OUT_EVERY = 3  # every third distinct set-up tests the fit
-# (t_k in us, sigma, t_d in us): finite-difference steps (exact where the model is affine) and
-# the scale of the pull towards the starting profile, weighted as a 0.1% error on one trial:
-# enough to pin a parameter no trial informs, too little to move one they do
-COST_STEPS = (1.0, 0.01, 10.0)
-COST_SCALES = (1.0, 0.1, 100.0)
+# Each cost parameter's finite-difference step (exact where the model is affine) and the scale
+# of its pull towards the starting profile, weighted as a 0.1% error on one trial: enough to pin
+# a parameter no trial informs, too little to move one they do
+COST_STEP_SCALE = {"kernel_launch_us": (1.0, 1.0), "graph_kernel_us": (1.0, 1.0), "token_slope": (0.01, 0.1),
+                   "row_us": (1.0, 10.0), "draft_step_us": (10.0, 100.0)}
 COST_PULL = 1e-6
 GAUSS_NEWTON_STEPS = 20
 PRIOR_WIDTH = {"ceiling": 0.2, "steepness": 5.0, "midpoint": 0.25, "decay": 0.2}
@@ -88,10 +88,6 @@ def observations(trials) -> list[Observation]:
 
 def _kernel_field(profile) -> str:
     return "graph_kernel_us" if Execution.default_for(profile).graphs else "kernel_launch_us"
-
-
-# what prices a forward's extra tokens: (finite-difference step, scale of the pull towards the start)
-_ROW_FIELDS = {"token_slope": (0.01, 0.1), "row_us": (1.0, 10.0)}
 
 
 def _row_field(profile) -> str:
@@ -137,9 +133,8 @@ def fit_cost(spec, profile, obs, *, context: int, draft_specs: dict):
     """`profile` with t_k, sigma and t_d fitted to `obs` (see the module's docstring)."""
     y = measured_times_s(obs)
     start = np.array(cost_parameters(profile))
-    row_step, row_scale = _ROW_FIELDS[_row_field(profile)]
-    steps = (COST_STEPS[0], row_step, COST_STEPS[2])
-    pull = np.sqrt(COST_PULL) / np.array((COST_SCALES[0], row_scale, COST_SCALES[2]))
+    steps, scales = zip(*(COST_STEP_SCALE[f] for f in _fields(profile)))
+    pull = np.sqrt(COST_PULL) / np.array(scales)
     theta = start
     for _ in range(GAUSS_NEWTON_STEPS):
         at = _times_s(spec, with_cost(profile, theta), obs, context=context, draft_specs=draft_specs)
